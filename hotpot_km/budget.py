@@ -1,0 +1,64 @@
+"""Counting kernel processes against ``max_kernels``.
+
+Every kernel process started through a hotpot_km manager holds one
+:class:`Slot`, whether it is warming in the pool, waiting there, or handed out.
+A slot is released only when its process is gone, so the number of live
+kernel processes never exceeds the limit, whatever the interleaving of
+concurrent starts, handouts, restarts and shutdowns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class MaximumKernelsException(Exception):
+    """Raised when starting a kernel would exceed ``max_kernels``."""
+
+
+class Slot:
+    """Permission for one kernel process to exist; :meth:`release` is idempotent."""
+
+    __slots__ = ("_budget",)
+
+    def __init__(self, budget: KernelBudget) -> None:
+        self._budget: KernelBudget | None = budget
+
+    @property
+    def held(self) -> bool:
+        return self._budget is not None
+
+    def release(self) -> None:
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget._used -= 1
+            budget._on_release()
+
+
+class KernelBudget:
+    """Hands out slots up to ``limit()`` (0 means unlimited)."""
+
+    def __init__(self, limit: Callable[[], int], on_release: Callable[[], None] = lambda: None):
+        self._limit = limit
+        self._used = 0
+        self._on_release = on_release
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @property
+    def limit(self) -> int:
+        return self._limit()
+
+    def free(self) -> int | None:
+        """Slots left, or ``None`` when unlimited."""
+        limit = self._limit()
+        return None if limit <= 0 else max(limit - self._used, 0)
+
+    def try_take(self) -> Slot | None:
+        free = self.free()
+        if free is not None and free <= 0:
+            return None
+        self._used += 1
+        return Slot(self)

@@ -1,0 +1,126 @@
+"""The few shell-channel exchanges the pool has with a kernel.
+
+The pool keeps one client per warm kernel, so a handout costs one round trip
+on an already connected socket instead of a new client and a readiness dance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from queue import Empty
+from typing import Any
+
+from jupyter_client.asynchronous.client import AsyncKernelClient
+
+#: Key under which the pool sends its data in a request's ``metadata``.
+METADATA_KEY = "hotpot_km"
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class KernelDiedError(RuntimeError):
+    """The kernel process exited while the pool was waiting for it."""
+
+
+class KernelCodeError(RuntimeError):
+    """Code run by the pool raised in the kernel; carries the kernel's own summary."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = [_ANSI.sub("", line) for line in traceback]
+        super().__init__(f"{ename}: {evalue}" if evalue else ename)
+
+    def summary(self) -> str:
+        """``ename: evalue`` plus the innermost frame line of the kernel's traceback."""
+        frames = [
+            line.strip().splitlines()[0]
+            for line in self.traceback
+            if line.strip() and ("line " in line or "File " in line or "Cell " in line)
+        ]
+        where = f" ({frames[-1]})" if frames else ""
+        return f"{self}{where}"
+
+
+async def request_reply(
+    client: AsyncKernelClient,
+    msg_type: str,
+    content: dict[str, Any],
+    *,
+    timeout: float,
+    is_alive: Callable[[], Awaitable[bool]],
+    metadata: dict[str, Any] | None = None,
+    resend_every: float | None = None,
+) -> dict[str, Any]:
+    """Send one shell request and return its reply message.
+
+    Replies to other requests (stale resends) are skipped. Fails fast with
+    :class:`KernelDiedError` when the process exits, instead of waiting out the
+    timeout; ``resend_every`` repeats the request while a starting kernel has
+    not bound its sockets yet.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    sent: set[str] = set()
+
+    def send() -> float:
+        msg = client.session.msg(msg_type, content, metadata=metadata)
+        client.shell_channel.send(msg)
+        sent.add(msg["header"]["msg_id"])
+        return loop.time() + resend_every if resend_every else deadline
+
+    next_send = send()
+    while True:
+        now = loop.time()
+        if now >= deadline:
+            raise TimeoutError(f"no {msg_type} reply within {timeout:g} s")
+        if now >= next_send:
+            next_send = send()
+        try:
+            reply = await client.shell_channel.get_msg(
+                timeout=min(0.25, deadline - now, max(next_send - now, 0.001))
+            )
+        except Empty:
+            if not await is_alive():
+                raise KernelDiedError("the kernel process exited") from None
+            continue
+        if reply.get("parent_header", {}).get("msg_id") in sent:
+            return reply
+
+
+async def run_code(
+    client: AsyncKernelClient,
+    code: str,
+    *,
+    timeout: float,
+    is_alive: Callable[[], Awaitable[bool]],
+    data: Any = None,
+) -> dict[str, Any]:
+    """Run constant or user-written ``code`` silently; ``data`` travels as JSON metadata.
+
+    Silent execution keeps the execution count and history at zero, as in a
+    kernel nobody has used yet. Raises :class:`KernelCodeError` on an error reply.
+    """
+    reply = await request_reply(
+        client,
+        "execute_request",
+        {
+            "code": code,
+            "silent": True,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        },
+        timeout=timeout,
+        is_alive=is_alive,
+        metadata={METADATA_KEY: data} if data is not None else None,
+    )
+    content = reply["content"]
+    if content.get("status") != "ok":
+        raise KernelCodeError(
+            content.get("ename", "Error"), content.get("evalue", ""), content.get("traceback", [])
+        )
+    return content

@@ -1,0 +1,193 @@
+"""``PooledKernelManager``: keeps warm kernels per kernel name and hands them out on start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from jupyter_core.utils import ensure_event_loop
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, observe
+
+from .limited import LimitedKernelManager
+from .pool import PoolSettings, WarmupError
+
+__all__ = ["PooledKernelManager"]
+
+
+class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
+    """An async MultiKernelManager whose kernels come pre-started and pre-imported.
+
+    Warm-up order for every pooled kernel: ``python_imports``, then
+    ``initialization_code[name]``, then each ``kernel_pool_init_<name>.<ext>``
+    found in the Jupyter config path (in that path's order). A start request's
+    cwd and env are applied at handout, so the kernel looks cold-started.
+    """
+
+    kernel_pools = Dict(
+        value_trait=Integer(0),
+        config=True,
+        help="""Mapping from kernel name to the number of started kernels to keep on standby,
+        e.g. {"python3": 3}. Changing it at runtime grows or shrinks the pools.""",
+    )
+
+    pool_kwargs = Dict(
+        value_trait=Dict(),
+        config=True,
+        help="""Mapping from kernel name to the arguments passed to start_kernel when
+        pre-warming (e.g. {"python3": {"cwd": "/srv", "extra_arguments": [...]}}). A request
+        whose other arguments differ gets a cold start; cwd and env are applied at handout.""",
+    )
+
+    strict_pool_names = Bool(
+        False,
+        config=True,
+        help="""Whether to refuse (ValueError) starting kernels whose name is not in
+        kernel_pools, instead of starting them cold.""",
+    )
+
+    strict_pool_kwargs = Bool(
+        False,
+        config=True,
+        help="""Whether to refuse (ValueError) starting kernels with arguments that cannot be
+        applied to a pooled kernel and differ from pool_kwargs (everything but cwd, env, path
+        and kernel_id), instead of starting them cold.""",
+    )
+
+    fill_delay = Float(
+        1.0,
+        config=True,
+        help="Wait time (seconds) before re-filling the pool after a kernel is used.",
+    )
+
+    initialization_code = Dict(
+        value_trait=Unicode(),
+        config=True,
+        help="""Mapping from kernel name to code every pooled kernel of that name runs before
+        it is handed out (after python_imports, before kernel_pool_init_<name> files).""",
+    )
+
+    python_imports = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""Python modules/packages every pooled Python kernel imports first (imported
+        into sys.modules, not bound in the user namespace).""",
+    )
+
+    _wait_at_startup = Bool(
+        False,
+        config=True,
+        help="Wait till all kernel pools are filled at startup (alias: wait_at_startup).",
+    )
+
+    wait_at_startup = Bool(
+        False,
+        config=True,
+        help="""Wait till all kernel pools are filled when the manager is created, so the
+        first requests already get warm kernels.""",
+    )
+
+    startup_timeout = Float(
+        60.0,
+        config=True,
+        help="Seconds a pooled kernel may take to start and answer kernel_info.",
+    )
+
+    init_timeout = Float(
+        120.0,
+        config=True,
+        help="""Seconds a pooled kernel may spend on python_imports, initialization_code and
+        init files together; past it the kernel is shut down and never handed out.""",
+    )
+
+    max_warming = Integer(
+        max((os.cpu_count() or 2) - 1, 1),
+        config=True,
+        help="""How many pooled kernels may warm up at once (default: CPU count - 1), so that
+        refills leave room for the kernels in use.""",
+    )
+
+    max_retry_delay = Float(
+        60.0,
+        config=True,
+        help="Upper bound (seconds) of the back-off between failing warm-ups of a pool.",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            loop = ensure_event_loop()
+            if self._wait_at_startup or self.wait_at_startup:
+                self._wait_blocking(loop)
+            else:
+                loop.call_soon(self._pool.start)  # the host runs this loop next
+        else:
+            self._pool.start()
+            if self._wait_at_startup or self.wait_at_startup:
+                self.log.warning(
+                    "hotpot_km: wait_at_startup is set but the event loop is already running; "
+                    "await PooledKernelManager.wait_for_pool() instead"
+                )
+
+    def _wait_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.log.info("hotpot_km: filling kernel pools %s before startup", dict(self.kernel_pools))
+        try:
+            loop.run_until_complete(self.wait_for_pool())
+        except WarmupError as error:
+            self.log.error("hotpot_km: the pools are not full at startup: %s", error)
+
+    def pool_settings(self) -> PoolSettings:
+        return PoolSettings(
+            sizes={name: max(size, 0) for name, size in self.kernel_pools.items()},
+            launch_kwargs={name: self.pool_launch_kwargs(name) for name in self.kernel_pools},
+            fill_delay=max(self.fill_delay, 0.0),
+            initialization_code=dict(self.initialization_code),
+            python_imports=tuple(self.python_imports),
+            startup_timeout=self.startup_timeout,
+            init_timeout=self.init_timeout,
+            max_warming=self.max_warming,
+            max_retry_delay=self.max_retry_delay,
+        )
+
+    def pool_launch_kwargs(self, kernel_name: str) -> dict[str, Any]:
+        """Arguments for pre-warming a kernel; a host adds its own launch policy here."""
+        return dict(self.pool_kwargs.get(kernel_name, {}))
+
+    @observe("kernel_pools")
+    def _kernel_pools_changed(self, change: dict[str, Any]) -> None:
+        self._pool.resize()
+
+    async def wait_for_pool(self) -> None:
+        """Wait until every pool is full (raises WarmupError if a warm-up fails meanwhile)."""
+        await self._pool.wait_full()
+
+    def pre_start_kernel(self, kernel_name: str | None, kwargs: dict[str, Any]) -> Any:
+        name = kernel_name or self.default_kernel_name
+        if self.strict_pool_names and name not in self.kernel_pools:
+            raise ValueError(
+                f"Cannot start a {name!r} kernel: strict_pool_names is set and kernel_pools "
+                f"only has {sorted(self.kernel_pools)}"
+            )
+        if self.strict_pool_kwargs:
+            self._check_strict_kwargs(name, kwargs)
+        return super().pre_start_kernel(kernel_name, kwargs)
+
+    def _check_strict_kwargs(self, name: str, kwargs: dict[str, Any]) -> None:
+        from .request import fixed_options
+
+        wanted = self.pool_launch_kwargs(name)
+        fixed = fixed_options(kwargs)
+        differing = sorted(
+            k for k in set(fixed) | set(fixed_options(wanted)) if fixed.get(k) != wanted.get(k)
+        )
+        encryption = kwargs.get("transport_encryption"), wanted.get("transport_encryption")
+        if encryption[0] != encryption[1]:
+            differing.append("transport_encryption")
+        if differing:
+            raise ValueError(
+                f"Cannot start a {name!r} kernel: strict_pool_kwargs is set and these start "
+                f"arguments differ from pool_kwargs[{name!r}]: {', '.join(differing)}"
+            )

@@ -1,0 +1,260 @@
+"""The launch step of a host's own ``KernelManager``: take a warm process, or start one.
+
+The host (jupyter_server, Voila, a plain ``AsyncMultiKernelManager``) creates
+its ``KernelManager`` exactly as usual; hotpot_km only gives it this
+provisioner. Whatever the server does around a kernel (activity tracking,
+culling, restart callbacks, metrics, websockets) stays its own code, and
+restarts come back here, so they can take warm kernels too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+from typing import TYPE_CHECKING, Any
+
+from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+from .budget import Slot
+from .pool import LIVE_PROVISIONERS, HandoutError, PooledKernel, process_group, remove_files
+from .request import LaunchRequest, check_cwd, final_env, fixed_options
+
+if TYPE_CHECKING:
+    from jupyter_client.connect import KernelConnectionInfo
+
+    from .pool import KernelPool, Reservation
+
+
+class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Serves launches from a :class:`~hotpot_km.pool.KernelPool`, else through the
+    kernelspec's own provisioner (a cold start, counted against ``max_kernels``)."""
+
+    def __init__(self, *, pool: KernelPool, reservation: Reservation, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pool = pool
+        self._claimed: PooledKernel | None = reservation.kernel
+        self._victim: PooledKernel | None = reservation.victim
+        self._slot: Slot | None = reservation.slot
+        self._inner: KernelProvisionerBase | None = None
+        self._adopted = False  # the inner provisioner came from the pool
+        self._files: list[str] = []  # connection files of adopted processes
+        self._request: LaunchRequest | None = None
+        self._launched = False
+        self._pooled_launch: dict[str, Any] | None = None
+        LIVE_PROVISIONERS.add(self)
+
+    # -- launching ---------------------------------------------------------------------------
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return await self._pre_launch(kwargs)
+        except BaseException:
+            await self._give_back()
+            raise
+
+    async def _pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        km = self.parent
+        name = km.kernel_name
+        self.kernel_spec = self._pool.cached_spec(name) or await self._pool.spec(name)
+        km._kernel_spec = self.kernel_spec
+        cwd = kwargs.get("cwd")
+        request = LaunchRequest(
+            kernel_name=name,
+            cwd=await asyncio.to_thread(check_cwd, cwd) if cwd is not None else os.getcwd(),
+            env=await final_env(self.kernel_spec, kwargs.get("env")),
+            options=fixed_options(kwargs),
+            encryption=km._transport_encryption_policy(),
+        )
+        self._request = request
+        if self._victim is not None:
+            victim, self._victim = self._victim, None
+            self._slot = await self._pool.discard(victim)
+        restarting, self._launched = self._launched, True
+        handed = await self._take_from_pool(request, ready_only=restarting)
+        if handed:
+            return {**kwargs, "cwd": request.cwd, "cmd": handed}
+        if self._slot is None:
+            self._slot = await self._pool.cold_slot(name)
+        if self._inner is not None and self._adopted:
+            await self._finish_inner()
+        if self._inner is None:
+            self._inner = self._new_inner()
+        return await self._inner.pre_launch(**kwargs)
+
+    async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
+        """Hand out a pooled kernel for ``request``; try one more ready one if the first failed."""
+        kernel, self._claimed = self._claimed, None
+        for _attempt in range(3):
+            if kernel is None:
+                kernel = self._pool.claim(request.kernel_name, request, ready_only=ready_only)
+            if kernel is None:
+                return None
+            try:
+                handed = await self._pool.hand_out(kernel, request)
+            except HandoutError as error:
+                self.log.warning(
+                    "hotpot_km: a pooled %r kernel was not handed out: %s",
+                    request.kernel_name,
+                    error,
+                )
+                slot = await self._pool.discard(kernel)
+                if self._slot is None:
+                    self._slot = slot
+                else:
+                    slot.release()
+                kernel, ready_only = None, True
+                continue
+            if handed is None:  # it can't serve this request; it went back to the pool
+                return None
+            if self._inner is not None:
+                await self._finish_inner()
+            if self._slot is not None:
+                self._slot.release()  # the pooled process brings its own
+            self._slot = handed.slot
+            self._inner, self._adopted = handed.provisioner, True
+            self._files = [handed.connection_file]
+            self._pooled_launch = handed.connection_info
+            self.log.debug("hotpot_km: handed out a pooled %r kernel", request.kernel_name)
+            return handed.cmd
+        return None
+
+    def _new_inner(self) -> KernelProvisionerBase:
+        """The kernelspec's own provisioner, as a cold start would use."""
+        factory = KernelProvisionerFactory.instance(parent=self.parent.parent)
+        inner = factory.create_provisioner_instance(
+            self.kernel_id, self.kernel_spec, parent=self.parent
+        )
+        if isinstance(inner, PooledProvisioner):  # never recurse into ourselves
+            inner = LocalProvisioner(
+                kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self.parent
+            )
+        return inner
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        try:
+            if self._pooled_launch is not None:
+                info, self._pooled_launch = self._pooled_launch, None
+                self.connection_info = info
+                return info
+            assert self._inner is not None
+            self.connection_info = await self._inner.launch_kernel(cmd, **kwargs)
+            return self.connection_info
+        except BaseException:
+            await self._give_back()
+            raise
+
+    async def post_launch(self, **kwargs: Any) -> None:
+        if self._inner is not None and not self._adopted:
+            await self._inner.post_launch(**kwargs)
+
+    async def _give_back(self) -> None:
+        """After a failed launch: release what this start held and no process uses."""
+        if self._claimed is not None:
+            self._pool.unclaim(self._claimed)
+            self._claimed = None
+        if self._victim is not None:
+            slot = await self._pool.discard(self._victim)
+            self._victim = None
+            slot.release()
+        if not self.has_process and self._slot is not None:
+            self._slot.release()
+            self._slot = None
+
+    # -- the running process -----------------------------------------------------------------
+
+    @property
+    def has_process(self) -> bool:
+        return self._inner is not None and self._inner.has_process
+
+    @property
+    def pid(self) -> int | None:
+        return getattr(self._inner, "pid", None)
+
+    def process_group(self) -> int | None:
+        return process_group(self._inner)
+
+    async def poll(self) -> int | None:
+        if self._inner is None:
+            return 0
+        status = await self._inner.poll()
+        if status is not None and self._slot is not None:
+            self._slot.release()  # the process is gone; a restart takes a new slot
+            self._slot = None
+        return status
+
+    async def wait(self) -> int | None:
+        status = await self._inner.wait() if self._inner is not None else 0
+        if self._slot is not None and not self.has_process:
+            self._slot.release()
+            self._slot = None
+        return status
+
+    async def send_signal(self, signum: int) -> None:
+        if self._inner is not None:
+            await self._inner.send_signal(signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        if self._inner is not None:
+            await self._inner.kill(restart=restart)
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self._inner is not None:
+            await self._inner.terminate(restart=restart)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        """On a restart with a ready pooled kernel, let the old process finish in the
+        pool's background instead of waiting for it: the restart is then instant."""
+        if self._inner is not None:
+            await self._inner.shutdown_requested(restart=restart)
+        if not restart or self._request is None or self._inner is None:
+            return
+        kernel = self._pool.claim(self._request.kernel_name, self._request, ready_only=True)
+        if kernel is None:
+            return
+        self._claimed = kernel
+        grace = self.get_shutdown_wait_time(self.parent.shutdown_wait_time)
+        inner, self._inner = self._inner, None
+        slot, self._slot = self._slot, None
+        files, self._files = self._files, []
+        self._pool.retire(inner, slot, files, grace)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if self._inner is not None and (self._adopted or not restart):
+            await self._finish_inner()
+        elif self._inner is not None:
+            await self._inner.cleanup(restart=True)
+        if not restart:
+            if self._slot is not None and not self.has_process:
+                self._slot.release()
+                self._slot = None
+            LIVE_PROVISIONERS.discard(self)
+
+    async def _finish_inner(self) -> None:
+        """Final cleanup of a process we will not relaunch through its provisioner."""
+        inner, self._inner = self._inner, None
+        files, self._files = self._files, []
+        if inner is not None:
+            await inner.cleanup(restart=False)
+        remove_files(files)
+
+    # -- the rest of the provisioner interface -----------------------------------------------
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        if self._inner is not None:
+            return self._inner.get_shutdown_wait_time(recommended)
+        return recommended
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        if self._inner is not None:
+            return self._inner.get_stable_start_time(recommended)
+        return recommended
+
+    def resolve_path(self, path_str: str) -> str | None:
+        if self._inner is not None and not self._adopted:
+            return self._inner.resolve_path(path_str)
+        path = pathlib.Path(path_str).expanduser()
+        if not path.is_absolute() and self._request is not None:
+            path = (pathlib.Path(self._request.cwd) / path).resolve()
+        return path.as_posix() if path.exists() else None

@@ -1,0 +1,115 @@
+"""What a kernel start asks for, and whether a pooled kernel can honour it.
+
+A pooled kernel was launched before the request existed. Its working directory
+and environment can be changed afterwards (see :mod:`hotpot_km.languages`);
+every other start argument cannot, and neither can variables a process only
+reads while starting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
+
+from .languages import preparation_for
+
+#: Start arguments the pool applies to a kernel after it started.
+APPLIED_AFTER_START = frozenset({"cwd", "env", "kernel_id", "path"})
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """A start request in the form the pool compares: final env, absolute cwd."""
+
+    kernel_name: str
+    cwd: str
+    env: Mapping[str, str]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    encryption: str = "disabled"
+
+
+def fixed_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The start arguments that cannot change once a kernel runs (``extra_arguments``, ...).
+
+    ``transport_encryption`` is compared separately, as the policy it resolves to.
+    """
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if k not in APPLIED_AFTER_START and k != "transport_encryption"
+    }
+
+
+def plain_env(env: Mapping[Any, Any]) -> dict[str, str]:
+    """Validate an env mapping and return it with plain ``str`` keys and values.
+
+    Keys may be ``str`` subclasses (Voila uses enums); what a process can't hold
+    raises the same kind of error a cold start's ``Popen`` would, with the key named.
+    """
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str):
+            raise TypeError(f"environment variable names must be str, not {type(key).__name__}")
+        if not isinstance(value, str):
+            raise TypeError(
+                f"environment variable {str.__str__(key)!r} must be a str, not {type(value).__name__}"
+            )
+        name = str.__str__(key)
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"illegal environment variable name {name!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {name!r} contains a NUL byte")
+        out[name] = str.__str__(value)
+    return out
+
+
+def check_cwd(cwd: str) -> str:
+    """Absolute form of a requested working directory; a missing one fails like a cold start."""
+    if "\0" in cwd:
+        raise ValueError("the kernel working directory contains a NUL byte")
+    path = os.path.abspath(cwd)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(2, "kernel working directory does not exist", path)
+    return path
+
+
+async def final_env(spec: KernelSpec, env: Mapping[str, str] | None) -> dict[str, str]:
+    """The env a cold start of ``spec`` would pass to its process, computed by jupyter_client itself.
+
+    That is the request's env (or this process's), with the kernelspec's ``env``
+    templates substituted over it and the provisioner's final adjustments.
+    """
+    probe = LocalProvisioner(kernel_id="", kernel_spec=spec, parent=None)
+    kwargs = await KernelProvisionerBase.pre_launch(
+        probe, env=dict(os.environ if env is None else env)
+    )
+    return plain_env(kwargs["env"])
+
+
+def mismatch(pooled: LaunchRequest, language: str | None, request: LaunchRequest) -> str | None:
+    """Why a kernel launched for ``pooled`` can't serve ``request``, or ``None`` if it can."""
+    if pooled.kernel_name != request.kernel_name:
+        return "another kernel name"
+    if pooled.encryption != request.encryption:
+        return "another transport encryption"
+    if dict(pooled.options) != dict(request.options):
+        keys = sorted(set(pooled.options) ^ set(request.options)) or sorted(
+            k for k in request.options if pooled.options.get(k) != request.options[k]
+        )
+        return f"start arguments that differ from pool_kwargs: {', '.join(keys)}"
+    prep = preparation_for(language)
+    if prep is None:
+        if pooled.cwd != request.cwd or dict(pooled.env) != dict(request.env):
+            return (
+                f"a cwd/env change, which the pool can't apply to {language or 'unknown'} kernels"
+            )
+        return None
+    changed = sorted(k for k in prep.startup_env if pooled.env.get(k) != request.env.get(k))
+    if changed:
+        return f"env variables read only at process start: {', '.join(changed)}"
+    return None
