@@ -7,6 +7,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_core.utils import ensure_dir_exists
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from traitlets import Integer
@@ -34,6 +35,8 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         raises MaximumKernelsException.""",
     )
 
+    _connection_dir_checked = False
+
     def __init__(self, **kwargs: Any) -> None:
         self._pool = KernelPool(self, lambda: self.max_kernels)  # before traits fire observers
         super().__init__(**kwargs)
@@ -59,6 +62,9 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         # jupyter_client's default connection_dir "" means the current directory;
         # pooled kernels are not the user's doing, so they go to the runtime dir.
         directory = self.connection_dir or jupyter_runtime_dir()
+        if not self._connection_dir_checked:
+            ensure_dir_exists(directory, 0o700)
+            self._connection_dir_checked = True
         return os.path.join(directory, f"kernel-{kernel_id}.json")
 
     def pre_start_kernel(

@@ -359,6 +359,9 @@ class KernelPool:
             self.log.debug("hotpot_km: pooled %r kernel ready", kernel.name)
         finally:
             self._warming.discard(kernel)
+            idle = self._idle.get(kernel.name, [])
+            if not kernel.is_ready and kernel in idle:
+                idle.remove(kernel)
             self._wake_filler()
 
     async def _warmup_steps(
