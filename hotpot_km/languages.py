@@ -166,7 +166,7 @@ _EXTENSIONS = {
 
 
 def preparation_for(language: str | None) -> Preparation | None:
-    """The preparation for a kernelspec's ``language``, or ``None`` if the pool can't apply cwd/env."""
+    """How to prepare kernels of a kernelspec ``language``; ``None``: cwd/env can't be applied."""
     return _PREPARATIONS.get((language or "").lower())
 
 

@@ -6,10 +6,10 @@ import os
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_core.paths import jupyter_runtime_dir
-from jupyter_core.utils import ensure_dir_exists
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_core.utils import ensure_dir_exists
 from traitlets import Integer
 
 from .budget import MaximumKernelsException

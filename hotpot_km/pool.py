@@ -133,6 +133,7 @@ class KernelPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._filler: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._changed = asyncio.Event()  # for wait_full()
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._last_error: dict[str, str] = {}
@@ -203,11 +204,8 @@ class KernelPool:
                 return
             if self._filler is None or self._filler.done():
                 raise RuntimeError("the kernel pool is not running")
-            warming = [k.ready for k in self._warming]
-            if warming:
-                await asyncio.wait(warming, return_when=asyncio.FIRST_COMPLETED)
-            else:
-                await asyncio.sleep(0.05)  # the filler is about to start some
+            self._changed.clear()
+            await self._changed.wait()
 
     def _is_full(self) -> bool:
         for name, size in self._host.pool_settings().sizes.items():
@@ -222,6 +220,8 @@ class KernelPool:
     # -- the filler --------------------------------------------------------------------------
 
     def _wake_filler(self) -> None:
+        """Something changed (a launch, a warm-up ended, a claim, a release): re-check."""
+        self._changed.set()
         if self._wake is not None:
             self._wake.set()
 
@@ -282,6 +282,7 @@ class KernelPool:
         self._idle.setdefault(name, []).append(kernel)
         self._warming.add(kernel)
         kernel.task = self._spawn(self._warm(kernel), f"hotpot_km warm-up {name}")
+        self._wake_filler()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -337,7 +338,8 @@ class KernelPool:
                 resend_every=1.0,
             )
             deadline = loop.time() + settings.init_timeout
-            for source, code, data in await self._warmup_steps(kernel, settings, reply["content"]):
+            for step, code, data in await self._warmup_steps(kernel, settings, reply["content"]):
+                source = step
                 left = deadline - loop.time()
                 if left <= 0:
                     raise TimeoutError
@@ -618,14 +620,12 @@ class KernelPool:
     async def _retire(
         self, provisioner: KernelProvisionerBase, slot: Slot | None, files: list[str], grace: float
     ) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            deadline = loop.time() + grace
-            while await provisioner.poll() is None and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            if await provisioner.poll() is None:
+            try:
+                await asyncio.wait_for(provisioner.wait(), grace)
+            except asyncio.TimeoutError:
                 await provisioner.kill()
-            await asyncio.wait_for(provisioner.wait(), 5)
+                await asyncio.wait_for(provisioner.wait(), 5)
             await provisioner.cleanup(restart=False)
         except Exception:
             self.log.warning("hotpot_km: error retiring a replaced kernel", exc_info=True)

@@ -56,9 +56,8 @@ def plain_env(env: Mapping[Any, Any]) -> dict[str, str]:
         if not isinstance(key, str):
             raise TypeError(f"environment variable names must be str, not {type(key).__name__}")
         if not isinstance(value, str):
-            raise TypeError(
-                f"environment variable {str.__str__(key)!r} must be a str, not {type(value).__name__}"
-            )
+            kind = type(value).__name__
+            raise TypeError(f"environment variable {str.__str__(key)!r} must be a str, not {kind}")
         name = str.__str__(key)
         if not name or "=" in name or "\0" in name:
             raise ValueError(f"illegal environment variable name {name!r}")
@@ -79,7 +78,7 @@ def check_cwd(cwd: str) -> str:
 
 
 async def final_env(spec: KernelSpec, env: Mapping[str, str] | None) -> dict[str, str]:
-    """The env a cold start of ``spec`` would pass to its process, computed by jupyter_client itself.
+    """The env a cold start of ``spec`` would give its process, as jupyter_client computes it.
 
     That is the request's env (or this process's), with the kernelspec's ``env``
     templates substituted over it and the provisioner's final adjustments.

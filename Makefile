@@ -1,0 +1,36 @@
+# Two commands: `make demo` (set up, then show the pool in Voila) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[demo]"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/python examples/demo.py
+
+test: $(VENV)/.test-installed
+	$(BIN)/ruff check hotpot_km tests benchmarks examples
+	$(BIN)/ruff format --check hotpot_km
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.test-installed $(VENV)/.demo-installed
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check --fix hotpot_km tests benchmarks examples
+	$(BIN)/ruff format hotpot_km
+
+clean:
+	rm -rf $(VENV) benchmarks/.work

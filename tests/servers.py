@@ -1,0 +1,189 @@
+"""Real servers for the tests: started as subprocesses on 127.0.0.1, talked to over HTTP/WS."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+import websocket
+
+TOKEN = "hotpot-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A running server process; ``url`` is its base URL."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kernel_pids(self) -> set[int]:
+        """Kernel processes that are children of the server."""
+        pids = set()
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return pids
+        for child in children:
+            try:
+                if "ipykernel" in " ".join(child.cmdline()) and child.status() != "zombie":
+                    pids.add(child.pid)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+        return pids
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"server did not stop on {sig}:\n{self.log()[-3000:]}") from None
+
+
+@contextmanager
+def running(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    port: int,
+    ready_path: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Iterator[Server]:
+    """Start ``argv`` and wait until ``ready_path`` answers; stop it (SIGTERM) afterwards."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env or dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    server = Server(proc, port, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{server.log()[-5000:]}")
+            try:
+                response = requests.get(server.url + ready_path, timeout=5)
+                if response.status_code < 500:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not up in time:\n{server.log()[-5000:]}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        server.stop()
+
+
+def jupyter_server(tmp: Path, root: Path, *extra: str) -> list[str]:
+    port = free_port()
+    return [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.ip=127.0.0.1",
+        f"--IdentityProvider.token={TOKEN}",
+        f"--ServerApp.root_dir={root}",
+        "--ServerApp.open_browser=False",
+        "--ServerApp.allow_root=True",
+        *extra,
+    ]
+
+
+def port_of(argv: Sequence[str]) -> int:
+    for arg in argv:
+        if arg.startswith(("--ServerApp.port=", "--port=")):
+            return int(arg.split("=", 1)[1])
+    raise ValueError("no port in argv")
+
+
+class KernelSocket:
+    """A jupyter_server kernel websocket that runs code and collects stdout."""
+
+    def __init__(self, server: Server, kernel_id: str, token: str | None = TOKEN) -> None:
+        query = f"session_id={uuid.uuid4().hex}" + (f"&token={token}" if token else "")
+        url = server.url.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?{query}"
+        self.ws = websocket.create_connection(url, timeout=60)
+        self.session = uuid.uuid4().hex
+
+    def run(self, code: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
+        msg_id = uuid.uuid4().hex
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": "execute_request",
+                        "session": self.session,
+                        "username": "test",
+                        "version": "5.3",
+                        "date": "",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {"code": code, "silent": False, "store_history": True,
+                                "user_expressions": {}, "allow_stdin": False},
+                }
+            )
+        )
+        out: list[str] = []
+        reply: dict[str, Any] | None = None
+        idle = False
+        deadline = time.monotonic() + timeout
+        while reply is None or not idle:
+            assert time.monotonic() < deadline, "no reply from the kernel"
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream" and msg["content"]["name"] == "stdout":
+                out.append(msg["content"]["text"])
+            elif kind == "execute_reply":
+                reply = msg["content"]
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+        return "".join(out), reply
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def api(server: Server, method: str, path: str, **kwargs: Any) -> requests.Response:
+    headers = {"Authorization": f"token {TOKEN}"}
+    response = requests.request(method, server.url + path, headers=headers, timeout=120, **kwargs)
+    return response
