@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import logging
 import os
 import signal
@@ -37,7 +38,7 @@ from jupyter_core.paths import jupyter_config_path
 from .budget import KernelBudget, MaximumKernelsException, Slot
 from .kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
 from .languages import init_file_extension, preparation_for
-from .request import LaunchRequest, check_cwd, final_env, fixed_options, mismatch
+from .request import LaunchRequest, absolute_cwd, final_env, fixed_options, mismatch
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ class KernelPool:
             spec = await self.spec(kernel.name)
             kwargs = dict(settings.launch_kwargs.get(kernel.name, {}))
             env = kwargs.pop("env", None)
-            cwd = await asyncio.to_thread(check_cwd, kwargs.pop("cwd", None) or os.getcwd())
+            cwd = absolute_cwd(kwargs.pop("cwd", None))
             kernel.language = spec.language
             kernel.launch = LaunchRequest(
                 kernel.name,
@@ -538,13 +539,21 @@ class KernelPool:
                     is_alive=kernel.manager.is_alive,
                     data={"cwd": request.cwd, "env": dict(request.env)},
                 )
-            except (KernelCodeError, KernelDiedError, TimeoutError) as error:
+            except KernelCodeError as error:
+                if error.ename in _CWD_ERRORS:  # raised before anything changed in the kernel
+                    self.unclaim(kernel)
+                    code, reason = _CWD_ERRORS[error.ename]
+                    raise OSError(code, f"kernel working directory {reason}", request.cwd) from None
+                raise HandoutError(f"applying cwd/env failed: {error.summary()}") from None
+            except (KernelDiedError, TimeoutError) as error:
                 raise HandoutError(f"applying cwd/env failed: {error}") from None
         return self._detach(kernel)
 
     def _detach(self, kernel: PooledKernel) -> HandedOut:
         """Release the pool's hold on a kernel's process so a provisioner can own it."""
-        kernel.close_client()
+        client, kernel.client = kernel.client, None
+        if client is not None:  # closing sockets takes ms: not on the handout path
+            self._spawn(_close_client(client), "hotpot_km close client")
         manager = kernel.manager
         provisioner = manager.provisioner
         assert provisioner is not None
@@ -643,6 +652,17 @@ class KernelPool:
         provisioners += [k.manager.provisioner for k in self._warming]
         provisioners += list(self._retiring)
         return [pg for p in provisioners if p is not None and (pg := process_group(p))]
+
+
+_CWD_ERRORS = {
+    "FileNotFoundError": (errno.ENOENT, "does not exist"),
+    "NotADirectoryError": (errno.ENOTDIR, "is not a directory"),
+    "PermissionError": (errno.EACCES, "is not accessible"),
+}
+
+
+async def _close_client(client: AsyncKernelClient) -> None:
+    client.stop_channels()
 
 
 def process_group(provisioner: KernelProvisionerBase | None) -> int | None:

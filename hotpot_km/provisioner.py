@@ -9,8 +9,6 @@ restarts come back here, so they can take warm kernels too.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import pathlib
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +17,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from .budget import Slot
 from .pool import LIVE_PROVISIONERS, HandoutError, PooledKernel, process_group, remove_files
-from .request import LaunchRequest, check_cwd, final_env, fixed_options
+from .request import LaunchRequest, absolute_cwd, final_env, fixed_options
 
 if TYPE_CHECKING:
     from jupyter_client.connect import KernelConnectionInfo
@@ -59,11 +57,10 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         name = km.kernel_name
         self.kernel_spec = self._pool.cached_spec(name) or await self._pool.spec(name)
         km._kernel_spec = self.kernel_spec
-        cwd = kwargs.get("cwd")
         request = LaunchRequest(
             kernel_name=name,
-            cwd=await asyncio.to_thread(check_cwd, cwd) if cwd is not None else os.getcwd(),
-            env=await final_env(self.kernel_spec, kwargs.get("env")),
+            cwd=absolute_cwd(kwargs.get("cwd")),
+            env=await final_env(self.kernel_spec, kwargs.get("env"), via=self),
             options=fixed_options(kwargs),
             encryption=km._transport_encryption_policy(),
         )

@@ -67,23 +67,24 @@ def plain_env(env: Mapping[Any, Any]) -> dict[str, str]:
     return out
 
 
-def check_cwd(cwd: str) -> str:
-    """Absolute form of a requested working directory; a missing one fails like a cold start."""
+def absolute_cwd(cwd: str | None) -> str:
+    """The working directory a start gets, absolute; whether it exists is the launch's to find."""
+    if cwd is None:
+        return os.getcwd()
     if "\0" in cwd:
         raise ValueError("the kernel working directory contains a NUL byte")
-    path = os.path.abspath(cwd)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(2, "kernel working directory does not exist", path)
-    return path
+    return os.path.abspath(cwd)
 
 
-async def final_env(spec: KernelSpec, env: Mapping[str, str] | None) -> dict[str, str]:
+async def final_env(
+    spec: KernelSpec, env: Mapping[str, str] | None, via: KernelProvisionerBase | None = None
+) -> dict[str, str]:
     """The env a cold start of ``spec`` would give its process, as jupyter_client computes it.
 
     That is the request's env (or this process's), with the kernelspec's ``env``
     templates substituted over it and the provisioner's final adjustments.
     """
-    probe = LocalProvisioner(kernel_id="", kernel_spec=spec, parent=None)
+    probe = via or LocalProvisioner(kernel_id="", kernel_spec=spec, parent=None)
     kwargs = await KernelProvisionerBase.pre_launch(
         probe, env=dict(os.environ if env is None else env)
     )
