@@ -21,7 +21,7 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/python examples/demo.py
 
 test: $(VENV)/.test-installed
-	$(BIN)/ruff check hotpot_km tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/ruff format --check hotpot_km
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -29,7 +29,7 @@ bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check --fix hotpot_km tests benchmarks examples
+	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format hotpot_km
 
 clean:

@@ -133,7 +133,8 @@ class KernelPool:
         self._warming: set[PooledKernel] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._filler: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
+        self._waiter: asyncio.Future[None] | None = None  # the filler's sleep
+        self._woken = False
         self._changed = asyncio.Event()  # for wait_full()
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
@@ -160,7 +161,6 @@ class KernelPool:
                 return
             self.log.warning("hotpot_km: the event loop changed; restarting the kernel pool on it")
             self._filler.cancel()
-        self._wake = asyncio.Event()
         self._filler = loop.create_task(self._fill(), name="hotpot_km pool filler")
 
     async def aclose(self) -> None:
@@ -223,14 +223,14 @@ class KernelPool:
     def _wake_filler(self) -> None:
         """Something changed (a launch, a warm-up ended, a claim, a release): re-check."""
         self._changed.set()
-        if self._wake is not None:
-            self._wake.set()
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def _fill(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._wake is not None
         while True:
-            self._wake.clear()
+            self._woken = False
             try:
                 await self._prune_dead()
                 delay = self._start_missing(loop.time())
@@ -239,10 +239,20 @@ class KernelPool:
                 delay = 5.0
             if self._idle_count():
                 delay = 1.0 if delay is None else min(delay, 1.0)  # keep watching for deaths
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            if not self._woken:
+                await self._sleep(delay)
+
+    async def _sleep(self, delay: float | None) -> None:
+        """Sleep until ``delay`` passes or :meth:`_wake_filler` is called."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(delay, _resolve, waiter) if delay is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def _idle_count(self) -> int:
         return sum(len(ks) for ks in self._idle.values())
@@ -659,6 +669,11 @@ _CWD_ERRORS = {
     "NotADirectoryError": (errno.ENOTDIR, "is not a directory"),
     "PermissionError": (errno.EACCES, "is not accessible"),
 }
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _close_client(client: AsyncKernelClient) -> None:

@@ -175,3 +175,26 @@ def test_voila_with_the_seed_voila_json(jupyter_dirs, tmp_path):
         assert pids[0] != pids[1]
         assert "Traceback" not in server.log()
     assert not marked_kernels()
+
+
+def test_jupyter_server_with_transport_encryption(jupyter_dirs, tmp_path):
+    """jupyter_server passes transport_encryption; pooled kernels are launched with the same
+    policy, and their CurveZMQ keys travel with the handout."""
+    server_config(
+        jupyter_dirs["config"], extra='c.MappingKernelManager.transport_encryption = "required"\n'
+    )
+    root = tmp_path / "root"
+    notebook(root / "nb.ipynb", "1+1")
+    argv = jupyter_server(tmp_path, root)
+    with running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
+                 log=tmp_path / "server.log") as server:
+        pooled = server.kernel_pids()
+        assert len(pooled) == 2
+        kid = start_session(server, "nb.ipynb")
+        seen = probe_ws(server, kid)
+        assert seen["pid"] in pooled
+        assert seen["cwd"] == str(root)
+        runtime = Path(jupyter_dirs["runtime"])
+        connection = json.loads((runtime / f"kernel-{kid}.json").read_text())
+        assert connection.get("curve_publickey")
+    assert not marked_kernels()
