@@ -166,16 +166,16 @@ class KernelPool:
     async def aclose(self) -> None:
         """Stop filling, shut down every pooled and warming kernel, await every task. Idempotent."""
         self.closed = True
-        if self._filler is not None:
-            self._filler.cancel()
+        filler, self._filler = self._filler, None
+        if filler is not None:
+            filler.cancel()
+            if filler.get_loop() is asyncio.get_running_loop():
+                await asyncio.gather(filler, return_exceptions=True)
         for kernels in list(self._idle.values()):
             for kernel in list(kernels):
                 self._drop(kernel)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._filler is not None and self._filler.get_loop() is asyncio.get_running_loop():
-            await asyncio.gather(self._filler, return_exceptions=True)
-        self._filler = None
         if self._context is not None:
             self._context.destroy(linger=0)
             self._context = None
@@ -271,6 +271,8 @@ class KernelPool:
         """Launch warm-ups where pools are short; return seconds until the next is due."""
         settings = self._host.pool_settings()
         wait: float | None = None
+        if self.closed:
+            return None
         for name, size in settings.sizes.items():
             idle = self._idle.setdefault(name, [])
             if len(idle) >= size:
