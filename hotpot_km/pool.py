@@ -314,6 +314,9 @@ class KernelPool:
         return spec
 
     def cached_spec(self, name: str) -> KernelSpec | None:
+        """The spec last read by a warm-up of a pooled name (kept fresh by its refills)."""
+        if not self._host.pool_settings().sizes.get(name):
+            return None  # cold starts re-read it, as jupyter_client does
         return self._specs.get(name)
 
     async def _warm(self, kernel: PooledKernel) -> None:
