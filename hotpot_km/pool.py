@@ -94,9 +94,9 @@ class PooledKernel:
         return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
 
     def close_client(self) -> None:
-        if self.client is not None:
-            self.client.stop_channels()
-            self.client = None
+        if self.client is not None and self.client._shell_channel is not None:
+            self.client._shell_channel.close()
+        self.client = None
 
 
 @dataclass(frozen=True)
@@ -682,7 +682,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 async def _close_client(client: AsyncKernelClient) -> None:
-    client.stop_channels()
+    # Only the shell channel was ever opened; stop_channels() would create the others first.
+    channel = client._shell_channel
+    if channel is not None:
+        channel.close()
 
 
 def process_group(provisioner: KernelProvisionerBase | None) -> int | None:

@@ -1,0 +1,232 @@
+"""Manager-level measurements, run as a subprocess with the python of the system under test.
+
+``run.py`` starts this script once per (system, scenario) so that hotpot_km 0.2.2 is
+imported from its own venv and this project from the project's venv; nothing here
+imports the benchmark package or anything the old venv lacks (stdlib, jupyter_client,
+psutil, hotpot_km). It writes one JSON document with raw samples in seconds or bytes.
+
+Systems: ``cold`` (a plain ``AsyncMultiKernelManager``), ``pooled`` (whichever
+``hotpot_km.PooledKernelManager`` the interpreter imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import psutil
+from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+
+SETTLE = 0.3  # seconds of quiet before each measured start: refills and shutdowns finish first
+
+
+def versions() -> dict[str, str]:
+    """Versions of what this interpreter measures with, for the report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for name in ("hotpot_km", "jupyter_client", "ipykernel", "pyzmq"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def new_manager(system: str, pool: int) -> AsyncMultiKernelManager:
+    """A cold manager, or the interpreter's hotpot_km pool with its default settings."""
+    if system == "cold":
+        return AsyncMultiKernelManager()
+    from hotpot_km import PooledKernelManager
+
+    return PooledKernelManager(kernel_pools={"python3": pool})
+
+
+WARMUP_FAILURES: list[str] = []
+
+
+async def wait_ready(km: AsyncMultiKernelManager) -> None:
+    """Let a pool refill completely, so a measurement sees a handout and not a refill.
+
+    A failed warm-up (e.g. a port taken by another process between its choice and the
+    kernel's bind) is noted and waited out: the pool replaces the kernel.
+    """
+    wait = getattr(km, "wait_for_pool", None)
+    while wait is not None:
+        try:
+            await wait()
+            break
+        except Exception as error:
+            if type(error).__name__ != "WarmupError" or len(WARMUP_FAILURES) >= 5:
+                raise
+            WARMUP_FAILURES.append(str(error))
+    await asyncio.sleep(SETTLE)
+
+
+async def request(
+    kc: Any, msg_type: str, content: dict[str, Any], timeout: float, resend_every: float = 0
+) -> dict[str, Any]:
+    """One shell round trip; ``resend_every`` repeats it while a cold kernel is not bound yet."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    sent: set[str] = set()
+    next_send = loop.time()
+    while True:
+        now = loop.time()
+        if now >= deadline:
+            raise TimeoutError(f"no reply to {msg_type} in {timeout:g} s")
+        if now >= next_send:
+            msg = kc.session.msg(msg_type, content)
+            kc.shell_channel.send(msg)
+            sent.add(msg["header"]["msg_id"])
+            next_send = now + resend_every if resend_every else deadline
+        try:
+            reply = await kc.shell_channel.get_msg(timeout=max(min(next_send, deadline) - now, 0.001))
+        except Empty:
+            continue
+        if reply["parent_header"].get("msg_id") in sent:
+            if reply["content"].get("status") == "error":
+                raise RuntimeError(f"{msg_type} failed: {reply['content'].get('evalue')}")
+            return reply
+
+
+async def probe(km: AsyncMultiKernelManager, kid: str, code: str | None) -> tuple[float, float]:
+    """Times (perf_counter) at which the kernel answered kernel_info, and ran ``code``."""
+    kc = km.get_kernel(kid).client()
+    kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+    try:
+        await request(kc, "kernel_info_request", {}, timeout=120, resend_every=1.0)
+        info = time.perf_counter()
+        if code:
+            content = {"code": code, "silent": False, "store_history": True,
+                       "user_expressions": {}, "allow_stdin": False, "stop_on_error": True}
+            await request(kc, "execute_request", content, timeout=300)
+        return info, time.perf_counter()
+    finally:
+        kc.stop_channels()
+
+
+def kernel_processes() -> list[psutil.Process]:
+    """Kernel processes started by this manager (pooled and handed out)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "ipykernel" in " ".join(child.cmdline()) and child.status() != "zombie":
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def rss(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid).memory_info().rss)
+        except psutil.Error:
+            continue
+    return out
+
+
+def launch_kwargs(kind: str, workdir: str, rep: int) -> dict[str, Any]:
+    """Start arguments: none, or the cwd and env jupyter_server passes for a notebook."""
+    if kind == "bare":
+        return {}
+    env = dict(os.environ, JPY_SESSION_NAME=os.path.join(workdir, f"notebook-{rep}.ipynb"))
+    return {"cwd": workdir, "env": env}
+
+
+async def handout(args: argparse.Namespace, km: AsyncMultiKernelManager) -> dict[str, Any]:
+    """Start → kernel_info reply (and → ``--code`` done), one kernel at a time."""
+    samples: dict[str, list[float]] = {}
+    memory: dict[str, list[float]] = {"kernel_rss": [], "pool_rss": []}
+    for rep in range(args.reps):
+        for kind in args.kinds:
+            await wait_ready(km)
+            if args.system != "cold":
+                pool = rss([p.pid for p in kernel_processes()])
+                memory["kernel_rss"].extend(pool)
+                memory["pool_rss"].append(sum(pool))
+            t0 = time.perf_counter()
+            kid = await km.start_kernel(kernel_name="python3", **launch_kwargs(kind, args.workdir, rep))
+            started = time.perf_counter()
+            info, done = await probe(km, kid, args.code)
+            samples.setdefault(f"{kind}:start_kernel", []).append(started - t0)
+            samples.setdefault(f"{kind}:kernel_info", []).append(info - t0)
+            if args.code:
+                samples.setdefault(f"{kind}:code_done", []).append(done - t0)
+            if args.system == "cold":
+                pid = km.get_kernel(kid).provisioner.pid
+                memory["kernel_rss"].extend(rss([pid]))
+            await km.shutdown_kernel(kid, now=True)
+    return {"samples": samples, "memory": memory}
+
+
+async def burst(args: argparse.Namespace, km: AsyncMultiKernelManager) -> dict[str, Any]:
+    """``--burst`` concurrent starts (cwd + env) against a full pool; each until kernel_info."""
+    per_request: list[float] = []
+    all_ready: list[float] = []
+    for rep in range(args.reps):
+        await wait_ready(km)
+        t0 = time.perf_counter()
+
+        async def one(i: int, rep: int = rep, t0: float = t0) -> tuple[str, float]:
+            kwargs = launch_kwargs("cwd_env", args.workdir, rep * 1000 + i)
+            kid = await km.start_kernel(kernel_name="python3", **kwargs)
+            info, _ = await probe(km, kid, None)
+            return kid, info - t0
+
+        done = await asyncio.gather(*(one(i) for i in range(args.burst)), return_exceptions=True)
+        errors = [d for d in done if isinstance(d, BaseException)]
+        ok = [d for d in done if not isinstance(d, BaseException)]
+        if errors:
+            raise RuntimeError(f"{len(errors)} of {args.burst} starts failed: {errors[0]!r}")
+        latencies = [lat for _, lat in ok]
+        per_request.extend(latencies)
+        all_ready.append(max(latencies))
+        await asyncio.gather(*(km.shutdown_kernel(kid, now=True) for kid, _ in ok))
+    return {"samples": {"burst:all_ready": all_ready, "burst:per_request": per_request}}
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    km = new_manager(args.system, args.pool)
+    result: dict[str, Any] = {"system": args.system, "versions": versions()}
+    try:
+        fill = time.perf_counter()
+        await wait_ready(km)
+        result["first_fill"] = time.perf_counter() - fill - SETTLE
+        if args.scenario == "handout":
+            result.update(await handout(args, km))
+        else:
+            result.update(await burst(args, km))
+    finally:
+        await km.shutdown_all(now=True)
+    result["warmup_failures"] = WARMUP_FAILURES
+    return result
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--system", choices=["cold", "pooled"], required=True)
+    parser.add_argument("--scenario", choices=["handout", "burst"], required=True)
+    parser.add_argument("--kinds", default="bare,cwd_env", type=lambda s: s.split(","))
+    parser.add_argument("--code", default="", help="code a kernel must have run: imports")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--pool", type=int, default=3)
+    parser.add_argument("--burst", type=int, default=12)
+    parser.add_argument("--workdir", required=True, help="the cwd of cwd_env requests")
+    parser.add_argument("--out", required=True, type=Path)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse(sys.argv[1:])
+    outcome = asyncio.run(main(arguments))
+    arguments.out.write_text(json.dumps(outcome))

@@ -1,0 +1,470 @@
+"""Cold kernels vs hotpot_km 0.2.2 vs this project vs Voila's preheat, side by side in one run.
+
+    python benchmarks/run.py            # full run, 13-15 minutes; writes results.md + handout.png
+    python benchmarks/run.py --quick --output /tmp/x   # smoke run with tiny N (the test suite's)
+
+See benchmarks/README.md for what each scenario measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from environment import (
+    HERE,
+    MARKER_VAR,
+    JupyterDirs,
+    Process,
+    ensure_old_venv,
+    shown,
+    sweep,
+    venv_versions,
+)
+from report import SYSTEMS, Row, chart, table, target_table, targets
+from server_bench import (
+    Server,
+    cold_fill,
+    event_loop,
+    notebook,
+    restarts,
+    sessions,
+    voila_pages,
+)
+
+HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
+GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Repetitions and pool sizes; the defaults make a full run of 13-15 minutes on 2 cores."""
+
+    handout_reps: int = 25  # each rep: one bare and one cwd/env handout
+    heavy_reps: int = 10
+    pool: int = 3
+    burst_reps: int = 5
+    burst: int = 12
+    burst_pool: int = 4
+    session_reps: int = 20
+    restart_reps: int = 15
+    server_pool: int = 2
+    voila_reps: int = 8
+    voila_pool: int = 3
+    fill_pool: int = 4
+
+
+QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
+              session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
+              fill_pool=1)
+
+
+class Names:
+    """Scenario names as they appear in the table (some carry the run's sizes)."""
+
+    def __init__(self, sizes: Sizes) -> None:
+        self.bare = "handout: python3, no cwd/env"
+        self.cwd_env = "handout: python3 with cwd + env"
+        self.start_only = "handout with cwd + env: start_kernel() alone"
+        self.heavy = "handout: heavy imports, until imports done"
+        self.session = "jupyter_server: POST /api/sessions → 1+1 reply"
+        self.voila = "Voila page (notebook with heavy imports)"
+        self.burst = f"burst: {sizes.burst} starts on a pool of {sizes.burst_pool}, all ready"
+        self.burst_each = f"burst: {sizes.burst} starts on a pool of {sizes.burst_pool}, each"
+        self.restart = "jupyter_server restart → kernel_info reply"
+        self.restart_post = "jupyter_server restart: POST alone"
+        self.mem_bare = "memory: idle kernel RSS, bare"
+        self.mem_heavy = "memory: idle kernel RSS, heavy imports"
+        self.mem_pool = f"memory: whole pool RSS ({sizes.pool} heavy kernels)"
+        self.loop = f"event loop: GET /api/status while {sizes.fill_pool} heavy kernels warm"
+
+    def order(self) -> list[str]:
+        return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
+                self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
+                self.mem_bare, self.mem_heavy, self.mem_pool, self.loop]
+
+    def latency_panels(self) -> list[str]:
+        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Bench:
+    """One run: the interpreters per system, scratch dirs, collected rows and notes."""
+
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, pythons: dict[str, str]) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.names = Names(sizes)
+        self.pythons = pythons
+        self.marker = os.environ[MARKER_VAR]
+        self.scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.work))
+        self.logs = self.scratch / "logs"
+        self.logs.mkdir()
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.failed = False
+
+    def systems(self, *extra: str) -> list[str]:
+        return [s for s in ("cold", "old", "new", *extra) if s in self.pythons or s == "preheat"]
+
+    def python(self, system: str) -> str:
+        return self.pythons["new" if system in ("cold", "preheat") else system]
+
+    def attempt(self, what: str, system: str, body: Callable[[], list[Row]],
+                names: list[str]) -> None:
+        """Run one system of one scenario group; an error becomes a note, never an abort."""
+        log(f"{what}: {SYSTEMS[system]}")
+        started = time.monotonic()
+        try:
+            self.rows += body()
+        except Exception as error:
+            self.failed = True
+            short = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            log(f"  failed: {short}\n{traceback.format_exc()}")
+            self.notes.append(f"{what}, {SYSTEMS[system]}: failed ({short}); logs in "
+                              f"{shown(self.logs)}")
+            self.rows += [Row(n, system, note="error") for n in names]
+        finally:
+            left = sweep(self.marker)
+            if left:
+                self.notes.append(f"{what}, {SYSTEMS[system]}: {len(left)} process(es) still "
+                                  f"running after shutdown, killed: {'; '.join(left[:3])}")
+                log(f"  left behind: {left}")
+            log(f"  done in {time.monotonic() - started:.0f} s")
+
+    # -- manager-level scenarios -----------------------------------------------------------
+
+    def kernel_bench(self, system: str, tag: str, dirs: JupyterDirs, *opts: str) -> dict:
+        out = self.scratch / f"{tag}-{system}.json"
+        argv = [self.python(system), str(HERE / "kernel_bench.py"),
+                "--system", "cold" if system == "cold" else "pooled",
+                "--workdir", str(dirs.work), "--out", str(out), *opts]
+        proc = Process(argv, env=dirs.env(), cwd=dirs.work, log=self.logs / f"{tag}-{system}.log")
+        try:
+            code = proc.wait(timeout=1800)
+        finally:
+            proc.stop(grace=10)
+        if code != 0:
+            raise RuntimeError(f"kernel_bench exited with {code}:\n{proc.log()}")
+        data = json.loads(out.read_text())
+        self.warmup_failures(tag, system, data.get("warmup_failures", []))
+        return data
+
+    def warmup_failures(self, what: str, system: str, failures: list[str]) -> None:
+        """Failed pool warm-ups (waited out, not measured) belong in the notes."""
+        if failures:
+            self.notes.append(f"{what}, {SYSTEMS[system]}: {len(failures)} pooled kernel(s) "
+                              f"failed to warm up and were replaced ({failures[0][:120]})")
+
+    def prime(self) -> None:
+        """One unmeasured cold start with the heavy imports: page cache and font cache warm."""
+        dirs = JupyterDirs(self.scratch, "prime")
+
+        def body() -> list[Row]:
+            self.kernel_bench("cold", "prime", dirs, "--scenario", "handout", "--reps", "1",
+                              "--kinds", "bare", "--code", HEAVY_CODE)
+            return []
+
+        self.attempt("priming (not measured)", "cold", body, [])
+
+    def handout(self, system: str) -> list[Row]:
+        n, s = self.names, self.sizes
+        dirs = JupyterDirs(self.scratch, f"handout-{system}")
+        data = self.kernel_bench(system, "handout", dirs, "--scenario", "handout",
+                                 "--reps", str(s.handout_reps), "--pool", str(s.pool))
+        mem = data["memory"]["kernel_rss"]
+        return [Row(n.bare, system, data["samples"]["bare:kernel_info"]),
+                Row(n.cwd_env, system, data["samples"]["cwd_env:kernel_info"]),
+                Row(n.start_only, system, data["samples"]["cwd_env:start_kernel"]),
+                Row(n.mem_bare, system, mem, unit="B")]
+
+    def heavy(self, system: str) -> list[Row]:
+        n, s = self.names, self.sizes
+        init = None if system == "cold" else HEAVY_CODE
+        dirs = JupyterDirs(self.scratch, f"heavy-{system}", init_code=init)
+        data = self.kernel_bench(system, "heavy", dirs, "--scenario", "handout", "--kinds",
+                                 "bare", "--code", HEAVY_CODE, "--reps", str(s.heavy_reps),
+                                 "--pool", str(s.pool))
+        pool = data["memory"]["pool_rss"]
+        return [Row(n.heavy, system, data["samples"]["bare:code_done"]),
+                Row(n.mem_heavy, system, data["memory"]["kernel_rss"], unit="B"),
+                Row(n.mem_pool, system, pool, unit="B", note="" if pool else "no pool")]
+
+    def burst(self, system: str) -> list[Row]:
+        n, s = self.names, self.sizes
+        dirs = JupyterDirs(self.scratch, f"burst-{system}")
+        data = self.kernel_bench(system, "burst", dirs, "--scenario", "burst",
+                                 "--reps", str(s.burst_reps), "--pool", str(s.burst_pool),
+                                 "--burst", str(s.burst))
+        return [Row(n.burst, system, data["samples"]["burst:all_ready"]),
+                Row(n.burst_each, system, data["samples"]["burst:per_request"])]
+
+    # -- server-level scenarios ------------------------------------------------------------
+
+    def server_config(self, dirs: JupyterDirs, system: str, pool: int, wait: bool) -> None:
+        if system == "cold":
+            return
+        (dirs.config / "jupyter_server_config.json").write_text(json.dumps({
+            "ServerApp": {"kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"},
+            "PooledKernelManager": {"kernel_pools": {"python3": pool}, "_wait_at_startup": wait},
+        }))
+
+    def server(self, system: str) -> list[Row]:
+        n, s = self.names, self.sizes
+        dirs = JupyterDirs(self.scratch, f"server-{system}")
+        self.server_config(dirs, system, s.server_pool, wait=True)
+        (dirs.work / "notebooks").mkdir()
+        server = Server("server", self.python(system), dirs, [], cwd=dirs.work,
+                        log=self.logs / f"server-{system}.log")
+        try:
+            server.wait_up()
+            server.wait_pool()
+            opened = sessions(server, s.session_reps)
+            restarted = restarts(server, s.restart_reps)
+        finally:
+            server.stop()
+            self.warmup_failures("server", system, server.warmup_failures)
+        return [Row(n.session, system, opened), Row(n.restart, system, restarted["ready"]),
+                Row(n.restart_post, system, restarted["post"])]
+
+    def loop(self, system: str) -> list[Row]:
+        n, s = self.names, self.sizes
+        init = None if system == "cold" else HEAVY_CODE
+        dirs = JupyterDirs(self.scratch, f"loop-{system}", init_code=init)
+        self.server_config(dirs, system, s.fill_pool, wait=False)
+        server = Server("server", self.python(system), dirs, [], cwd=dirs.work,
+                        log=self.logs / f"loop-{system}.log")
+        try:
+            up = server.wait_up()
+            if system == "cold":
+                latencies, took, failed = event_loop(server, up, lambda: cold_fill(
+                    server, s.fill_pool, HEAVY_CODE))
+            else:
+                latencies, took, failed = event_loop(server, up,
+                                                     lambda: server.wait_pool(settle=0))
+        finally:
+            server.stop()
+            self.warmup_failures("loop", system, server.warmup_failures)
+        note = f"event loop, {SYSTEMS[system]}: {s.fill_pool} heavy kernels ready {took:.1f} s " \
+               "after the server first answered"
+        if failed:
+            note += (f"; {len(failed)} of {len(latencies)} GET /api/status answered HTTP "
+                     f"{', '.join(map(str, sorted(set(failed))))} (timed all the same; see "
+                     "README, Findings)")
+        self.notes.append(note)
+        return [Row(n.loop, system, latencies)]
+
+    def voila(self, system: str) -> list[Row]:
+        n, s = self.names, self.sizes
+        init = HEAVY_CODE if system in ("old", "new") else None
+        dirs = JupyterDirs(self.scratch, f"voila-{system}", init_code=init)
+        app = dirs.work / "app"
+        notebook(app / "dashboard.ipynb", HEAVY_CODE, 'print("BENCH_OK", 1 + 1)')
+        args = ["dashboard.ipynb"]
+        if system in ("old", "new"):
+            (app / "voila.json").write_text(json.dumps({
+                "VoilaConfiguration": {
+                    "multi_kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"},
+                "PooledKernelManager": {"kernel_pools": {"python3": s.voila_pool},
+                                        "_wait_at_startup": True},
+            }, indent=2))
+        if system == "preheat":
+            args = ["--preheat_kernel=True", f"--pool_size={s.voila_pool}", *args]
+        server = Server("voila", self.python(system), dirs, args, cwd=app, token=False,
+                        log=self.logs / f"voila-{system}.log")
+        try:
+            server.wait_up(timeout=600)
+            samples, failures = voila_pages(server, s.voila_reps, expect="BENCH_OK 2")
+        finally:
+            server.stop()
+            self.warmup_failures("voila", system, server.warmup_failures)
+        if not failures:
+            return [Row(n.voila, system, samples)]
+        kinds = ", ".join(sorted(set(failures)))
+        note = f"{kinds} ({len(failures)} of {len(failures) + len(samples)})"
+        worked = (f"; the {len(samples)} that worked took {statistics.median(samples):.2f} s "
+                  "(median)" if samples else "")
+        self.notes.append(f"Voila page, {SYSTEMS[system]}: {len(failures)} of "
+                          f"{len(failures) + len(samples)} requests failed ({kinds}){worked}")
+        return [Row(n.voila, system, [], note=note)]
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self, groups: list[str]) -> None:
+        if not self.args.quick:
+            self.prime()
+        n = self.names
+        plan: dict[str, tuple[Callable[[str], list[Row]], list[str], list[str]]] = {
+            "handout": (self.handout, self.systems(), [n.bare, n.cwd_env, n.start_only,
+                                                       n.mem_bare]),
+            "heavy": (self.heavy, self.systems(), [n.heavy, n.mem_heavy, n.mem_pool]),
+            "burst": (self.burst, self.systems(), [n.burst, n.burst_each]),
+            "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
+            "voila": (self.voila, self.systems("preheat"), [n.voila]),
+            "loop": (self.loop, self.systems(), [n.loop]),
+        }
+        for group in groups:
+            body, systems, names = plan[group]
+            for system in systems:
+                self.attempt(group, system, lambda b=body, s=system: b(s), names)
+
+    def sorted_rows(self) -> list[Row]:
+        order = {name: i for i, name in enumerate(self.names.order())}
+        ranks = {s: i for i, s in enumerate(SYSTEMS)}
+        return sorted(self.rows, key=lambda r: (order.get(r.scenario, 99), ranks[r.system]))
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hotpot_km"], cwd=HERE.parent,
+                               text=True, capture_output=True, check=True).stdout.strip()
+        return rev + (" with uncommitted changes in hotpot_km/" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_results(bench: Bench, output: Path, argv: list[str], started: float) -> Path:
+    rows = bench.sorted_rows()
+    names = bench.names
+    found = targets(rows, {"handout": names.cwd_env, "voila": names.voila, "burst": names.burst,
+                           "restart": names.restart, "restart_post": names.restart_post,
+                           "event_loop": names.loop})
+    png = output / "handout.png"
+    chart(rows, names.latency_panels(), png,
+          goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05})
+    versions = {s: venv_versions(bench.pythons[s]) for s in ("old", "new") if s in bench.pythons}
+    packages = ["python", "hotpot_km", "jupyter_client", "jupyter_server", "ipykernel", "voila",
+                "pyzmq", "tornado"]
+    sizes = ", ".join(f"{f.name}={getattr(bench.sizes, f.name)}" for f in fields(bench.sizes))
+    lines = [
+        "# hotpot_km benchmarks",
+        "",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"- command: `{' '.join(['python benchmarks/run.py', *argv])}`",
+        f"- machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} "
+        f"{platform.release()}; other work may have run at the same time",
+        f"- this project: git {git_revision()}",
+        f"- sizes: {sizes}",
+        f"- run time: {(time.monotonic() - started) / 60:.1f} min",
+        "",
+        "Versions (every system launches the same kernel: ipykernel from the project's venv):",
+        "",
+        "| venv: systems | " + " | ".join(packages) + " |",
+        "| --- |" + " --- |" * len(packages),
+    ]
+    venvs = {"old": "`benchmarks/.work/venv-022`: hotpot_km 0.2.2",
+             "new": "`.venv`: cold, this project, Voila preheat"}
+    for system, found_versions in versions.items():
+        lines.append(f"| {venvs[system]} | "
+                     + " | ".join(found_versions.get(p, "—") for p in packages) + " |")
+    lines += ["", "## Results", "",
+              "Latencies are wall-clock seconds from the request to a kernel that answers; "
+              "p99 of small N is close to the maximum. The ratio compares each p50 with the "
+              "cold p50 of the same scenario in this run.", "", *table(rows), "",
+              "## Targets", "", *target_table(found), "", "## Notes", ""]
+    lines += [f"- {note}" for note in bench.notes] or ["- none"]
+    lines += ["", f"![handout latency distributions]({png.name})", ""]
+    path = output / "results.md"
+    path.write_text("\n".join(lines))
+    print("\n".join([*table(rows), "", *target_table(found)]), flush=True)
+    return path
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny N and pools of 1: checks that everything runs, nothing more")
+    parser.add_argument("--output", type=Path, default=HERE,
+                        help="where results.md and handout.png go (default: benchmarks/)")
+    parser.add_argument("--work", type=Path, default=HERE / ".work",
+                        help="the 0.2.2 venv and scratch dirs (default: benchmarks/.work)")
+    parser.add_argument("--skip-old", action="store_true",
+                        help="no hotpot_km 0.2.2 rows (no venv to set up)")
+    parser.add_argument("--only", default=",".join(GROUPS),
+                        help=f"comma-separated scenario groups out of {','.join(GROUPS)}")
+    parser.add_argument("--keep", action="store_true", help="keep scratch dirs and logs")
+    for f in fields(Sizes):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=None,
+                            help=f"override (full default {f.default})")
+    args = parser.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(GROUPS)
+    if unknown:
+        parser.error(f"unknown scenario groups: {', '.join(sorted(unknown))}")
+    args.work, args.output = args.work.resolve(), args.output.resolve()
+    return args
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    # Stopped by SIGTERM or SIGINT (even when started in the background, where SIGINT is
+    # ignored), the run still stops its servers and kernels.
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    started = time.monotonic()
+    sizes = QUICK if args.quick else Sizes()
+    sizes = replace(sizes, **{f.name: getattr(args, f.name) for f in fields(Sizes)
+                              if getattr(args, f.name) is not None})
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
+    os.environ[MARKER_VAR] = uuid.uuid4().hex
+    pythons = {"cold": sys.executable, "new": sys.executable}
+    if not args.skip_old:
+        pythons["old"] = str(ensure_old_venv(args.work, log))
+    bench = Bench(args, sizes, pythons)
+    try:
+        bench.run([g for g in GROUPS if g in args.only.split(",")])
+    except KeyboardInterrupt:
+        log("interrupted; stopping everything")
+        return 130
+    finally:
+        left = sweep(bench.marker, settle=0)
+        if left:
+            log(f"killed leftover processes: {left}")
+        if args.keep or bench.failed:
+            log(f"scratch dirs and logs kept in {bench.scratch}")
+        else:
+            shutil.rmtree(bench.scratch, ignore_errors=True)
+    path = write_results(bench, args.output, argv, started)
+    log(f"wrote {path} and {args.output / 'handout.png'} in "
+        f"{(time.monotonic() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
