@@ -61,7 +61,9 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
     def _connection_file_for(self, kernel_id: str) -> str:
         # jupyter_client's default connection_dir "" means the current directory;
         # pooled kernels are not the user's doing, so they go to the runtime dir.
-        directory = self.connection_dir or jupyter_runtime_dir()
+        # A subdirectory of their own: a host may start a kernel under any id, and its
+        # kernel-<id>.json must never overwrite a pooled kernel's file.
+        directory = os.path.join(self.connection_dir or jupyter_runtime_dir(), "hotpot_km_pool")
         if not self._connection_dir_checked:
             ensure_dir_exists(directory, 0o700)
             self._connection_dir_checked = True

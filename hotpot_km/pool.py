@@ -20,6 +20,7 @@ import atexit
 import errno
 import logging
 import os
+import shutil
 import signal
 import uuid
 import weakref
@@ -337,6 +338,7 @@ class KernelPool:
                 kernel.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
             )
             kernel.manager._kernel_spec = spec  # already read off the loop
+            await asyncio.to_thread(_check_program, kernel.manager.format_kernel_cmd, cwd)
             start = kernel.manager.start_kernel(
                 cwd=cwd, env=dict(os.environ if env is None else env), **kwargs
             )
@@ -362,13 +364,15 @@ class KernelPool:
                 await run_code(client, code, timeout=left, is_alive=alive, data=data)
         except asyncio.CancelledError:
             kernel.ready.cancel()
-            await self._shut_down(kernel)
+            # a claimed kernel's slot now belongs to its claimer (see discard())
+            await self._shut_down(kernel, release=not kernel.claimed)
             raise
         except Exception as error:
             self._warmup_failed(kernel, source, error, settings)
             kernel.ready.set_exception(WarmupError(self._last_error[kernel.name]))
             kernel.ready.exception()  # retrieved: waiters re-raise it their own way
-            await self._shut_down(kernel)
+            # a claimed kernel's slot now belongs to its claimer (see discard())
+            await self._shut_down(kernel, release=not kernel.claimed)
         else:
             if self._failures.pop(kernel.name, 0):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
@@ -521,7 +525,7 @@ class KernelPool:
             self._drop(kernel)
             return
         self._idle.setdefault(kernel.name, []).insert(0, kernel)
-        self._wake_filler()
+        self.resize()  # a replacement may have started meanwhile
 
     async def hand_out(self, kernel: PooledKernel, request: LaunchRequest) -> HandedOut | None:
         """Apply ``request`` to a claimed kernel and detach it from the pool.
@@ -674,6 +678,17 @@ _CWD_ERRORS = {
     "NotADirectoryError": (errno.ENOTDIR, "is not a directory"),
     "PermissionError": (errno.EACCES, "is not accessible"),
 }
+
+
+def _check_program(format_cmd: Callable[[], list[str]], cwd: str) -> None:
+    """Fail like ``Popen`` would for a kernelspec whose program does not exist."""
+    program = format_cmd()[0]
+    if os.sep in program:
+        found = os.path.isfile(os.path.join(cwd, os.path.expanduser(program)))
+    else:
+        found = shutil.which(program) is not None
+    if not found:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -74,6 +74,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
         if self._slot is None:
             self._slot = await self._pool.cold_slot(name)
+        # a cold start reads the kernelspec afresh, as jupyter_client's own would
+        self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
         if self._inner is not None and self._adopted:
             await self._finish_inner()
         if self._inner is None:

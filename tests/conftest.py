@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -16,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 MARKER = "HOTPOT_KM_TEST_MARKER"
 
 
-@pytest.fixture
-def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Fresh config/data/runtime dirs, and a marker env value every kernel inherits."""
-    dirs = {name: tmp_path / name for name in ("config", "data", "runtime", "work")}
+def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point Jupyter at fresh config/data/runtime dirs under ``base``, set a new marker
+    value every kernel inherits, and work in ``base/work``."""
+    dirs = {name: base / name for name in ("config", "data", "runtime", "work")}
     for path in dirs.values():
         path.mkdir()
     monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(dirs["config"]))
@@ -32,6 +35,12 @@ def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, P
     monkeypatch.setenv(MARKER, uuid.uuid4().hex)
     monkeypatch.chdir(dirs["work"])
     return dirs
+
+
+@pytest.fixture
+def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Fresh config/data/runtime dirs, and a marker env value every kernel inherits."""
+    return isolate_jupyter(tmp_path, monkeypatch)
 
 
 def marked_kernels(marker: str | None = None) -> list[psutil.Process]:
@@ -70,8 +79,6 @@ def no_leftover_kernels(jupyter_dirs: dict[str, Path]) -> Iterator[None]:
     marker = os.environ[MARKER]
     yield
     deadline = 10.0
-    import time
-
     start = time.monotonic()
     while marked_kernels(marker) and time.monotonic() - start < deadline:
         time.sleep(0.1)
@@ -79,3 +86,64 @@ def no_leftover_kernels(jupyter_dirs: dict[str, Path]) -> Iterator[None]:
     for proc in left:
         proc.kill()
     assert not left, f"kernel processes left behind: {[p.pid for p in left]}"
+
+
+def marked_processes(needle: str, marker: str | None = None) -> list[psutil.Process]:
+    """Live processes carrying this test's marker whose command line contains ``needle``
+    (for kernels that are not ipykernel, e.g. a broken kernelspec's program)."""
+    marker = marker or os.environ[MARKER]
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid == os.getpid():
+                continue
+            if needle in " ".join(proc.cmdline()) and proc.environ().get(MARKER) == marker:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture
+def unwatched_kernels(jupyter_dirs: dict[str, Path]) -> None:
+    """A ``python3`` kernelspec whose kernels do not exit when their parent dies.
+
+    ipykernel normally polls its parent and exits about a second after it is gone,
+    which would hide any kernel a server leaves behind; most other kernels don't.
+    """
+    path = jupyter_dirs["data"] / "kernels" / "python3"
+    path.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.parent_handle=0"],
+        "display_name": "Python 3 (unwatched)",
+        "language": "python",
+    }
+    (path / "kernel.json").write_text(json.dumps(spec))
+
+
+class KernelCounter:
+    """Samples, in a background thread, how many kernel processes ``count()`` sees."""
+
+    def __init__(self, count: Callable[[], int], interval: float = 0.02) -> None:
+        self._count = count
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.max = 0
+        self.samples = 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.max = max(self.max, self._count())
+            self.samples += 1
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> KernelCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
@@ -45,3 +51,65 @@ async def probe(km: AsyncMultiKernelManager, kernel_id: str) -> dict:
     data = json.loads(out.strip().splitlines()[-1])
     data["execution_count"] = reply["execution_count"]
     return data
+
+
+def write_kernelspec(
+    data_dir: Path, name: str, argv: list[str] | None = None, language: str = "python", **extra
+) -> Path:
+    """Write (or overwrite) ``<data_dir>/kernels/<name>/kernel.json``; default: a working ipykernel."""
+    spec = {
+        "argv": argv or [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": name,
+        "language": language,
+        **extra,
+    }
+    path = data_dir / "kernels" / name
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "kernel.json").write_text(json.dumps(spec))
+    return path / "kernel.json"
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> None:
+    """Poll ``predicate`` (sync or async) until it is true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert loop.time() < deadline, f"condition not reached in {timeout:g} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+def tracebacks(records: list[logging.LogRecord]) -> list[str]:
+    """Log records that carry a traceback, as text."""
+    return [
+        r.getMessage()
+        for r in records
+        if r.exc_info or "Traceback (most recent call last)" in r.getMessage()
+    ]
+
+
+async def shut_down(km: AsyncMultiKernelManager, timeout: float = 30.0) -> None:
+    """``await km.shutdown_all()`` as callers write it (no extra task in between), failing
+    the test instead of hanging if it never returns."""
+    task = asyncio.current_task()
+    assert task is not None
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        await km.shutdown_all()
+    except asyncio.CancelledError:
+        if expired:
+            raise AssertionError(f"shutdown_all() did not return within {timeout:g} s") from None
+        raise
+    finally:
+        handle.cancel()

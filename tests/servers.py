@@ -187,3 +187,95 @@ def api(server: Server, method: str, path: str, **kwargs: Any) -> requests.Respo
     headers = {"Authorization": f"token {TOKEN}"}
     response = requests.request(method, server.url + path, headers=headers, timeout=120, **kwargs)
     return response
+
+
+def voila_command(notebook_name: str, port: int) -> list[str]:
+    """Voila serving one notebook on 127.0.0.1 (run it in the notebook's directory)."""
+    return [sys.executable, "-m", "voila", "--no-browser", f"--port={port}",
+            "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", notebook_name]
+
+
+def websocket_status(server: Server, kernel_id: str, token: str | None = TOKEN) -> int | None:
+    """HTTP status with which the kernel websocket handshake was refused; None if accepted."""
+    try:
+        sock = KernelSocket(server, kernel_id, token=token)
+    except websocket.WebSocketBadStatusException as error:
+        return error.status_code
+    sock.close()
+    return None
+
+
+def connection_file_ids(directory: Path) -> set[str]:
+    """Kernel ids named by the ``kernel-<id>.json`` connection files in ``directory`` (and below)."""
+    return {p.name[len("kernel-"):-len(".json")] for p in Path(directory).rglob("kernel-*.json")}
+
+
+def write_notebook(path: Path, *cells: str) -> None:
+    """A python3 notebook with one code cell per source string."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                            "language": "python"}},
+                "cells": [
+                    {"cell_type": "code", "id": f"c{i}", "metadata": {}, "outputs": [],
+                     "execution_count": None, "source": src}
+                    for i, src in enumerate(cells)
+                ],
+            }
+        )
+    )
+
+
+WS_PROBE = (
+    "import os, json\n"
+    "print(json.dumps({'cwd': os.getcwd(), 'session': globals().get('__session__'),"
+    " 'env': dict(os.environ), 'pid': os.getpid(),"
+    " 'names': sorted(k for k in globals() if not k.startswith('_'))}))"
+)
+
+
+def ws_probe(server: Server, kernel_id: str) -> dict[str, Any]:
+    """cwd, env, session, pid and user names of a kernel, asked over its websocket."""
+    sock = KernelSocket(server, kernel_id)
+    try:
+        out, reply = sock.run(WS_PROBE)
+    finally:
+        sock.close()
+    assert reply["status"] == "ok", reply
+    data = json.loads(out.strip().splitlines()[-1])
+    data["execution_count"] = reply["execution_count"]
+    return data
+
+
+def ws_run(server: Server, kernel_id: str, code: str) -> dict[str, Any]:
+    sock = KernelSocket(server, kernel_id)
+    try:
+        _, reply = sock.run(code)
+    finally:
+        sock.close()
+    return reply
+
+
+def new_session(server: Server, path: str, kernel: dict[str, Any] | None = None) -> str:
+    """POST /api/sessions for a notebook path; returns the session's kernel id."""
+    response = api(
+        server,
+        "POST",
+        "/api/sessions",
+        json={"path": path, "type": "notebook", "name": path.rsplit("/", 1)[-1],
+              "kernel": kernel or {"name": "python3"}},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["kernel"]["id"]
+
+
+def wait_for(predicate: Any, timeout: float = 60, what: str = "") -> None:
+    """Poll a sync predicate until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"condition not reached in {timeout:g} s: {what}"
+        time.sleep(0.1)
