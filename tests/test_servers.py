@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 from conftest import marked_kernels
-from servers import TOKEN, KernelSocket, api, free_port, jupyter_server, port_of, running
+from servers import (
+    TOKEN,
+    KernelSocket,
+    api,
+    free_port,
+    jupyter_server,
+    port_of,
+    running,
+)
+from servers import write_notebook as notebook
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
@@ -25,25 +34,6 @@ PROBE = (
     "print(json.dumps({'cwd': os.getcwd(), 'session': globals().get('__session__'),"
     " 'env': dict(os.environ), 'pid': os.getpid()}))"
 )
-
-
-def notebook(path: Path, *cells: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "nbformat": 4,
-                "nbformat_minor": 5,
-                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                            "language": "python"}},
-                "cells": [
-                    {"cell_type": "code", "id": f"c{i}", "metadata": {}, "outputs": [],
-                     "execution_count": None, "source": src}
-                    for i, src in enumerate(cells)
-                ],
-            }
-        )
-    )
 
 
 def server_config(config_dir: Path, pools: int = 2, extra: str = "") -> None:
