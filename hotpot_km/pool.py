@@ -132,6 +132,7 @@ class KernelPool:
         self.budget = KernelBudget(budget_limit, on_release=self._wake_filler)
         self._idle: dict[str, list[PooledKernel]] = {}  # unclaimed, in launch order
         self._warming: set[PooledKernel] = set()
+        self._claimed: set[PooledKernel] = set()  # claimed, not yet handed out or discarded
         self._tasks: set[asyncio.Task[Any]] = set()
         self._filler: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # the filler's sleep
@@ -276,13 +277,16 @@ class KernelPool:
             return None
         for name, size in settings.sizes.items():
             idle = self._idle.setdefault(name, [])
-            if len(idle) >= size:
+            # a claimed kernel keeps its place until it is handed out or discarded
+            if len(idle) + sum(k.name == name for k in self._claimed) >= size:
                 continue
             due = self._not_before.get(name, 0.0)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
-            while len(idle) < size and len(self._warming) < max(settings.max_warming, 1):
+            while len(idle) + sum(k.name == name for k in self._claimed) < size and len(
+                self._warming
+            ) < max(settings.max_warming, 1):
                 slot = self.budget.try_take()
                 if slot is None:
                     return wait
@@ -501,6 +505,7 @@ class KernelPool:
         kernel = next((k for k in candidates if k.is_ready), candidates[0])
         self._idle[name].remove(kernel)
         kernel.claimed = True
+        self._claimed.add(kernel)
         settings = self._host.pool_settings()
         loop = asyncio.get_running_loop()
         self._not_before[name] = max(
@@ -521,6 +526,7 @@ class KernelPool:
     def unclaim(self, kernel: PooledKernel) -> None:
         """Put a claimed, untouched kernel back at the front of its pool."""
         kernel.claimed = False
+        self._claimed.discard(kernel)
         if self.closed or (kernel.ready.done() and not kernel.is_ready):
             self._drop(kernel)
             return
@@ -570,6 +576,8 @@ class KernelPool:
 
     def _detach(self, kernel: PooledKernel) -> HandedOut:
         """Release the pool's hold on a kernel's process so a provisioner can own it."""
+        self._claimed.discard(kernel)
+        self._wake_filler()
         client, kernel.client = kernel.client, None
         if client is not None:  # closing sockets takes ms: not on the handout path
             self._spawn(_close_client(client), "hotpot_km close client")
@@ -596,6 +604,8 @@ class KernelPool:
             kernel.task.cancel()
             await asyncio.gather(kernel.task, return_exceptions=True)
         await self._shut_down(kernel, release=False)
+        self._claimed.discard(kernel)
+        self._wake_filler()
         return kernel.slot
 
     async def cold_slot(self, name: str) -> Slot:
