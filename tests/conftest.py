@@ -61,10 +61,15 @@ def marked_kernels(marker: str | None = None) -> list[psutil.Process]:
 
 
 def kernel_children(pid: int | None = None) -> list[psutil.Process]:
-    """Kernel processes that are children of ``pid`` (default: this process)."""
+    """Kernel processes that are children of ``pid`` (default: this process).
+
+    Direct children only: managers launch their kernels themselves, and a kernel's own
+    short-lived subprocess (ipykernel runs ``uname -p`` when it shuts down) carries the
+    kernel's command line until it execs, so it must not count as one more kernel.
+    """
     parent = psutil.Process(pid or os.getpid())
     out = []
-    for child in parent.children(recursive=True):
+    for child in parent.children():
         try:
             if "ipykernel" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
                 out.append(child)
@@ -123,20 +128,59 @@ def unwatched_kernels(jupyter_dirs: dict[str, Path]) -> None:
     (path / "kernel.json").write_text(json.dumps(spec))
 
 
-class KernelCounter:
-    """Samples, in a background thread, how many kernel processes ``count()`` sees."""
+def own_kernels(marker: str | None = None) -> list[psutil.Process]:
+    """Kernel processes under this process that carry this test's marker."""
+    marker = marker or os.environ[MARKER]
+    found = []
+    for proc in kernel_children():
+        try:
+            if proc.environ().get(MARKER) == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
-    def __init__(self, count: Callable[[], int], interval: float = 0.02) -> None:
-        self._count = count
+
+def describe(procs: list[psutil.Process]) -> list[str]:
+    """pid, parent, status and connection file of each process, for failure messages."""
+    out = []
+    for proc in procs:
+        try:
+            argv = proc.cmdline()
+            where = argv[argv.index("-f") + 1] if "-f" in argv else " ".join(argv)[-80:]
+            out.append(f"{proc.pid} (parent {proc.ppid()}) {proc.status()} {where}")
+        except (psutil.Error, ValueError, IndexError):
+            out.append(f"{proc.pid} (gone)")
+    return out
+
+
+class KernelCounter:
+    """Samples, in a background thread, the kernel processes ``processes()`` returns;
+    keeps the highest count and which processes made it up."""
+
+    def __init__(
+        self, processes: Callable[[], list[psutil.Process]] | None = None, interval: float = 0.02
+    ) -> None:
+        if processes is None:
+            marker = os.environ[MARKER]
+
+            def processes() -> list[psutil.Process]:
+                return own_kernels(marker)
+
+        self._processes = processes
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.max = 0
+        self.at_max: list[str] = []
         self.samples = 0
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.max = max(self.max, self._count())
+            procs = self._processes()
+            if len(procs) > self.max:
+                self.max = len(procs)
+                self.at_max = describe(procs)
             self.samples += 1
             self._stop.wait(self._interval)
 

@@ -41,10 +41,11 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def kernel_pids(self) -> set[int]:
-        """Kernel processes that are children of the server."""
+        """Kernel processes that are children of the server (direct children only: see
+        ``conftest.kernel_children``)."""
         pids = set()
         try:
-            children = psutil.Process(self.proc.pid).children(recursive=True)
+            children = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return pids
         for child in children:
