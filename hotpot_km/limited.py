@@ -12,6 +12,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
 from traitlets import Integer
 
+from . import metrics
 from .budget import MaximumKernelsException
 from .pool import KernelPool, PoolSettings
 from .provisioner import PooledProvisioner
@@ -42,6 +43,12 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         super().__init__(**kwargs)
         if self.kernel_spec_manager is None:
             self.kernel_spec_manager = KernelSpecManager(parent=self)
+        metrics.watch(self._pool)
+
+    @property
+    def kernel_pool(self) -> KernelPool:
+        """The pool engine behind this manager (its state: ``kernel_pool.snapshot()``)."""
+        return self._pool
 
     def pool_settings(self) -> PoolSettings:
         """No pools at this level; :class:`~hotpot_km.PooledKernelManager` adds them."""
