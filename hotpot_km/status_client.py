@@ -130,8 +130,9 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
         f"{doc.get('hotpot_km', '')}  ",
         (doc.get("manager", ""), "dim"),
         "\nkernel processes ",
-        (f"{processes['used']}" + (f" of max_kernels {limit}" if limit else ""), "bold"),
-        f"  ·  in use {processes['in_use']}" if processes.get("in_use") is not None else "",
+        (str(processes["used"]), "bold"),
+        f" (max_kernels {limit})" if limit else "",
+        f", {processes['in_use']} in use" if processes.get("in_use") is not None else "",
     )
 
     pools = Table(title="Pools", box=box.SIMPLE_HEAVY, title_justify="left")

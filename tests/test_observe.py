@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,33 @@ async def test_one_info_line_when_full_dry_and_full_again(jupyter_dirs, caplog, 
         assert len(kernel_children()) == 4
     finally:
         await shut_down(km)
+
+
+def test_grafana_dashboard_queries_the_exported_metrics():
+    """docs/grafana-dashboard.json is a Grafana dashboard whose PromQL names only metrics this
+    package exports, and shows every one of them."""
+    exported: set[str] = set()
+    families = set()
+    for family in REGISTRY.collect():
+        if not family.name.startswith("hotpot_km_"):
+            continue
+        families.add(family.name)
+        exported.add(family.name)
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
+        exported.update(family.name + s for s in suffixes.get(family.type, []))
+    path = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    assert dashboard["uid"] and dashboard["schemaVersion"] >= 36 and dashboard["title"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    queries = []
+    for panel in panels:
+        assert panel["type"] in {"stat", "timeseries"} and set(panel["gridPos"]) == {"x", "y", "w", "h"}
+        assert panel["targets"], panel["title"]
+        queries += [t["expr"] for t in panel["targets"]]
+    variables = dashboard["templating"]["list"]
+    queries += [v["query"]["query"] for v in variables if isinstance(v.get("query"), dict)]
+    used = {name for query in queries for name in re.findall(r"hotpot_km_\w+", query)}
+    assert used <= exported, used - exported
+    unshown = {f for f in families if not any(name.startswith(f) for name in used)}
+    assert not unshown
