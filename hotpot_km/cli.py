@@ -68,7 +68,7 @@ class HotpotKmApp(Application):  # type: ignore[misc]
     version = __version__
     description = "Tools for hotpot_km kernel pools."
     subcommands: dict[str, Any] = {
-        "status": (StatusApp, StatusApp.description.splitlines()[0]),
+        "status": (StatusApp, "Show the kernel pools of a server (--url) or of the local service."),
     }
 
     def start(self) -> None:

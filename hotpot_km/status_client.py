@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -232,7 +233,7 @@ def run_status(
         try:
             doc = fetch()
         except StatusUnavailable as error:
-            console.print(f"hotpot-km status: {error}", style="red", highlight=False)
+            print(f"hotpot-km status: {error}", file=sys.stderr)
             return EXIT_UNAVAILABLE
         if as_json and console.is_terminal:
             console.print_json(data=doc)

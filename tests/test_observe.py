@@ -8,8 +8,10 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +177,16 @@ def test_jupyter_server_metrics_status_and_cli(jupyter_dirs, tmp_path):
         assert table.returncode == 0, table.stderr
         assert "python3" in table.stdout and "full" in table.stdout
         assert "no_pool 1" in table.stdout
+        watching = subprocess.Popen(
+            [str(CLI), "status", "--url", server.url, "--token", TOKEN, "--watch",
+             "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, TTY_COMPATIBLE="1", TTY_INTERACTIVE="1", COLUMNS="120"),
+        )
+        time.sleep(3)
+        watching.send_signal(signal.SIGINT)  # Ctrl-C ends it quietly
+        out, err = watching.communicate(timeout=60)
+        assert watching.returncode == 0, err
+        assert out.count("Starts") >= 2 and "python3" in out  # refreshed in place
         refused = cli("--url", server.url, "--token", "wrong")
         assert refused.returncode == 1 and "403" in refused.stdout + refused.stderr
         # jupyter_server logs the unknown name's NoSuchKernel itself; nothing else
