@@ -12,6 +12,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
 from traitlets import Integer
 
+from . import metrics
 from .budget import MaximumKernelsException
 from .pool import KernelPool, PoolSettings
 from .provisioner import PooledProvisioner
@@ -42,6 +43,12 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         super().__init__(**kwargs)
         if self.kernel_spec_manager is None:
             self.kernel_spec_manager = KernelSpecManager(parent=self)
+        metrics.watch(self._pool)
+
+    @property
+    def kernel_pool(self) -> KernelPool:
+        """The pool engine behind this manager (its state: ``kernel_pool.snapshot()``)."""
+        return self._pool
 
     def pool_settings(self) -> PoolSettings:
         """No pools at this level; :class:`~hotpot_km.PooledKernelManager` adds them."""
@@ -89,6 +96,12 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
     async def _async_shutdown_all(self, now: bool = False) -> None:
         """Stop the pool (no process of it survives), then every kernel, as the parent does."""
         await self._pool.aclose()
+        # jupyter_client keeps a start that failed (e.g. an unknown kernel name) among its
+        # pending kernels, and jupyter_server's shutdown of that id raises 404, which
+        # aborts the server's exit: forget those first.
+        for kernel_id, task in list(self._pending_kernels.items()):
+            if task.done() and kernel_id not in self._kernels:
+                self._pending_kernels.pop(kernel_id, None)
         await super()._async_shutdown_all(now=now)
 
     shutdown_all = _async_shutdown_all

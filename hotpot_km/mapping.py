@@ -14,12 +14,17 @@ from typing import Any
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
 from .pooled import PooledKernelManager
+from .server_extension import attach_to_voila
 
 __all__ = ["PooledMappingKernelManager"]
 
 
 class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager):  # type: ignore[misc]
     """jupyter_server's own mapping manager; only the launch step takes pooled kernels."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        attach_to_voila(self)  # standalone Voila has no server extensions: add our routes
 
     def pool_launch_kwargs(self, kernel_name: str) -> dict[str, Any]:
         """Pool kernels are launched under the server's policy (e.g. transport encryption)."""

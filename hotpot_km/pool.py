@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -37,9 +38,11 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_config_path
 
 from .budget import KernelBudget, MaximumKernelsException, Slot
+from .events import Observers, PoolLog, PoolStats
 from .kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
 from .languages import init_file_extension, preparation_for
-from .request import LaunchRequest, absolute_cwd, final_env, fixed_options, mismatch
+from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options, mismatch
+from .snapshot import KernelView, PoolSnapshot, PoolView
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class WarmupError(RuntimeError):
 class HandoutError(RuntimeError):
     """A claimed kernel could not be handed out (it died or the handout code failed)."""
 
+    def __init__(self, message: str, reason: ColdReason = ColdReason.HANDOUT_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass(eq=False)
 class PooledKernel:
@@ -89,6 +96,8 @@ class PooledKernel:
     client: AsyncKernelClient | None = None
     claimed: bool = False
     task: asyncio.Task[None] | None = None
+    launched: float = field(default_factory=time.monotonic)
+    ready_since: float | None = None
 
     @property
     def is_ready(self) -> bool:
@@ -144,7 +153,13 @@ class KernelPool:
         self._specs: dict[str, KernelSpec] = {}
         self._context: zmq.asyncio.Context | None = None
         self._retiring: set[KernelProvisionerBase] = set()
+        self._templates: dict[str, tuple[LaunchRequest, str | None]] = {}  # last launch per name
         self.closed = False
+        #: what the pool reports (see hotpot_km.events); hosts add their own observers
+        self.stats = PoolStats()
+        self.observer = Observers(
+            [self.stats, PoolLog(lambda: self.log, self._fill_level)], lambda: self.log
+        )
         _LIVE_POOLS.add(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -267,6 +282,7 @@ class KernelPool:
                         "hotpot_km: pooled %r kernel died while waiting in the pool; replacing it",
                         kernel.name,
                     )
+                    self.observer.pooled_kernel_died(kernel.name)
                     self._drop(kernel)
 
     def _start_missing(self, now: float) -> float | None:
@@ -341,6 +357,7 @@ class KernelPool:
                 fixed_options(kwargs),
                 kernel.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
             )
+            self._templates[kernel.name] = (kernel.launch, kernel.language)
             kernel.manager._kernel_spec = spec  # already read off the loop
             await asyncio.to_thread(_check_program, kernel.manager.format_kernel_cmd, cwd)
             start = kernel.manager.start_kernel(
@@ -381,7 +398,9 @@ class KernelPool:
             if self._failures.pop(kernel.name, 0):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
             self._last_error.pop(kernel.name, None)
+            kernel.ready_since = time.monotonic()
             kernel.ready.set_result(None)
+            self.observer.warmup_succeeded(kernel.name, kernel.ready_since - kernel.launched)
             self.log.debug("hotpot_km: pooled %r kernel ready", kernel.name)
         finally:
             self._warming.discard(kernel)
@@ -442,6 +461,7 @@ class KernelPool:
         else:
             self.log.debug("hotpot_km: %s (again, attempt %d)", message, failures)
         self._last_error[kernel.name] = message
+        self.observer.warmup_failed(kernel.name, warmup_step(source), message)
 
     def _zmq_context(self) -> zmq.asyncio.Context:
         if self._context is None:
@@ -465,6 +485,7 @@ class KernelPool:
         victim = self._claim_victim(prefer_not=name)
         if victim is not None:
             return Reservation(victim=victim)
+        self.observer.start_refused(name)
         raise MaximumKernelsException(
             f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel processes "
             f"(max_kernels) is reached by running, starting and pooled kernels."
@@ -539,6 +560,7 @@ class KernelPool:
         Returns ``None`` (kernel returned to the pool) if it can't serve this
         request; raises :class:`HandoutError` (kernel discarded) if it failed.
         """
+        waiting = None if kernel.ready.done() else time.monotonic()
         try:
             await asyncio.shield(kernel.ready)
         except asyncio.CancelledError:
@@ -547,13 +569,15 @@ class KernelPool:
                 raise
             raise HandoutError("its warm-up was cancelled") from None
         except WarmupError as error:
-            raise HandoutError(str(error)) from None
+            raise HandoutError(str(error), ColdReason.WARMUP_FAILING) from None
+        if waiting is not None:
+            self.observer.waited_for_warmup(kernel.name, time.monotonic() - waiting)
         assert kernel.launch is not None and kernel.client is not None
         if mismatch(kernel.launch, kernel.language, request):
             self.unclaim(kernel)
             return None
         if not await kernel.manager.is_alive():
-            raise HandoutError("it died while waiting in the pool")
+            raise HandoutError("it died while waiting in the pool", ColdReason.DEAD_KERNEL)
         prep = preparation_for(kernel.language)
         if prep is not None:
             try:
@@ -571,7 +595,9 @@ class KernelPool:
                     raise OSError(code, f"kernel working directory {reason}", request.cwd) from None
                 raise HandoutError(f"applying cwd/env failed: {error.summary()}") from None
             except (KernelDiedError, TimeoutError) as error:
-                raise HandoutError(f"applying cwd/env failed: {error}") from None
+                died = isinstance(error, KernelDiedError)
+                reason = ColdReason.DEAD_KERNEL if died else ColdReason.HANDOUT_FAILED
+                raise HandoutError(f"applying cwd/env failed: {error}", reason) from None
         return self._detach(kernel)
 
     def _detach(self, kernel: PooledKernel) -> HandedOut:
@@ -615,6 +641,7 @@ class KernelPool:
             return slot
         victim = self._claim_victim(prefer_not=name)
         if victim is None:
+            self.observer.start_refused(name)
             raise MaximumKernelsException(
                 f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel "
                 f"processes (max_kernels) is reached."
@@ -673,6 +700,74 @@ class KernelPool:
                 slot.release()
             remove_files(files)
 
+    # -- observation -------------------------------------------------------------------------
+
+    def cold_reason(self, name: str, request: LaunchRequest | None) -> ColdReason:
+        """Why a start of ``name`` gets no pooled kernel, once :meth:`claim` found none."""
+        if not self._host.pool_settings().sizes.get(name):
+            return ColdReason.NO_POOL
+        template = self._templates.get(name)  # what this pool's kernels are launched with
+        if request is not None and template is not None:
+            found = mismatch(template[0], template[1], request)
+            if found is not None:
+                return found.reason
+        if self._failures.get(name):
+            return ColdReason.WARMUP_FAILING
+        return ColdReason.POOL_EMPTY
+
+    def _fill_level(self, name: str) -> tuple[int, int]:
+        """(ready kernels, configured size) of one pool."""
+        ready = sum(k.is_ready for k in self._idle.get(name, ()))
+        return ready, self._host.pool_settings().sizes.get(name, 0)
+
+    def snapshot(self) -> PoolSnapshot:
+        """The pools as they are now: kernels per state with ages, failures, slots, counts.
+
+        Safe to call from another thread (a metrics server's): it only copies.
+        """
+        now = time.monotonic()  # the clock of loop.time() too
+        settings = self._host.pool_settings()
+        found: dict[str, list[KernelView]] = {}
+
+        def add(kernel: PooledKernel, state: str) -> None:
+            since = kernel.ready_since
+            pid = getattr(kernel.manager.provisioner, "pid", None)
+            view = KernelView(
+                state, pid, now - kernel.launched, None if since is None else now - since
+            )
+            found.setdefault(kernel.name, []).append(view)
+
+        for idle in list(self._idle.values()):
+            for kernel in list(idle):
+                add(kernel, "ready" if kernel.is_ready else "warming")
+        for kernel in list(self._claimed):
+            add(kernel, "claimed")
+        names = [*settings.sizes, *sorted(set(found) - set(settings.sizes))]
+        pools = []
+        for name in names:
+            failures = self._failures.get(name, 0)
+            due = self._not_before.get(name, 0.0) - now
+            pools.append(
+                PoolView(
+                    kernel_name=name,
+                    size=settings.sizes.get(name, 0),
+                    kernels=tuple(found.get(name, ())),
+                    consecutive_failures=failures,
+                    last_error=self._last_error.get(name),
+                    next_warmup_in=max(due, 0.0) if failures else None,
+                )
+            )
+        return PoolSnapshot(
+            pools=tuple(pools),
+            processes=self.budget.used,
+            max_kernels=self.budget.limit,
+            retiring=len(self._retiring),
+            settings=settings,
+            stats={n: self.stats.for_name(n) for n in sorted(set(names) | self.stats.names())},
+            recent_errors=tuple(self.stats.recent_errors),
+            closed=self.closed,
+        )
+
     # -- process safety net ------------------------------------------------------------------
 
     def process_groups(self) -> list[int]:
@@ -699,6 +794,19 @@ def _check_program(format_cmd: Callable[[], list[str]], cwd: str) -> None:
         found = shutil.which(program) is not None
     if not found:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def warmup_step(source: str) -> str:
+    """The step (one of ``hotpot_km.events.WARMUP_STEPS``) a warm-up source belongs to."""
+    if source == "kernel start":
+        return "kernel_start"
+    if source == "hotpot_km bootstrap":
+        return "bootstrap"
+    if source == "python_imports":
+        return "python_imports"
+    if source.startswith("initialization_code["):
+        return "initialization_code"
+    return "init_file"
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -10,6 +10,7 @@ restarts come back here, so they can take warm kernels too.
 from __future__ import annotations
 
 import pathlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
@@ -17,7 +18,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from .budget import Slot
 from .pool import LIVE_PROVISIONERS, HandoutError, PooledKernel, process_group, remove_files
-from .request import LaunchRequest, absolute_cwd, final_env, fixed_options
+from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
 
 if TYPE_CHECKING:
     from jupyter_client.connect import KernelConnectionInfo
@@ -41,6 +42,7 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._request: LaunchRequest | None = None
         self._launched = False
         self._pooled_launch: dict[str, Any] | None = None
+        self._handout_failure: ColdReason | None = None
         LIVE_PROVISIONERS.add(self)
 
     # -- launching ---------------------------------------------------------------------------
@@ -55,7 +57,12 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def _pre_launch(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         km = self.parent
         name = km.kernel_name
-        self.kernel_spec = self._pool.cached_spec(name) or await self._pool.spec(name)
+        started, restarting = time.monotonic(), self._launched
+        try:
+            self.kernel_spec = self._pool.cached_spec(name) or await self._pool.spec(name)
+        except Exception:  # e.g. no such kernelspec: the pool had nothing for this start
+            self._report(name, restarting, self._pool.cold_reason(name, None), started)
+            raise
         km._kernel_spec = self.kernel_spec
         request = LaunchRequest(
             kernel_name=name,
@@ -68,12 +75,15 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self._victim is not None:
             victim, self._victim = self._victim, None
             self._slot = await self._pool.discard(victim)
-        restarting, self._launched = self._launched, True
+        self._launched = True
         handed = await self._take_from_pool(request, ready_only=restarting)
         if handed:
+            self._report(name, restarting, None, started)
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
+        reason = self._handout_failure or self._pool.cold_reason(name, request)
         if self._slot is None:
             self._slot = await self._pool.cold_slot(name)
+        self._report(name, restarting, reason, started)
         # a cold start reads the kernelspec afresh, as jupyter_client's own would
         self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
         if self._inner is not None and self._adopted:
@@ -85,6 +95,7 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
         """Hand out a pooled kernel for ``request``; try one more ready one if the first failed."""
         kernel, self._claimed = self._claimed, None
+        self._handout_failure = None
         for _attempt in range(3):
             if kernel is None:
                 kernel = self._pool.claim(request.kernel_name, request, ready_only=ready_only)
@@ -98,6 +109,9 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     request.kernel_name,
                     error,
                 )
+                self._handout_failure = error.reason
+                if error.reason is ColdReason.DEAD_KERNEL:
+                    self._pool.observer.pooled_kernel_died(request.kernel_name)
                 slot = await self._pool.discard(kernel)
                 if self._slot is None:
                     self._slot = slot
@@ -118,6 +132,15 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.log.debug("hotpot_km: handed out a pooled %r kernel", request.kernel_name)
             return handed.cmd
         return None
+
+    def _report(self, name: str, restart: bool, reason: ColdReason | None, started: float) -> None:
+        """Tell the pool's observers how this start was served: pooled, or cold and why."""
+        seconds = time.monotonic() - started
+        self._pool.observer.kernel_started(
+            name, pooled=reason is None, reason=reason, restart=restart, seconds=seconds
+        )
+        if reason is not None:
+            self.log.debug("hotpot_km: starting a %r kernel cold (%s)", name, reason)
 
     def _new_inner(self) -> KernelProvisionerBase:
         """The kernelspec's own provisioner, as a cold start would use."""

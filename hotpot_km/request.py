@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec
@@ -91,25 +92,69 @@ async def final_env(
     return plain_env(kwargs["env"])
 
 
-def mismatch(pooled: LaunchRequest, language: str | None, request: LaunchRequest) -> str | None:
+class ColdReason(str, Enum):
+    """Why a start did not get a pooled kernel: a small, fixed vocabulary.
+
+    The values are the ``reason`` label of the metrics and appear in the status
+    document, so they are part of the public interface: add, never rename.
+    """
+
+    #: the kernel name has no pool (not in ``kernel_pools``, or size 0), or no kernelspec
+    NO_POOL = "no_pool"
+    #: the pool had no kernel to give (all taken; a restart found none ready)
+    POOL_EMPTY = "pool_empty"
+    #: an env variable read only at process start differs (``PYTHONPATH``, ``LANG``, ...)
+    STARTUP_ENV = "startup_env"
+    #: start arguments other than cwd/env differ from ``pool_kwargs`` (or transport encryption)
+    START_ARGUMENTS = "start_arguments"
+    #: a cwd/env change the pool can't apply to kernels of this language
+    LANGUAGE = "language"
+    #: the pool's warm-ups are failing, so it has nothing ready
+    WARMUP_FAILING = "warmup_failing"
+    #: the pooled kernel it got had died
+    DEAD_KERNEL = "dead_kernel"
+    #: applying cwd/env to the pooled kernel failed
+    HANDOUT_FAILED = "handout_failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """Why a pooled kernel can't serve a request: a :class:`ColdReason` and the details."""
+
+    reason: ColdReason
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def mismatch(
+    pooled: LaunchRequest, language: str | None, request: LaunchRequest
+) -> Mismatch | None:
     """Why a kernel launched for ``pooled`` can't serve ``request``, or ``None`` if it can."""
     if pooled.kernel_name != request.kernel_name:
-        return "another kernel name"
+        return Mismatch(ColdReason.NO_POOL, "another kernel name")
     if pooled.encryption != request.encryption:
-        return "another transport encryption"
+        return Mismatch(ColdReason.START_ARGUMENTS, "another transport encryption")
     if dict(pooled.options) != dict(request.options):
         keys = sorted(set(pooled.options) ^ set(request.options)) or sorted(
             k for k in request.options if pooled.options.get(k) != request.options[k]
         )
-        return f"start arguments that differ from pool_kwargs: {', '.join(keys)}"
+        detail = f"start arguments that differ from pool_kwargs: {', '.join(keys)}"
+        return Mismatch(ColdReason.START_ARGUMENTS, detail)
     prep = preparation_for(language)
     if prep is None:
         if pooled.cwd != request.cwd or dict(pooled.env) != dict(request.env):
-            return (
+            detail = (
                 f"a cwd/env change, which the pool can't apply to {language or 'unknown'} kernels"
             )
+            return Mismatch(ColdReason.LANGUAGE, detail)
         return None
     changed = sorted(k for k in prep.startup_env if pooled.env.get(k) != request.env.get(k))
     if changed:
-        return f"env variables read only at process start: {', '.join(changed)}"
+        detail = f"env variables read only at process start: {', '.join(changed)}"
+        return Mismatch(ColdReason.STARTUP_ENV, detail)
     return None
