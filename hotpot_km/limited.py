@@ -13,7 +13,7 @@ from jupyter_core.utils import ensure_dir_exists
 from traitlets import Integer
 
 from .budget import MaximumKernelsException
-from .pool import KernelPool, PoolSettings
+from .pool import KernelPool, LocalKernelAdapter, PoolSettings
 from .provisioner import PooledProvisioner
 
 __all__ = ["LimitedKernelManager", "MaximumKernelsException"]
@@ -46,6 +46,10 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
     def pool_settings(self) -> PoolSettings:
         """No pools at this level; :class:`~hotpot_km.PooledKernelManager` adds them."""
         return PoolSettings()
+
+    def new_pool_kernel(self, kernel_name: str, kernel_id: str) -> LocalKernelAdapter:
+        """Pooled kernels of this manager are local processes."""
+        return LocalKernelAdapter(self._pool, self.new_pool_manager(kernel_name, kernel_id))
 
     def new_pool_manager(self, kernel_name: str, kernel_id: str) -> AsyncKernelManager:
         """A plain manager for a pooled process: no restarter, no server bookkeeping or events."""
