@@ -19,9 +19,10 @@ class Preparation:
     ``bootstrap`` runs first in every pooled kernel and receives
     ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}``;
     ``handout`` receives ``{"cwd": ..., "env": ...}`` and must make the kernel
-    look as if it had been started with them (``cwd`` ``None``: where it started). ``startup_env`` lists variables
-    read only while the process starts (or while the warm-up imports run): a
-    request that changes one of them cannot be served by a pooled kernel.
+    look as if it had been started with them (``cwd`` ``None``: where it started).
+    ``startup_env`` lists variables read only while the process starts (or while the
+    warm-up imports run): a request that changes one of them cannot be served by a
+    pooled kernel.
     """
 
     language: str

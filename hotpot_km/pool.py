@@ -593,6 +593,35 @@ class KernelPool:
                 raise HandoutError(f"applying cwd/env failed: {error}") from None
         return self._detach(kernel)
 
+    async def take(
+        self, request: LaunchRequest, *, ready_only: bool, kernel: PooledKernel | None = None
+    ) -> tuple[Any, Slot | None]:
+        """Hand out a pooled kernel for ``request``: ``kernel`` (already claimed) or one
+        claimed here. A kernel whose handout fails is discarded and one more ready kernel
+        is tried. Returns what was handed out (``None``: no pooled kernel can serve the
+        request) and the slot of the first discarded kernel, for the caller's cold start."""
+        spare: Slot | None = None
+        for _attempt in range(3):
+            if kernel is None:
+                kernel = self.claim(request.kernel_name, request, ready_only=ready_only)
+            if kernel is None:
+                break
+            try:
+                return await self.hand_out(kernel, request), spare
+            except HandoutError as error:
+                self.log.warning(
+                    "hotpot_km: a pooled %r kernel was not handed out: %s",
+                    request.kernel_name,
+                    error,
+                )
+                slot = await self.discard(kernel)
+                if spare is None:
+                    spare = slot
+                else:
+                    slot.release()
+                kernel, ready_only = None, True
+        return None, spare
+
     def _detach(self, kernel: PooledKernel) -> Any:
         """Release the pool's hold on a kernel so the host's own code can own it."""
         self._claimed.discard(kernel)
