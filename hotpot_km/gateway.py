@@ -165,8 +165,17 @@ class GatewayChannels:
             raise queue.Empty from None
 
     def ping(self) -> None:
-        """A ``kernel_info_request`` whose reply is dropped: gateway activity, nothing else."""
-        msg = self.session.msg("kernel_info_request", {})
+        """Activity for the gateway's culler, nothing else: a silent execute of no code
+        (jupyter_server does not count ``kernel_info`` as activity); the reply is dropped."""
+        content = {
+            "code": "",
+            "silent": True,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        msg = self.session.msg("execute_request", content)
         self._ignored.add(msg["header"]["msg_id"])
         self.send(msg)
 
@@ -189,11 +198,10 @@ class GatewayKernelAdapter:
     """A pooled kernel on a remote gateway, as the engine drives it
     (:class:`~hotpot_km.pool.KernelAdapter`).
 
-    Started with ``POST /api/kernels`` under an id chosen here (``kernel_id`` in the body
-    for Kernel Gateway, ``KERNEL_ID`` for Enterprise Gateway), so a start cancelled in
-    flight can still be deleted. Its env carries :data:`POOL_MARKER`. The liveness poll
-    doubles as keep-alive: every ``keepalive_interval`` seconds a ``kernel_info_request``
-    gives the gateway's idle culler activity to see.
+    Started with ``POST /api/kernels`` (in a task of its own, so a start cancelled in
+    flight is awaited and then deleted). Its env carries :data:`POOL_MARKER`. The liveness
+    poll doubles as keep-alive: every ``keepalive_interval`` seconds a silent, empty
+    ``execute_request`` gives the gateway's idle culler activity to see.
     """
 
     def __init__(self, manager: PooledGatewayMappingKernelManager, name: str, kernel_id: str):
@@ -216,11 +224,16 @@ class GatewayKernelAdapter:
     async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
         ksm = self.manager.kernel_spec_manager
         assert ksm is not None
-        model = await ksm.get_kernel_spec(self.name)  # the gateway's kernelspec model
-        self.language = language = ((model or {}).get("spec") or {}).get("language")
+        # The list, not GET /api/kernelspecs/<name>: with KERNEL_USERNAME set, jupyter_server
+        # 2 builds that URL after its ?user= query and gets the list anyway.
+        specs = (await ksm.list_kernel_specs()).get("kernelspecs") or {}
+        if self.name not in specs:
+            raise KeyError(f"no kernelspec {self.name!r} on the gateway")
+        self.language = language = (specs[self.name].get("spec") or {}).get("language")
         payload = gateway_env(kwargs.pop("env", None), kwargs.pop("cwd", None))
-        extras = {POOL_MARKER: self.manager.pool_marker, "KERNEL_ID": self.kernel_id}
-        self.launch = self.manager.remote_request(self.name, payload, extras)
+        self.launch = self.manager.remote_request(
+            self.name, payload, {POOL_MARKER: self.manager.pool_marker}
+        )
         self._body = {"name": self.name, "env": dict(self.launch.env), "kernel_id": self.kernel_id}
         return self.launch, language
 
@@ -328,7 +341,7 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
     keepalive_interval = Float(
         30.0,
         config=True,
-        help="""Seconds between the kernel_info requests each waiting pooled kernel gets, so a
+        help="""Seconds between the empty silent executions each waiting pooled kernel gets, so a
         gateway that culls idle kernels even while connected (cull_connected) spares them.
         Keep it below the gateway's cull_idle_timeout.""",
     )

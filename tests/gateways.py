@@ -130,7 +130,8 @@ def local_server(gw: Gateway, base: Path, root: Path, *, pooled: bool, pools: in
     config.mkdir(parents=True, exist_ok=True)
     (config / "jupyter_server_config.py").write_text(
         gateway_client_config(gw, pooled, pools, extra))
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config))
+    # the user the gateway starts kernels for (Enterprise Gateway refuses root)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), KERNEL_USERNAME="hotpot-user")
     argv = jupyter_server(base, root, "--ServerApp.jpserver_extensions={'voila.server_extension': False}")
     with running(argv, cwd=root, port=port_of(argv), env=env,
                  ready_path=f"/api/status?token={TOKEN}", log=base / "server.log") as server:

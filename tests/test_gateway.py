@@ -92,7 +92,7 @@ def test_sessions_through_a_gateway_get_pooled_kernels_that_look_cold(kind, jupy
             kernel_id = new_session(server, "sub/nb.ipynb")
             assert kernel_id in pooled
             seen = comparable(ws_probe(server, kernel_id), kernel_id)
-            assert seen == cold_seen
+            assert seen == cold_seen, (sorted(set(seen["env"].items()) ^ set(cold_seen["env"].items())))
             assert outputs(server, kernel_id, OUTPUTS) == cold_outputs
             assert [k["id"] for k in api(server, "GET", "/api/kernels").json()] == [kernel_id]
 
@@ -130,7 +130,10 @@ def test_the_gateway_culler_spares_waiting_pooled_kernels(kind, jupyter_dirs, tm
             pooled = gw.kernel_ids()
             assert len(pooled) == 2
             # an idle kernel on the same gateway is culled meanwhile: the culler runs
-            idle = gw.api("POST", "/api/kernels", json={"name": "python3"}).json()["id"]
+            started = gw.api("POST", "/api/kernels",
+                             json={"name": "python3", "env": {"KERNEL_USERNAME": "hotpot-user"}})
+            assert started.status_code == 201, started.text
+            idle = started.json()["id"]
             wait_for(lambda: idle not in gw.kernel_ids(), timeout=60, what="idle kernel culled")
             time.sleep(4)  # more than cull_idle_timeout again
             assert gw.kernel_ids() == pooled, gw.server.log()[-3000:]
