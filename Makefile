@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Enterprise Gateway 3.3 pins jupyter_client < 7 and jupyter_server < 2: a venv of its own,
 # used by tests/gateways.py. Its kernels run the project's ipykernel from .venv.
 EG_VENV ?= .venv-eg
-EG_PINS := jupyter-enterprise-gateway==3.3.0 jupyter-client==6.1.12 jupyter-server==1.24.0 pyzmq==24.0.1
+EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
 
 .PHONY: demo test bench lint clean
 
@@ -17,10 +17,10 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-$(EG_VENV)/.installed: Makefile
+$(EG_VENV)/.installed: $(EG_REQUIREMENTS)
 	rm -rf $(EG_VENV)
 	$(PYTHON) -m venv $(EG_VENV)
-	$(EG_VENV)/bin/python -m pip install -q $(EG_PINS)
+	$(EG_VENV)/bin/python -m pip install -q -r $(EG_REQUIREMENTS)
 	touch $@
 
 $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python

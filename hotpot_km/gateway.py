@@ -393,7 +393,7 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
         jupyter_server's own remote start."""
         if kernel_id is None:
             name = kwargs.get("kernel_name") or self.default_kernel_name
-            self._check_request(name, kwargs)
+            self._check_request(name, {k: v for k, v in kwargs.items() if k != "kernel_name"})
             cwd = kwargs.get("cwd")
             if cwd is None and path is not None:
                 cwd = self.cwd_for_path(path)
