@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Enterprise Gateway 3.3 pins jupyter_client < 7 and jupyter_server < 2: a venv of its own,
+# used by tests/gateways.py. Its kernels run the project's ipykernel from .venv.
+EG_VENV ?= .venv-eg
+EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
 
 .PHONY: demo test bench lint clean
 
@@ -13,6 +17,12 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
+$(EG_VENV)/.installed: $(EG_REQUIREMENTS)
+	rm -rf $(EG_VENV)
+	$(PYTHON) -m venv $(EG_VENV)
+	$(EG_VENV)/bin/python -m pip install -q -r $(EG_REQUIREMENTS)
+	touch $@
+
 $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[demo]"
 	touch $@
@@ -20,7 +30,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.test-installed
+test: $(VENV)/.test-installed $(EG_VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check hotpot_km
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -33,4 +43,4 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format hotpot_km
 
 clean:
-	rm -rf $(VENV) benchmarks/.work
+	rm -rf $(VENV) $(EG_VENV) benchmarks/.work

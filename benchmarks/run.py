@@ -1,6 +1,6 @@
 """Cold kernels vs hotpot_km 0.2.2 vs this project vs Voila's preheat, side by side in one run.
 
-    python benchmarks/run.py            # full run, 13-15 minutes; writes results.md + handout.png
+    python benchmarks/run.py            # full run, 16-19 minutes; writes results.md + handout.png
     python benchmarks/run.py --quick --output /tmp/x   # smoke run with tiny N (the test suite's)
 
 See benchmarks/README.md for what each scenario measures and how.
@@ -36,6 +36,7 @@ from environment import (
     sweep,
     venv_versions,
 )
+from gateway_bench import gateway_sessions
 from report import SYSTEMS, Row, chart, table, target_table, targets
 from server_bench import (
     Server,
@@ -48,12 +49,12 @@ from server_bench import (
 )
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
-GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop")
+GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "gateway")
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """Repetitions and pool sizes; the defaults make a full run of 13-15 minutes on 2 cores."""
+    """Repetitions and pool sizes; the defaults make a full run of 16-19 minutes on 2 cores."""
 
     handout_reps: int = 25  # each rep: one bare and one cwd/env handout
     heavy_reps: int = 10
@@ -67,11 +68,15 @@ class Sizes:
     voila_reps: int = 8
     voila_pool: int = 3
     fill_pool: int = 4
+    gateway_reps: int = 10
+    gateway_slow_reps: int = 5
+    gateway_slow: int = 10  # seconds the slow kernelspec's launch takes more
+    gateway_pool: int = 1
 
 
 QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
-              fill_pool=1)
+              fill_pool=1, gateway_reps=1, gateway_slow_reps=1, gateway_slow=2)
 
 
 class Names:
@@ -92,14 +97,19 @@ class Names:
         self.mem_heavy = "memory: idle kernel RSS, heavy imports"
         self.mem_pool = f"memory: whole pool RSS ({sizes.pool} heavy kernels)"
         self.loop = f"event loop: GET /api/status while {sizes.fill_pool} heavy kernels warm"
+        self.gateway = "Kernel Gateway: POST /api/sessions → 1+1 reply"
+        self.gateway_slow = (f"Kernel Gateway, kernel launch +{sizes.gateway_slow} s: "
+                             "POST /api/sessions → 1+1 reply")
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
                 self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
-                self.mem_bare, self.mem_heavy, self.mem_pool, self.loop]
+                self.gateway, self.gateway_slow, self.mem_bare, self.mem_heavy, self.mem_pool,
+                self.loop]
 
     def latency_panels(self) -> list[str]:
-        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart]
+        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart,
+                self.gateway_slow]
 
 
 def log(message: str) -> None:
@@ -272,6 +282,14 @@ class Bench:
         self.notes.append(note)
         return [Row(n.loop, system, latencies)]
 
+    def gateway(self, system: str) -> list[Row]:
+        n, s = self.names, self.sizes
+        samples = gateway_sessions(self.python(system), self.scratch, self.logs, system=system,
+                                   reps=s.gateway_reps, slow_reps=s.gateway_slow_reps,
+                                   slow=s.gateway_slow, pool=s.gateway_pool)
+        return [Row(n.gateway, system, samples["python3"]),
+                Row(n.gateway_slow, system, samples["python3-slow"])]
+
     def voila(self, system: str) -> list[Row]:
         n, s = self.names, self.sizes
         init = HEAVY_CODE if system in ("old", "new") else None
@@ -320,6 +338,8 @@ class Bench:
             "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
             "voila": (self.voila, self.systems("preheat"), [n.voila]),
             "loop": (self.loop, self.systems(), [n.loop]),
+            "gateway": (self.gateway, [s for s in self.systems() if s != "old"],
+                        [n.gateway, n.gateway_slow]),
         }
         for group in groups:
             body, systems, names = plan[group]
@@ -358,7 +378,7 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
     names = bench.names
     found = targets(rows, {"handout": names.cwd_env, "voila": names.voila, "burst": names.burst,
                            "restart": names.restart, "restart_post": names.restart_post,
-                           "event_loop": names.loop})
+                           "event_loop": names.loop, "gateway_slow": names.gateway_slow})
     png = output / "handout.png"
     chart(rows, names.latency_panels(), png,
           goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05})

@@ -112,23 +112,24 @@ class KernelSocket:
         self.ws.close()
 
 
-def new_session(server: Server, path: str) -> tuple[str, str]:
+def new_session(server: Server, path: str, kernel_name: str = "python3") -> tuple[str, str]:
     response = server.api("POST", "/api/sessions", json={
         "path": path, "type": "notebook", "name": path.rsplit("/", 1)[-1],
-        "kernel": {"name": "python3"}})
+        "kernel": {"name": kernel_name}})
     if response.status_code != 201:
         raise ServerError(f"POST /api/sessions: HTTP {response.status_code} {response.text[:300]}")
     model = response.json()
     return model["id"], model["kernel"]["id"]
 
 
-def sessions(server: Server, reps: int) -> list[float]:
+def sessions(server: Server, reps: int, kernel_name: str = "python3") -> list[float]:
     """POST /api/sessions → websocket → first execute_reply of ``1+1``; session deleted after."""
     samples = []
     for rep in range(reps):
         server.wait_pool()
         t0 = time.perf_counter()
-        session_id, kernel_id = new_session(server, f"notebooks/session-{rep}.ipynb")
+        session_id, kernel_id = new_session(server, f"notebooks/session-{rep}.ipynb",
+                                            kernel_name)
         sock = KernelSocket(server, kernel_id)
         sock.execute("1+1")
         samples.append(time.perf_counter() - t0)

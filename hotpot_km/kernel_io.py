@@ -10,14 +10,30 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from queue import Empty
-from typing import Any
+from typing import Any, Protocol
 
-from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.session import Session
 
 #: Key under which the pool sends its data in a request's ``metadata``.
 METADATA_KEY = "hotpot_km"
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class ShellChannel(Protocol):
+    def send(self, msg: dict[str, Any]) -> None: ...
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]: ...
+
+
+class ShellClient(Protocol):
+    """What the pool talks to a kernel through: a jupyter_client ``AsyncKernelClient``, or
+    a gateway websocket (:mod:`hotpot_km.gateway`). ``get_msg`` raises ``queue.Empty``."""
+
+    session: Session
+
+    @property
+    def shell_channel(self) -> ShellChannel: ...
 
 
 class KernelDiedError(RuntimeError):
@@ -45,7 +61,7 @@ class KernelCodeError(RuntimeError):
 
 
 async def request_reply(
-    client: AsyncKernelClient,
+    client: ShellClient,
     msg_type: str,
     content: dict[str, Any],
     *,
@@ -91,7 +107,7 @@ async def request_reply(
 
 
 async def run_code(
-    client: AsyncKernelClient,
+    client: ShellClient,
     code: str,
     *,
     timeout: float,

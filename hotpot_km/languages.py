@@ -19,9 +19,10 @@ class Preparation:
     ``bootstrap`` runs first in every pooled kernel and receives
     ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}``;
     ``handout`` receives ``{"cwd": ..., "env": ...}`` and must make the kernel
-    look as if it had been started with them. ``startup_env`` lists variables
-    read only while the process starts (or while the warm-up imports run): a
-    request that changes one of them cannot be served by a pooled kernel.
+    look as if it had been started with them (``cwd`` ``None``: where it started).
+    ``startup_env`` lists variables read only while the process starts (or while the
+    warm-up imports run): a request that changes one of them cannot be served by a
+    pooled kernel.
     """
 
     language: str
@@ -43,6 +44,7 @@ def __hotpot_km_bootstrap():
 
     launch = dict(data()["launch_env"])
     started = dict(os.environ)
+    start_dir = os.getcwd()
     # What the kernel changed in its own environment while starting up; a cold
     # start with the request's env would do the same on top of that env.
     own = {k: v for k, v in started.items() if launch.get(k) != v}
@@ -56,7 +58,7 @@ def __hotpot_km_bootstrap():
 
     def handout():
         request = data()
-        os.chdir(request["cwd"])
+        os.chdir(start_dir if request["cwd"] is None else request["cwd"])
         env = dict(request["env"])
         for key, value in own.items():
             # A value the kernel overwrote is overwritten again; a value it only

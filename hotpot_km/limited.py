@@ -14,7 +14,7 @@ from traitlets import Integer
 
 from . import metrics
 from .budget import MaximumKernelsException
-from .pool import KernelPool, PoolSettings
+from .pool import KernelPool, LocalKernelAdapter, PoolSettings
 from .provisioner import PooledProvisioner
 
 __all__ = ["LimitedKernelManager", "MaximumKernelsException"]
@@ -53,6 +53,10 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
     def pool_settings(self) -> PoolSettings:
         """No pools at this level; :class:`~hotpot_km.PooledKernelManager` adds them."""
         return PoolSettings()
+
+    def new_pool_kernel(self, kernel_name: str, kernel_id: str) -> LocalKernelAdapter:
+        """Pooled kernels of this manager are local processes."""
+        return LocalKernelAdapter(self._pool, self.new_pool_manager(kernel_name, kernel_id))
 
     def new_pool_manager(self, kernel_name: str, kernel_id: str) -> AsyncKernelManager:
         """A plain manager for a pooled process: no restarter, no server bookkeeping or events."""

@@ -39,7 +39,7 @@ from jupyter_core.paths import jupyter_config_path
 
 from .budget import KernelBudget, MaximumKernelsException, Slot
 from .events import Observers, PoolLog, PoolStats
-from .kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
+from .kernel_io import KernelCodeError, KernelDiedError, ShellClient, request_reply, run_code
 from .languages import init_file_extension, preparation_for
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options, mismatch
 from .snapshot import KernelView, PoolSnapshot, PoolView
@@ -60,6 +60,47 @@ class PoolSettings:
     max_retry_delay: float = 60.0
 
 
+class KernelAdapter(Protocol):
+    """One pooled kernel as the engine drives it: launched, talked to, checked, handed
+    over and stopped. :class:`LocalKernelAdapter` runs a process on this machine;
+    :mod:`hotpot_km.gateway` runs one on a remote gateway. Everything else (filling,
+    warm-up steps, claiming, back-off, ``max_kernels``) is the engine's, for both."""
+
+    async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
+        """What the kernel will be started with, as requests are compared with it, and its
+        language; called before :meth:`start` so claims can be checked meanwhile."""
+        ...
+
+    async def start(self, timeout: float) -> ShellClient:
+        """Start the kernel; return a client whose shell channel reaches it."""
+        ...
+
+    async def is_alive(self) -> bool:
+        """Whether the kernel still runs (polled every second while it waits)."""
+        ...
+
+    def close_client(self) -> None:
+        """Close the pool's client (the kernel keeps running)."""
+        ...
+
+    def detach(self, slot: Slot) -> Any:
+        """Give up the pool's hold on the kernel; return what the host takes over."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop the kernel and wait until it is gone."""
+        ...
+
+    def process_group(self) -> int | None:
+        """The local process group to kill if the host exits without shutting down."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """The local process id, for status pages (``None`` for a remote kernel)."""
+        ...
+
+
 class PoolHost(Protocol):
     """What the engine needs from the manager that owns it."""
 
@@ -68,7 +109,7 @@ class PoolHost(Protocol):
 
     def pool_settings(self) -> PoolSettings: ...
 
-    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> AsyncKernelManager: ...
+    def new_pool_kernel(self, kernel_name: str, kernel_id: str) -> KernelAdapter: ...
 
 
 class WarmupError(RuntimeError):
@@ -88,12 +129,12 @@ class PooledKernel:
     """One kernel process owned by the pool, from launch until handout or discard."""
 
     name: str
-    manager: AsyncKernelManager
+    adapter: KernelAdapter
     slot: Slot
     ready: asyncio.Future[None]
     launch: LaunchRequest | None = None
     language: str | None = None
-    client: AsyncKernelClient | None = None
+    client: ShellClient | None = None
     claimed: bool = False
     task: asyncio.Task[None] | None = None
     launched: float = field(default_factory=time.monotonic)
@@ -104,8 +145,8 @@ class PooledKernel:
         return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
 
     def close_client(self) -> None:
-        if self.client is not None and self.client._shell_channel is not None:
-            self.client._shell_channel.close()
+        if self.client is not None:
+            self.adapter.close_client()
         self.client = None
 
 
@@ -277,7 +318,7 @@ class KernelPool:
     async def _prune_dead(self) -> None:
         for kernels in list(self._idle.values()):
             for kernel in [k for k in kernels if k.is_ready]:
-                if not await kernel.manager.is_alive():
+                if not await kernel.adapter.is_alive():
                     self.log.warning(
                         "hotpot_km: pooled %r kernel died while waiting in the pool; replacing it",
                         kernel.name,
@@ -310,9 +351,8 @@ class KernelPool:
         return wait
 
     def _launch(self, name: str, slot: Slot) -> None:
-        manager = self._host.new_pool_manager(name, str(uuid.uuid4()))
-        manager.context = self._zmq_context()  # one context for all pooled kernels
-        kernel = PooledKernel(name, manager, slot, asyncio.get_running_loop().create_future())
+        adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))
+        kernel = PooledKernel(name, adapter, slot, asyncio.get_running_loop().create_future())
         self._idle.setdefault(name, []).append(kernel)
         self._warming.add(kernel)
         kernel.task = self._spawn(self._warm(kernel), f"hotpot_km warm-up {name}")
@@ -345,29 +385,12 @@ class KernelPool:
         loop = asyncio.get_running_loop()
         source = "kernel start"
         try:
-            spec = await self.spec(kernel.name)
             kwargs = dict(settings.launch_kwargs.get(kernel.name, {}))
-            env = kwargs.pop("env", None)
-            cwd = absolute_cwd(kwargs.pop("cwd", None))
-            kernel.language = spec.language
-            kernel.launch = LaunchRequest(
-                kernel.name,
-                cwd,
-                await final_env(spec, env),
-                fixed_options(kwargs),
-                kernel.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
-            )
+            kernel.launch, kernel.language = await kernel.adapter.prepare(kwargs)
             self._templates[kernel.name] = (kernel.launch, kernel.language)
-            kernel.manager._kernel_spec = spec  # already read off the loop
-            await asyncio.to_thread(_check_program, kernel.manager.format_kernel_cmd, cwd)
-            start = kernel.manager.start_kernel(
-                cwd=cwd, env=dict(os.environ if env is None else env), **kwargs
-            )
-            await asyncio.wait_for(start, settings.startup_timeout)
-            client = kernel.manager.client(context=self._zmq_context())
-            client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+            client = await kernel.adapter.start(settings.startup_timeout)
             kernel.client = client
-            alive = kernel.manager.is_alive
+            alive = kernel.adapter.is_alive
             reply = await request_reply(
                 client,
                 "kernel_info_request",
@@ -554,11 +577,12 @@ class KernelPool:
         self._idle.setdefault(kernel.name, []).insert(0, kernel)
         self.resize()  # a replacement may have started meanwhile
 
-    async def hand_out(self, kernel: PooledKernel, request: LaunchRequest) -> HandedOut | None:
+    async def hand_out(self, kernel: PooledKernel, request: LaunchRequest) -> Any:
         """Apply ``request`` to a claimed kernel and detach it from the pool.
 
-        Returns ``None`` (kernel returned to the pool) if it can't serve this
-        request; raises :class:`HandoutError` (kernel discarded) if it failed.
+        Returns what its adapter hands over (:class:`HandedOut` for a local process),
+        or ``None`` (kernel returned to the pool) if it can't serve this request;
+        raises :class:`HandoutError` (kernel discarded) if it failed.
         """
         waiting = None if kernel.ready.done() else time.monotonic()
         try:
@@ -576,7 +600,7 @@ class KernelPool:
         if mismatch(kernel.launch, kernel.language, request):
             self.unclaim(kernel)
             return None
-        if not await kernel.manager.is_alive():
+        if not await kernel.adapter.is_alive():
             raise HandoutError("it died while waiting in the pool", ColdReason.DEAD_KERNEL)
         prep = preparation_for(kernel.language)
         if prep is not None:
@@ -585,7 +609,7 @@ class KernelPool:
                     kernel.client,
                     prep.handout,
                     timeout=self._host.pool_settings().startup_timeout,
-                    is_alive=kernel.manager.is_alive,
+                    is_alive=kernel.adapter.is_alive,
                     data={"cwd": request.cwd, "env": dict(request.env)},
                 )
             except KernelCodeError as error:
@@ -600,29 +624,46 @@ class KernelPool:
                 raise HandoutError(f"applying cwd/env failed: {error}", reason) from None
         return self._detach(kernel)
 
-    def _detach(self, kernel: PooledKernel) -> HandedOut:
-        """Release the pool's hold on a kernel's process so a provisioner can own it."""
+    async def take(
+        self, request: LaunchRequest, *, ready_only: bool, kernel: PooledKernel | None = None
+    ) -> tuple[Any, Slot | None, ColdReason | None]:
+        """Hand out a pooled kernel for ``request``: ``kernel`` (already claimed) or one
+        claimed here. A kernel whose handout fails is discarded and one more ready kernel
+        is tried. Returns what was handed out (``None``: no pooled kernel can serve the
+        request), the slot of the first discarded kernel, for the caller's cold start, and
+        why the last failed handout failed (the cold start's reason)."""
+        spare: Slot | None = None
+        failure: ColdReason | None = None
+        for _attempt in range(3):
+            if kernel is None:
+                kernel = self.claim(request.kernel_name, request, ready_only=ready_only)
+            if kernel is None:
+                break
+            try:
+                return await self.hand_out(kernel, request), spare, None
+            except HandoutError as error:
+                self.log.warning(
+                    "hotpot_km: a pooled %r kernel was not handed out: %s",
+                    request.kernel_name,
+                    error,
+                )
+                failure = error.reason
+                if error.reason is ColdReason.DEAD_KERNEL:
+                    self.observer.pooled_kernel_died(request.kernel_name)
+                slot = await self.discard(kernel)
+                if spare is None:
+                    spare = slot
+                else:
+                    slot.release()
+                kernel, ready_only = None, True
+        return None, spare, failure
+
+    def _detach(self, kernel: PooledKernel) -> Any:
+        """Release the pool's hold on a kernel so the host's own code can own it."""
         self._claimed.discard(kernel)
         self._wake_filler()
-        client, kernel.client = kernel.client, None
-        if client is not None:  # closing sockets takes ms: not on the handout path
-            self._spawn(_close_client(client), "hotpot_km close client")
-        manager = kernel.manager
-        provisioner = manager.provisioner
-        assert provisioner is not None
-        handed = HandedOut(
-            provisioner=provisioner,
-            connection_info=dict(manager.get_connection_info()),
-            connection_file=manager.connection_file,
-            cmd=list(manager.format_kernel_cmd()),
-            slot=kernel.slot,
-        )
-        # The pool's manager must neither signal the process nor delete the
-        # connection file the kernel was started with once it is collected.
-        manager._close_control_socket()
-        manager.provisioner = None
-        manager._connection_file_written = False
-        return handed
+        kernel.client = None
+        return kernel.adapter.detach(kernel.slot)
 
     async def discard(self, kernel: PooledKernel) -> Slot:
         """Shut a claimed kernel down and return its slot, free once the process is gone."""
@@ -661,10 +702,7 @@ class KernelPool:
     async def _shut_down(self, kernel: PooledKernel, release: bool = True) -> None:
         kernel.close_client()
         try:
-            if kernel.manager.has_kernel:
-                await kernel.manager.shutdown_kernel(now=True)
-            else:
-                await kernel.manager.cleanup_resources()
+            await kernel.adapter.shutdown()
         except Exception:
             self.log.warning("hotpot_km: error shutting down a pooled kernel", exc_info=True)
         finally:
@@ -731,7 +769,7 @@ class KernelPool:
 
         def add(kernel: PooledKernel, state: str) -> None:
             since = kernel.ready_since
-            pid = getattr(kernel.manager.provisioner, "pid", None)
+            pid = kernel.adapter.pid
             view = KernelView(
                 state, pid, now - kernel.launched, None if since is None else now - since
             )
@@ -772,10 +810,87 @@ class KernelPool:
 
     def process_groups(self) -> list[int]:
         """Process groups of every kernel process the pool still owns."""
-        provisioners = [k.manager.provisioner for ks in self._idle.values() for k in ks]
-        provisioners += [k.manager.provisioner for k in self._warming]
-        provisioners += list(self._retiring)
-        return [pg for p in provisioners if p is not None and (pg := process_group(p))]
+        kernels = {k for ks in self._idle.values() for k in ks} | self._warming
+        groups = [pg for k in kernels if (pg := k.adapter.process_group())]
+        return groups + [pg for p in self._retiring if (pg := process_group(p))]
+
+
+class LocalKernelAdapter:
+    """A pooled kernel process on this machine, started by a plain ``AsyncKernelManager``
+    (no restarter, no server bookkeeping or events) and handed to a provisioner."""
+
+    def __init__(self, pool: KernelPool, manager: AsyncKernelManager) -> None:
+        self.pool = pool
+        self.manager = manager
+        manager.context = pool._zmq_context()  # one context for all pooled kernels
+        self._start_kwargs: dict[str, Any] = {}
+        self._client: AsyncKernelClient | None = None
+
+    async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
+        spec = await self.pool.spec(self.manager.kernel_name)
+        env = kwargs.pop("env", None)
+        cwd = absolute_cwd(kwargs.pop("cwd", None))
+        launch = LaunchRequest(
+            self.manager.kernel_name,
+            cwd,
+            await final_env(spec, env),
+            fixed_options(kwargs),
+            self.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
+        )
+        self.manager._kernel_spec = spec  # already read off the loop
+        self._start_kwargs = {"cwd": cwd, "env": dict(os.environ if env is None else env), **kwargs}
+        return launch, spec.language
+
+    async def start(self, timeout: float) -> AsyncKernelClient:
+        cwd = self._start_kwargs["cwd"]
+        await asyncio.to_thread(_check_program, self.manager.format_kernel_cmd, cwd)
+        await asyncio.wait_for(self.manager.start_kernel(**self._start_kwargs), timeout)
+        client = self.manager.client(context=self.pool._zmq_context())
+        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+        self._client = client
+        return client
+
+    async def is_alive(self) -> bool:
+        return bool(await self.manager.is_alive())
+
+    def close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client._shell_channel is not None:
+            client._shell_channel.close()
+
+    def detach(self, slot: Slot) -> HandedOut:
+        client, self._client = self._client, None
+        if client is not None:  # closing sockets takes ms: not on the handout path
+            self.pool._spawn(_close_client(client), "hotpot_km close client")
+        manager = self.manager
+        provisioner = manager.provisioner
+        assert provisioner is not None
+        handed = HandedOut(
+            provisioner=provisioner,
+            connection_info=dict(manager.get_connection_info()),
+            connection_file=manager.connection_file,
+            cmd=list(manager.format_kernel_cmd()),
+            slot=slot,
+        )
+        # The pool's manager must neither signal the process nor delete the
+        # connection file the kernel was started with once it is collected.
+        manager._close_control_socket()
+        manager.provisioner = None
+        manager._connection_file_written = False
+        return handed
+
+    async def shutdown(self) -> None:
+        if self.manager.has_kernel:
+            await self.manager.shutdown_kernel(now=True)
+        else:
+            await self.manager.cleanup_resources()
+
+    def process_group(self) -> int | None:
+        return process_group(self.manager.provisioner)
+
+    @property
+    def pid(self) -> int | None:
+        return getattr(self.manager.provisioner, "pid", None)
 
 
 _CWD_ERRORS = {

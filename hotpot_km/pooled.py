@@ -165,7 +165,11 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         await self._pool.wait_full()
 
     def pre_start_kernel(self, kernel_name: str | None, kwargs: dict[str, Any]) -> Any:
-        name = kernel_name or self.default_kernel_name
+        self._check_request(kernel_name or self.default_kernel_name, kwargs)
+        return super().pre_start_kernel(kernel_name, kwargs)
+
+    def _check_request(self, name: str, kwargs: dict[str, Any]) -> None:
+        """``strict_pool_names`` and ``strict_pool_kwargs``: refuse what the pool can't serve."""
         if self.strict_pool_names and name not in self.kernel_pools:
             raise ValueError(
                 f"Cannot start a {name!r} kernel: strict_pool_names is set and kernel_pools "
@@ -173,7 +177,6 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             )
         if self.strict_pool_kwargs:
             self._check_strict_kwargs(name, kwargs)
-        return super().pre_start_kernel(kernel_name, kwargs)
 
     def _check_strict_kwargs(self, name: str, kwargs: dict[str, Any]) -> None:
         from .request import fixed_options

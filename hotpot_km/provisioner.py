@@ -17,7 +17,7 @@ from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from .budget import Slot
-from .pool import LIVE_PROVISIONERS, HandoutError, PooledKernel, process_group, remove_files
+from .pool import LIVE_PROVISIONERS, PooledKernel, process_group, remove_files
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
 
 if TYPE_CHECKING:
@@ -95,43 +95,26 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
         """Hand out a pooled kernel for ``request``; try one more ready one if the first failed."""
         kernel, self._claimed = self._claimed, None
-        self._handout_failure = None
-        for _attempt in range(3):
-            if kernel is None:
-                kernel = self._pool.claim(request.kernel_name, request, ready_only=ready_only)
-            if kernel is None:
-                return None
-            try:
-                handed = await self._pool.hand_out(kernel, request)
-            except HandoutError as error:
-                self.log.warning(
-                    "hotpot_km: a pooled %r kernel was not handed out: %s",
-                    request.kernel_name,
-                    error,
-                )
-                self._handout_failure = error.reason
-                if error.reason is ColdReason.DEAD_KERNEL:
-                    self._pool.observer.pooled_kernel_died(request.kernel_name)
-                slot = await self._pool.discard(kernel)
-                if self._slot is None:
-                    self._slot = slot
-                else:
-                    slot.release()
-                kernel, ready_only = None, True
-                continue
-            if handed is None:  # it can't serve this request; it went back to the pool
-                return None
-            if self._inner is not None:
-                await self._finish_inner()
-            if self._slot is not None:
-                self._slot.release()  # the pooled process brings its own
-            self._slot = handed.slot
-            self._inner, self._adopted = handed.provisioner, True
-            self._files = [handed.connection_file]
-            self._pooled_launch = handed.connection_info
-            self.log.debug("hotpot_km: handed out a pooled %r kernel", request.kernel_name)
-            return handed.cmd
-        return None
+        handed, spare, self._handout_failure = await self._pool.take(
+            request, ready_only=ready_only, kernel=kernel
+        )
+        if spare is not None:
+            if self._slot is None:
+                self._slot = spare  # a failed handout's slot serves the cold start
+            else:
+                spare.release()
+        if handed is None:
+            return None
+        if self._inner is not None:
+            await self._finish_inner()
+        if self._slot is not None:
+            self._slot.release()  # the pooled process brings its own
+        self._slot = handed.slot
+        self._inner, self._adopted = handed.provisioner, True
+        self._files = [handed.connection_file]
+        self._pooled_launch = handed.connection_info
+        self.log.debug("hotpot_km: handed out a pooled %r kernel", request.kernel_name)
+        return list(handed.cmd)
 
     def _report(self, name: str, restart: bool, reason: ColdReason | None, started: float) -> None:
         """Tell the pool's observers how this start was served: pooled, or cold and why."""

@@ -25,10 +25,14 @@ APPLIED_AFTER_START = frozenset({"cwd", "env", "kernel_id", "path"})
 
 @dataclass(frozen=True)
 class LaunchRequest:
-    """A start request in the form the pool compares: final env, absolute cwd."""
+    """A start request in the form the pool compares: final env, absolute cwd.
+
+    ``cwd`` is ``None`` where the launcher, not the request, decides it (a gateway
+    without mirrored working directories): the kernel stays where it started.
+    """
 
     kernel_name: str
-    cwd: str
+    cwd: str | None
     env: Mapping[str, str]
     options: Mapping[str, Any] = field(default_factory=dict)
     encryption: str = "disabled"

@@ -1,0 +1,489 @@
+"""Warm kernels on a remote gateway: jupyter_server in gateway mode → Kernel Gateway or
+Enterprise Gateway (and through it Kubernetes, YARN, Docker).
+
+Configure the local jupyter_server as usual for a gateway, plus the manager class::
+
+    c.GatewayClient.url = "http://gateway:8888"
+    c.ServerApp.kernel_manager_class = "hotpot_km.gateway.PooledGatewayMappingKernelManager"
+    c.PooledKernelManager.kernel_pools = {"python3": 2}
+
+The pooled kernels are started on the gateway (``POST /api/kernels``) by the same
+engine as local ones (:class:`~hotpot_km.pool.KernelPool`), through
+:class:`GatewayKernelAdapter`: warm-up over the gateway's websocket, liveness and
+keep-alive over its REST API, deletion on shutdown. At hand-out the request's env and
+cwd are applied as data, then jupyter_server adopts the remote kernel by its id through
+its own ``GatewayKernelManager``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jupyter_client.jsonutil import json_default
+from jupyter_client.session import Session
+from jupyter_server.gateway.gateway_client import GatewayClient, gateway_request
+from jupyter_server.gateway.managers import GatewayMappingKernelManager
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.escape import json_decode, json_encode, url_escape
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+from traitlets import Bool, Float, List, Unicode, default
+
+from .budget import Slot
+from .kernel_io import request_reply, run_code
+from .languages import preparation_for
+from .pooled import PooledKernelManager
+from .request import LaunchRequest, plain_env
+
+__all__ = ["GatewayKernelAdapter", "PooledGatewayMappingKernelManager"]
+
+#: Env variable every pooled kernel is started with on the gateway: who owns it.
+POOL_MARKER = "KERNEL_HOTPOT_KM_POOL"
+
+#: Variables Enterprise Gateway (or its kernel launchers) reads only when it starts a
+#: kernel: they choose the user, the Kubernetes namespace, the image, the resources.
+LAUNCH_ONLY_ENV = (
+    "KERNEL_ID",
+    "KERNEL_USERNAME",
+    "KERNEL_NAMESPACE",
+    "KERNEL_IMAGE",
+    "KERNEL_EXECUTOR_IMAGE",
+    "KERNEL_UID",
+    "KERNEL_GID",
+    "KERNEL_SERVICE_ACCOUNT_NAME",
+    "KERNEL_POD_NAME",
+    "KERNEL_CPUS",
+    "KERNEL_MEMORY",
+    "KERNEL_GPUS",
+    "KERNEL_CPUS_LIMIT",
+    "KERNEL_MEMORY_LIMIT",
+    "KERNEL_GPUS_LIMIT",
+    "KERNEL_VOLUMES",
+    "KERNEL_VOLUME_MOUNTS",
+    "KERNEL_LAUNCH_TIMEOUT",
+    "KERNEL_SPARK_OPTS",
+    "KERNEL_EXTRA_SPARK_OPTS",
+    "KERNEL_QUEUE",
+    "KERNEL_NODE_LABEL",
+    "KERNEL_REMOTE_HOST",
+    "KERNEL_CLUSTER_ROLE",
+)
+
+#: iopub states in which the kernel the pool warmed up is gone (the gateway restarted it).
+_LOST_STATES = frozenset({"restarting", "autorestarting", "dead"})
+
+
+def gateway_env(env: Mapping[str, str] | None, cwd: str | None) -> dict[str, str]:
+    """The ``env`` jupyter_server's ``GatewayKernelManager.start_kernel`` sends to the
+    gateway for a start with ``env`` and ``cwd``: this server's environment updated with
+    the request's, only ``KERNEL_*`` and ``GatewayClient.allowed_envs`` variables, and the
+    cwd as ``KERNEL_WORKING_DIR``."""
+    client = GatewayClient.instance()
+    payload = dict(os.environ)
+    if "KERNEL_USERNAME" not in payload and client.http_user:
+        payload["KERNEL_USERNAME"] = client.http_user  # as GatewayKernelManager sets it
+    payload.update(env or {})
+    allowed = set(client.allowed_envs.split(","))
+    out = {k: v for k, v in payload.items() if k.startswith("KERNEL_") or k in allowed}
+    if cwd is not None and out.get("KERNEL_WORKING_DIR") is None:
+        out["KERNEL_WORKING_DIR"] = cwd
+    return plain_env(out)
+
+
+class GatewayChannels:
+    """The pool's connection to one kernel on a gateway: its websocket, with only the
+    shell channel read (a ``ShellClient`` for :mod:`hotpot_km.kernel_io`).
+
+    The iopub status messages the gateway sends are watched: ``restarting`` or ``dead``
+    mean the kernel the pool prepared is gone, even if its id lives on.
+    """
+
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.log = log
+        self.session = Session(username="hotpot_km")
+        self.shell_channel = self
+        self.lost: str | None = None
+        self._ws: WebSocketClientConnection | None = None
+        self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._ignored: set[str] = set()  # keep-alive requests whose replies nobody reads
+
+    async def connect(self, kernel_id: str, timeout: float) -> None:
+        client = GatewayClient.instance()
+        url = url_path_join(
+            client.ws_url or "", client.kernels_endpoint, url_escape(kernel_id), "channels"
+        )
+        url += f"?session_id={self.session.session}"
+        request = HTTPRequest(url, **client.load_connection_args())
+        self._ws = await asyncio.wait_for(
+            websocket_connect(request, on_message_callback=self._on_message), timeout
+        )
+
+    def _on_message(self, raw: str | bytes | None) -> None:
+        if raw is None:
+            self.lost = self.lost or "disconnected"
+            return
+        try:
+            msg = json_decode(raw)
+        except ValueError:
+            return  # a binary frame (buffers); the pool never asks for those
+        channel = msg.get("channel")
+        if channel == "shell":
+            if msg.get("parent_header", {}).get("msg_id") in self._ignored:
+                self._ignored.discard(msg["parent_header"]["msg_id"])
+                return
+            self._replies.put_nowait(msg)
+        elif channel == "iopub" and msg.get("msg_type") == "status":
+            state = msg.get("content", {}).get("execution_state")
+            if state in _LOST_STATES:
+                self.lost = state
+
+    # -- the shell channel, as kernel_io uses it --------------------------------------------
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self._ws is None or self.lost == "disconnected":
+            raise ConnectionError("the gateway websocket is closed")
+        msg = {**msg, "channel": "shell"}
+        try:
+            self._ws.write_message(json.dumps(msg, default=json_default))
+        except WebSocketClosedError:
+            self.lost = self.lost or "disconnected"
+            raise ConnectionError("the gateway websocket is closed") from None
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self._replies.get(), timeout)
+        except asyncio.TimeoutError:
+            raise queue.Empty from None
+
+    def ping(self) -> None:
+        """Activity for the gateway's culler, nothing else: a silent execute of no code
+        (jupyter_server does not count ``kernel_info`` as activity); the reply is dropped."""
+        content = {
+            "code": "",
+            "silent": True,
+            "store_history": False,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": False,
+        }
+        msg = self.session.msg("execute_request", content)
+        self._ignored.add(msg["header"]["msg_id"])
+        self.send(msg)
+
+    def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close()
+
+
+@dataclass(frozen=True)
+class RemoteHandout:
+    """A pooled kernel handed out on the gateway: its id, and what a restart re-applies."""
+
+    kernel_id: str
+    launch: LaunchRequest
+    language: str | None
+
+
+class GatewayKernelAdapter:
+    """A pooled kernel on a remote gateway, as the engine drives it
+    (:class:`~hotpot_km.pool.KernelAdapter`).
+
+    Started with ``POST /api/kernels`` (in a task of its own, so a start cancelled in
+    flight is awaited and then deleted). Its env carries :data:`POOL_MARKER`. The liveness
+    poll doubles as keep-alive: every ``keepalive_interval`` seconds a silent, empty
+    ``execute_request`` gives the gateway's idle culler activity to see.
+    """
+
+    def __init__(self, manager: PooledGatewayMappingKernelManager, name: str, kernel_id: str):
+        self.manager = manager
+        self.name = name
+        self.kernel_id = kernel_id
+        self.log = manager.log
+        self.launch: LaunchRequest | None = None
+        self.language: str | None = None
+        self._body: dict[str, Any] = {}
+        self._post: asyncio.Task[Any] | None = None
+        self._channels: GatewayChannels | None = None
+        self._last_ping = 0.0
+        self._gone = False
+
+    @property
+    def url(self) -> str:
+        return url_path_join(self.manager.kernels_url, url_escape(self.kernel_id))
+
+    async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
+        ksm = self.manager.kernel_spec_manager
+        assert ksm is not None
+        # The list, not GET /api/kernelspecs/<name>: with KERNEL_USERNAME set, jupyter_server
+        # 2 builds that URL after its ?user= query and gets the list anyway.
+        specs = (await ksm.list_kernel_specs()).get("kernelspecs") or {}
+        if self.name not in specs:
+            raise KeyError(f"no kernelspec {self.name!r} on the gateway")
+        self.language = language = (specs[self.name].get("spec") or {}).get("language")
+        payload = gateway_env(kwargs.pop("env", None), kwargs.pop("cwd", None))
+        self.launch = self.manager.remote_request(
+            self.name, payload, {POOL_MARKER: self.manager.pool_marker}
+        )
+        self._body = {"name": self.name, "env": dict(self.launch.env), "kernel_id": self.kernel_id}
+        return self.launch, language
+
+    async def start(self, timeout: float) -> GatewayChannels:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        body = json_encode(self._body)
+        self._post = loop.create_task(
+            gateway_request(
+                self.manager.kernels_url,
+                method="POST",
+                headers={"Content-Type": "application/json"},
+                body=body,
+            )
+        )
+        response = await asyncio.wait_for(asyncio.shield(self._post), timeout)
+        self.kernel_id = json_decode(response.body)["id"]  # a gateway may pick its own
+        channels = GatewayChannels(self.log)
+        self._channels = channels
+        await channels.connect(self.kernel_id, max(deadline - loop.time(), 1.0))
+        self._last_ping = loop.time()
+        return channels
+
+    async def is_alive(self) -> bool:
+        if self._gone or (self._channels is not None and self._channels.lost):
+            return False
+        try:
+            response = await gateway_request(self.url, method="GET")
+        except web.HTTPError as error:
+            if error.status_code == 404:
+                self._gone = True
+                return False
+            raise
+        if json_decode(response.body).get("execution_state") == "dead":
+            return False
+        loop = asyncio.get_running_loop()
+        channels = self._channels
+        if (
+            channels is not None
+            and loop.time() - self._last_ping >= self.manager.keepalive_interval
+        ):
+            self._last_ping = loop.time()
+            channels.ping()
+        return True
+
+    def close_client(self) -> None:
+        channels, self._channels = self._channels, None
+        if channels is not None:
+            channels.close()
+
+    def detach(self, slot: Slot) -> RemoteHandout:
+        """The kernel now belongs to jupyter_server's gateway manager, by its id."""
+        slot.release()  # kernels the gateway runs for users are the gateway's to limit
+        self.close_client()
+        assert self.launch is not None
+        return RemoteHandout(self.kernel_id, self.launch, self.language)
+
+    async def shutdown(self) -> None:
+        self.close_client()
+        if self._post is not None and not self._post.done():
+            await asyncio.wait([self._post])  # a start in flight: delete what it creates
+        if self._post is None or self._post.cancelled() or self._post.exception() is not None:
+            return
+        self.kernel_id = json_decode(self._post.result().body)["id"]
+        try:
+            await gateway_request(self.url, method="DELETE")
+        except web.HTTPError as error:
+            if error.status_code != 404:  # e.g. the gateway is down: its culler has the rest
+                self.log.warning(
+                    "hotpot_km: could not delete pooled kernel %s on the gateway: %s",
+                    self.kernel_id,
+                    error,
+                )
+        self._gone = True
+
+    def process_group(self) -> int | None:
+        return None  # nothing of it runs here
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+
+class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKernelManager):  # type: ignore[misc]
+    """jupyter_server's gateway kernel manager whose new kernels come warm from a pool of
+    remote kernels (``c.ServerApp.kernel_manager_class``, with ``c.GatewayClient.url``).
+
+    A start whose launch-only variables (:attr:`launch_only_env`) equal the pool's gets a
+    pooled kernel with the request's env and cwd applied; any other start is the normal
+    remote start. Pooled kernels are not listed by this server; on the gateway they carry
+    ``KERNEL_HOTPOT_KM_POOL`` in their env, are kept from its idle culler while they wait,
+    replaced when the gateway loses them, and deleted when this server stops.
+    ``max_kernels`` counts the pool's own kernels only: the gateway limits the rest.
+    """
+
+    launch_only_env = List(
+        Unicode(),
+        list(LAUNCH_ONLY_ENV),
+        config=True,
+        help="""Env variables the gateway reads only when it starts a kernel (user, namespace,
+        image, resources...). A start whose values differ from the pool's is a normal remote
+        start instead of a pooled one.""",
+    )
+
+    mirror_working_dirs = Bool(
+        False,
+        config=True,
+        help="""Whether the gateway starts kernels in KERNEL_WORKING_DIR (Enterprise
+        Gateway's EG_MIRROR_WORKING_DIRS on Kubernetes); then a pooled kernel moves there at
+        hand-out. Otherwise it stays where the gateway started it, as a cold kernel would.""",
+    )
+
+    keepalive_interval = Float(
+        30.0,
+        config=True,
+        help="""Seconds between the empty silent executions each waiting pooled kernel gets, so a
+        gateway that culls idle kernels even while connected (cull_connected) spares them.
+        Keep it below the gateway's cull_idle_timeout.""",
+    )
+
+    pool_marker = Unicode(
+        "",
+        config=True,
+        help="""Value of KERNEL_HOTPOT_KM_POOL in the env of this server's pooled kernels on
+        the gateway (default: host name and process id).""",
+    )
+
+    @default("pool_marker")
+    def _pool_marker_default(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._handed: dict[str, tuple[RemoteHandout, LaunchRequest]] = {}
+        super().__init__(**kwargs)
+        if self.max_kernels:
+            self.log.info("hotpot_km: max_kernels counts pooled kernels on the gateway only")
+
+    def new_pool_kernel(self, kernel_name: str, kernel_id: str) -> GatewayKernelAdapter:  # type: ignore[override]
+        return GatewayKernelAdapter(self, kernel_name, kernel_id)
+
+    def pool_launch_kwargs(self, kernel_name: str) -> dict[str, Any]:
+        """The pool's kernels are started as for a notebook in the root directory."""
+        kwargs = super().pool_launch_kwargs(kernel_name)
+        path = kwargs.pop("path", None)
+        if "cwd" not in kwargs:
+            kwargs["cwd"] = self.cwd_for_path(path or "")
+        return kwargs
+
+    def remote_request(
+        self, name: str, payload: Mapping[str, str], extras: Mapping[str, str] | None = None
+    ) -> LaunchRequest:
+        """A remote start as the pool compares it: its gateway env (plus what the pool adds
+        to its own kernels), launch-only variables as fixed options, and the cwd the
+        kernel gets on the gateway (``None``: wherever the gateway starts kernels)."""
+        options = {f"env:{k}": payload.get(k) for k in self.launch_only_env if k in payload}
+        cwd = payload.get("KERNEL_WORKING_DIR") if self.mirror_working_dirs else None
+        return LaunchRequest(name, cwd, {**payload, **(extras or {})}, options)
+
+    # -- the host's own code path ------------------------------------------------------------
+
+    async def start_kernel(  # type: ignore[override]
+        self, *, kernel_id: str | None = None, path: str | None = None, **kwargs: Any
+    ) -> str:
+        """A pooled remote kernel adopted by id when the pool can serve the start, else
+        jupyter_server's own remote start."""
+        if kernel_id is None:
+            name = kwargs.get("kernel_name") or self.default_kernel_name
+            self._check_request(name, {k: v for k, v in kwargs.items() if k != "kernel_name"})
+            cwd = kwargs.get("cwd")
+            if cwd is None and path is not None:
+                cwd = self.cwd_for_path(path)
+            request = self.remote_request(name, gateway_env(kwargs.get("env"), cwd))
+            self._pool.start()
+            handed, spare, _failure = await self._pool.take(request, ready_only=False)
+            if spare is not None:
+                spare.release()
+            if handed is not None and await self._adopt(handed.kernel_id, kwargs):
+                self._handed[handed.kernel_id] = (handed, request)
+                return str(handed.kernel_id)
+        return await super().start_kernel(kernel_id=kernel_id, path=path, **kwargs)
+
+    async def _adopt(self, kernel_id: str, kwargs: dict[str, Any]) -> bool:
+        """Give a handed-out remote kernel to jupyter_server's gateway manager by its id."""
+        try:
+            await super().start_kernel(kernel_id=kernel_id, **kwargs)
+        except Exception:
+            self.log.warning(
+                "hotpot_km: adopting pooled kernel %s failed", kernel_id, exc_info=True
+            )
+            self.remove_kernel(kernel_id)
+            return False
+        if not self.get_kernel(kernel_id).has_kernel:  # gone between hand-out and adoption
+            self.remove_kernel(kernel_id)
+            return False
+        self.log.info("hotpot_km: handed out pooled remote kernel %s", kernel_id)
+        return True
+
+    async def restart_kernel(self, kernel_id: str, now: bool = False, **kwargs: Any) -> None:
+        """The gateway restarts a kernel with the arguments it was started with, i.e. the
+        pool's: a pooled kernel then gets its request's env and cwd again."""
+        await super().restart_kernel(kernel_id, now=now, **kwargs)
+        handed = self._handed.get(kernel_id)
+        if handed is not None:
+            await self._reapply(*handed)
+
+    async def _reapply(self, handed: RemoteHandout, request: LaunchRequest) -> None:
+        kernel_id, launch = handed.kernel_id, handed.launch
+        prep = preparation_for(handed.language)
+        if prep is None:
+            return
+        settings = self.pool_settings()
+        channels = GatewayChannels(self.log)
+        try:
+            await channels.connect(kernel_id, settings.startup_timeout)
+
+            async def alive() -> bool:
+                return not channels.lost
+
+            await request_reply(
+                channels,
+                "kernel_info_request",
+                {},
+                timeout=settings.startup_timeout,
+                is_alive=alive,
+                resend_every=1.0,
+            )
+            steps = [
+                (prep.bootstrap, {"launch_env": dict(launch.env)}),
+                (prep.handout, {"cwd": request.cwd, "env": dict(request.env)}),
+            ]
+            for code, data in steps:
+                await run_code(
+                    channels, code, timeout=settings.startup_timeout, is_alive=alive, data=data
+                )
+        except Exception:
+            self.log.warning(
+                "hotpot_km: restarted kernel %s could not get its env and cwd again",
+                kernel_id,
+                exc_info=True,
+            )
+        finally:
+            channels.close()
+
+    def remove_kernel(self, kernel_id: str) -> Any:
+        self._handed.pop(kernel_id, None)
+        return super().remove_kernel(kernel_id)
+
+    async def shutdown_all(self, now: bool = False) -> None:  # type: ignore[override]
+        """Delete the pool's kernels on the gateway, then every kernel of this server."""
+        await self._pool.aclose()
+        await GatewayMappingKernelManager.shutdown_all(self, now=now)
+
+    _async_shutdown_all = shutdown_all  # type: ignore[assignment]
