@@ -2,9 +2,10 @@
 
 Every kernel process started through a hotpot_km manager holds one
 :class:`Slot`, whether it is warming in the pool, waiting there, or handed out.
-A slot is released only when its process is gone, so the number of live
-kernel processes never exceeds the limit, whatever the interleaving of
-concurrent starts, handouts, restarts and shutdowns.
+A slot is taken before its process is launched and released only once the
+process is gone (reaped), so the number of live kernel processes never exceeds
+the limit, whatever the interleaving of concurrent starts, handouts, restarts
+and shutdowns.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Slot:
         return self._budget is not None
 
     def release(self) -> None:
+        """Call only once the slot's process is gone (or was never launched)."""
         budget, self._budget = self._budget, None
         if budget is not None:
             budget._used -= 1

@@ -88,7 +88,8 @@ class PooledKernel:
     language: str | None = None
     client: AsyncKernelClient | None = None
     claimed: bool = False
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # the warm-up
+    ending: asyncio.Task[None] | None = None  # the shutdown, once started (see _end)
 
     @property
     def is_ready(self) -> bool:
@@ -176,8 +177,22 @@ class KernelPool:
         for kernels in list(self._idle.values()):
             for kernel in list(kernels):
                 self._drop(kernel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_WAIT
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = deadline - loop.time()
+            if left <= 0:  # a process that survives SIGKILL: stop waiting for it
+                stuck = list(self._tasks)
+                self.log.error(
+                    "hotpot_km: %d kernel shutdowns did not finish in %g s; giving up on them",
+                    len(stuck),
+                    _CLOSE_WAIT,
+                )
+                for task in stuck:
+                    task.cancel()
+                await asyncio.gather(*stuck, return_exceptions=True)
+                break
+            await asyncio.wait(list(self._tasks), timeout=left)
         if self._context is not None:
             self._context.destroy(linger=0)
             self._context = None
@@ -368,15 +383,13 @@ class KernelPool:
                 await run_code(client, code, timeout=left, is_alive=alive, data=data)
         except asyncio.CancelledError:
             kernel.ready.cancel()
-            # a claimed kernel's slot now belongs to its claimer (see discard())
-            await self._shut_down(kernel, release=not kernel.claimed)
+            await asyncio.shield(self._end(kernel))
             raise
         except Exception as error:
             self._warmup_failed(kernel, source, error, settings)
             kernel.ready.set_exception(WarmupError(self._last_error[kernel.name]))
             kernel.ready.exception()  # retrieved: waiters re-raise it their own way
-            # a claimed kernel's slot now belongs to its claimer (see discard())
-            await self._shut_down(kernel, release=not kernel.claimed)
+            await asyncio.shield(self._end(kernel))
         else:
             if self._failures.pop(kernel.name, 0):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
@@ -515,6 +528,7 @@ class KernelPool:
         return kernel
 
     def _claim_victim(self, prefer_not: str) -> PooledKernel | None:
+        """An idle kernel to discard for its slot: failed or warming ones first."""
         idle = [k for ks in self._idle.values() for k in ks]
         if not idle:
             return None
@@ -598,51 +612,84 @@ class KernelPool:
         manager._connection_file_written = False
         return handed
 
-    async def discard(self, kernel: PooledKernel) -> Slot:
-        """Shut a claimed kernel down and return its slot, free once the process is gone."""
+    async def discard(self, kernel: PooledKernel) -> Slot | None:
+        """Shut a claimed kernel down; its slot comes back once the process is gone.
+
+        ``None`` if that takes more than a few seconds: the slot is then freed whenever the
+        process is gone, as it is if the caller is cancelled meanwhile.
+        """
         if kernel.task is not None and not kernel.task.done():
-            kernel.task.cancel()
-            await asyncio.gather(kernel.task, return_exceptions=True)
-        await self._shut_down(kernel, release=False)
+            kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled
+        try:
+            if kernel.task is not None:
+                await asyncio.wait({kernel.task})
+            await asyncio.wait({self._end(kernel)}, timeout=_GONE_WAIT)
+        except BaseException:
+            self._drop(kernel)
+            raise
+        finally:
+            self._wake_filler()
+        if not _ended(kernel):
+            self._drop(kernel)
+            return None
         self._claimed.discard(kernel)
-        self._wake_filler()
         return kernel.slot
 
     async def cold_slot(self, name: str) -> Slot:
         """A slot for a cold start, discarding an idle pooled kernel if the limit demands it."""
         slot = self.budget.try_take()
-        if slot is not None:
-            return slot
-        victim = self._claim_victim(prefer_not=name)
-        if victim is None:
+        if slot is None:
+            victim = self._claim_victim(prefer_not=name)
+            if victim is not None:
+                slot = await self.discard(victim) or self.budget.try_take()
+        if slot is None:
             raise MaximumKernelsException(
                 f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel "
                 f"processes (max_kernels) is reached."
             )
-        return await self.discard(victim)
+        return slot
 
     def _drop(self, kernel: PooledKernel) -> None:
-        """Remove an idle kernel from its pool and shut it down in an owned task."""
+        """Shut down a kernel no request will use (idle, or given up by its claimer); its
+        slot is freed once the process is gone."""
+        kernel.claimed = False
+        self._claimed.discard(kernel)
         idle = self._idle.get(kernel.name, [])
         if kernel in idle:
             idle.remove(kernel)
         if kernel.task is not None and not kernel.task.done():
             kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled
-        else:
-            self._spawn(self._shut_down(kernel), f"hotpot_km discard {kernel.name}")
+        elif self._end(kernel).done() and _ended(kernel):
+            kernel.slot.release()  # gone already, while a claimer still held it
 
-    async def _shut_down(self, kernel: PooledKernel, release: bool = True) -> None:
+    def _end(self, kernel: PooledKernel) -> asyncio.Task[None]:
+        """The kernel's shutdown: one owned task, so no cancelled caller stops it halfway."""
+        if kernel.ending is None:
+            kernel.ending = self._spawn(
+                self._shut_down(kernel), f"hotpot_km shut down {kernel.name}"
+            )
+        return kernel.ending
+
+    async def _shut_down(self, kernel: PooledKernel) -> None:
+        """Kill the process and wait until it is reaped. Only then is its slot free again:
+        released here, or, if a request claimed the kernel, handed to it by :meth:`discard`."""
         kernel.close_client()
+        manager = kernel.manager
+        provisioner = manager.provisioner
         try:
-            if kernel.manager.has_kernel:
-                await kernel.manager.shutdown_kernel(now=True)
+            if manager.has_kernel:
+                await manager.shutdown_kernel(now=True)
             else:
-                await kernel.manager.cleanup_resources()
+                await manager.cleanup_resources()
         except Exception:
             self.log.warning("hotpot_km: error shutting down a pooled kernel", exc_info=True)
-        finally:
-            if release:
-                kernel.slot.release()
+        await until_gone(provisioner, self.log)
+        # in the same step as the release: no request can take it as a victim after it
+        idle = self._idle.get(kernel.name, [])
+        if kernel in idle:
+            idle.remove(kernel)
+        if not kernel.claimed:
+            kernel.slot.release()
 
     def retire(
         self,
@@ -651,7 +698,9 @@ class KernelPool:
         files: Iterable[str],
         grace: float,
     ) -> None:
-        """Finish a replaced kernel's shutdown in the background (instant restarts)."""
+        """Finish a process's shutdown in the background: a replaced kernel (instant
+        restarts), or one whose shutdown gave up waiting for it. ``slot`` is freed once
+        the process is gone."""
         self._retiring.add(provisioner)
         self._spawn(self._retire(provisioner, slot, list(files), grace), "hotpot_km retire")
 
@@ -659,18 +708,19 @@ class KernelPool:
         self, provisioner: KernelProvisionerBase, slot: Slot | None, files: list[str], grace: float
     ) -> None:
         try:
-            try:
-                await asyncio.wait_for(provisioner.wait(), grace)
-            except asyncio.TimeoutError:
-                await provisioner.kill()
-                await asyncio.wait_for(provisioner.wait(), 5)
+            if grace > 0:
+                try:
+                    await asyncio.wait_for(provisioner.wait(), grace)
+                except asyncio.TimeoutError:
+                    pass
+            await until_gone(provisioner, self.log)
+            if slot is not None:
+                slot.release()
             await provisioner.cleanup(restart=False)
         except Exception:
             self.log.warning("hotpot_km: error retiring a replaced kernel", exc_info=True)
         finally:
             self._retiring.discard(provisioner)
-            if slot is not None:
-                slot.release()
             remove_files(files)
 
     # -- process safety net ------------------------------------------------------------------
@@ -682,6 +732,11 @@ class KernelPool:
         provisioners += list(self._retiring)
         return [pg for p in provisioners if p is not None and (pg := process_group(p))]
 
+
+#: How long a start waits for an evicted pooled kernel's process to be gone.
+_GONE_WAIT = 10.0
+#: How long ``aclose`` waits for shutdowns before giving up on processes that survive SIGKILL.
+_CLOSE_WAIT = 60.0
 
 _CWD_ERRORS = {
     "FileNotFoundError": (errno.ENOENT, "does not exist"),
@@ -699,6 +754,43 @@ def _check_program(format_cmd: Callable[[], list[str]], cwd: str) -> None:
         found = shutil.which(program) is not None
     if not found:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def _ended(kernel: PooledKernel) -> bool:
+    """Whether the kernel's shutdown finished, i.e. its process is gone."""
+    ending = kernel.ending
+    return ending is not None and ending.done() and not ending.cancelled()
+
+
+async def until_gone(
+    provisioner: KernelProvisionerBase | None, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """Return once the provisioner's process is gone (reaped), SIGKILLing it every second
+    meanwhile. jupyter_client's own shutdown stops waiting after a few seconds and carries
+    on; a kernel's slot must not be freed before its process is really gone."""
+    if provisioner is None:
+        return
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    next_kill = started
+    warned = False
+    while True:
+        try:
+            if not provisioner.has_process or await provisioner.poll() is not None:
+                return
+            if loop.time() >= next_kill:
+                await provisioner.kill()
+                next_kill = loop.time() + 1.0
+        except Exception:
+            log.debug("hotpot_km: error waiting for a kernel process to end", exc_info=True)
+        if not warned and loop.time() - started > 10:
+            warned = True
+            log.warning(
+                "hotpot_km: kernel process %s is still alive 10 s after SIGKILL; it keeps its "
+                "place under max_kernels until it is gone",
+                getattr(provisioner, "pid", None),
+            )
+        await asyncio.sleep(0.05)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

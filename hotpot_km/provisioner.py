@@ -72,12 +72,12 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         handed = await self._take_from_pool(request, ready_only=restarting)
         if handed:
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
+        if self._inner is not None and (self._adopted or await self._inner.poll() is None):
+            await self._finish_inner()  # a process still running keeps its slot till it is gone
         if self._slot is None:
             self._slot = await self._pool.cold_slot(name)
         # a cold start reads the kernelspec afresh, as jupyter_client's own would
         self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
-        if self._inner is not None and self._adopted:
-            await self._finish_inner()
         if self._inner is None:
             self._inner = self._new_inner()
         return await self._inner.pre_launch(**kwargs)
@@ -101,7 +101,7 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 slot = await self._pool.discard(kernel)
                 if self._slot is None:
                     self._slot = slot
-                else:
+                elif slot is not None:
                     slot.release()
                 kernel, ready_only = None, True
                 continue
@@ -156,7 +156,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self._victim is not None:
             slot = await self._pool.discard(self._victim)
             self._victim = None
-            slot.release()
+            if slot is not None:
+                slot.release()
         if not self.has_process and self._slot is not None:
             self._slot.release()
             self._slot = None
@@ -231,9 +232,15 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             LIVE_PROVISIONERS.discard(self)
 
     async def _finish_inner(self) -> None:
-        """Final cleanup of a process we will not relaunch through its provisioner."""
+        """Final cleanup of a process we will not relaunch through its provisioner. One still
+        running (jupyter_client's shutdown stops waiting for a killed kernel after 5 s) goes
+        to the pool with its slot, which is freed once the process is gone."""
         inner, self._inner = self._inner, None
         files, self._files = self._files, []
+        if inner is not None and inner.has_process and await inner.poll() is None:
+            slot, self._slot = self._slot, None
+            self._pool.retire(inner, slot, files, grace=0)
+            return
         if inner is not None:
             await inner.cleanup(restart=False)
         remove_files(files)
