@@ -6,14 +6,14 @@ import os
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.manager import KernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
 from traitlets import Integer
 
 from .budget import MaximumKernelsException
-from .pool import KernelPool, PoolSettings
+from .pool import KernelPool, PoolProcessManager, PoolSettings
 from .provisioner import PooledProvisioner
 
 __all__ = ["LimitedKernelManager", "MaximumKernelsException"]
@@ -47,9 +47,9 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         """No pools at this level; :class:`~hotpot_km.PooledKernelManager` adds them."""
         return PoolSettings()
 
-    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> AsyncKernelManager:
+    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> PoolProcessManager:
         """A plain manager for a pooled process: no restarter, no server bookkeeping or events."""
-        return AsyncKernelManager(
+        return PoolProcessManager(
             parent=self,
             log=self.log,
             kernel_name=kernel_name,

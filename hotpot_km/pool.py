@@ -16,14 +16,11 @@ host's own ``KernelManager`` through :class:`hotpot_km.provisioner.PooledProvisi
 from __future__ import annotations
 
 import asyncio
-import atexit
 import errno
 import logging
 import os
 import shutil
-import signal
 import uuid
-import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +33,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_config_path
 
+from . import keeper
 from .budget import KernelBudget, MaximumKernelsException, Slot
 from .kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
 from .languages import init_file_extension, preparation_for
@@ -57,6 +55,19 @@ class PoolSettings:
     max_retry_delay: float = 60.0
 
 
+class PoolProcessManager(AsyncKernelManager):  # type: ignore[misc]
+    """Manages one pooled process until handout. Its slot learns the process group in the
+    launch step itself, so a host killed right after a launch can't leave the kernel
+    behind (see :mod:`hotpot_km.keeper`)."""
+
+    slot: Slot | None = None
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+        if self.slot is not None:
+            self.slot.bind(process_group(self.provisioner))
+
+
 class PoolHost(Protocol):
     """What the engine needs from the manager that owns it."""
 
@@ -65,7 +76,7 @@ class PoolHost(Protocol):
 
     def pool_settings(self) -> PoolSettings: ...
 
-    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> AsyncKernelManager: ...
+    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> PoolProcessManager: ...
 
 
 class WarmupError(RuntimeError):
@@ -144,9 +155,7 @@ class KernelPool:
         self._last_error: dict[str, str] = {}
         self._specs: dict[str, KernelSpec] = {}
         self._context: zmq.asyncio.Context | None = None
-        self._retiring: set[KernelProvisionerBase] = set()
         self.closed = False
-        _LIVE_POOLS.add(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -358,6 +367,8 @@ class KernelPool:
             )
             kernel.manager._kernel_spec = spec  # already read off the loop
             await asyncio.to_thread(_check_program, kernel.manager.format_kernel_cmd, cwd)
+            await keeper.ensure_running()
+            kernel.manager.slot = kernel.slot
             start = kernel.manager.start_kernel(
                 cwd=cwd, env=dict(os.environ if env is None else env), **kwargs
             )
@@ -684,6 +695,7 @@ class KernelPool:
         except Exception:
             self.log.warning("hotpot_km: error shutting down a pooled kernel", exc_info=True)
         await until_gone(provisioner, self.log)
+        kernel.slot.unbind()
         # in the same step as the release: no request can take it as a victim after it
         idle = self._idle.get(kernel.name, [])
         if kernel in idle:
@@ -701,7 +713,6 @@ class KernelPool:
         """Finish a process's shutdown in the background: a replaced kernel (instant
         restarts), or one whose shutdown gave up waiting for it. ``slot`` is freed once
         the process is gone."""
-        self._retiring.add(provisioner)
         self._spawn(self._retire(provisioner, slot, list(files), grace), "hotpot_km retire")
 
     async def _retire(
@@ -720,17 +731,7 @@ class KernelPool:
         except Exception:
             self.log.warning("hotpot_km: error retiring a replaced kernel", exc_info=True)
         finally:
-            self._retiring.discard(provisioner)
             remove_files(files)
-
-    # -- process safety net ------------------------------------------------------------------
-
-    def process_groups(self) -> list[int]:
-        """Process groups of every kernel process the pool still owns."""
-        provisioners = [k.manager.provisioner for ks in self._idle.values() for k in ks]
-        provisioners += [k.manager.provisioner for k in self._warming]
-        provisioners += list(self._retiring)
-        return [pg for p in provisioners if p is not None and (pg := process_group(p))]
 
 
 #: How long a start waits for an evicted pooled kernel's process to be gone.
@@ -806,7 +807,8 @@ async def _close_client(client: AsyncKernelClient) -> None:
 
 
 def process_group(provisioner: KernelProvisionerBase | None) -> int | None:
-    """The process group of a local kernel process that is still running, if known."""
+    """The process group of a local kernel process that is still running, if known
+    (jupyter_client starts local kernels in a session, hence a group, of their own)."""
     process = getattr(provisioner, "process", None)
     if process is None or process.poll() is not None:
         return None
@@ -831,20 +833,3 @@ def _read_init_files(kernel_name: str, extension: str) -> list[tuple[str, str]]:
         if path.is_file():
             found.append((str(path), path.read_text(encoding="utf-8")))
     return found
-
-
-_LIVE_POOLS: weakref.WeakSet[KernelPool] = weakref.WeakSet()
-#: Process groups of handed-out kernels, kept by their provisioners.
-LIVE_PROVISIONERS: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Last resort when a host exits without shutting its kernels down (e.g. on SIGINT)."""
-    groups = {pg for pool in list(_LIVE_POOLS) for pg in pool.process_groups()}
-    groups |= {pg for p in list(LIVE_PROVISIONERS) if (pg := p.process_group())}
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except OSError:
-            pass

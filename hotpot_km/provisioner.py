@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
+from . import keeper
 from .budget import Slot
-from .pool import LIVE_PROVISIONERS, HandoutError, PooledKernel, process_group, remove_files
+from .pool import HandoutError, PooledKernel, process_group, remove_files
 from .request import LaunchRequest, absolute_cwd, final_env, fixed_options
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._request: LaunchRequest | None = None
         self._launched = False
         self._pooled_launch: dict[str, Any] | None = None
-        LIVE_PROVISIONERS.add(self)
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -80,6 +80,7 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
         if self._inner is None:
             self._inner = self._new_inner()
+        await keeper.ensure_running()
         return await self._inner.pre_launch(**kwargs)
 
     async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
@@ -137,8 +138,9 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 info, self._pooled_launch = self._pooled_launch, None
                 self.connection_info = info
                 return info
-            assert self._inner is not None
+            assert self._inner is not None and self._slot is not None
             self.connection_info = await self._inner.launch_kernel(cmd, **kwargs)
+            self._slot.bind(process_group(self._inner))
             return self.connection_info
         except BaseException:
             await self._give_back()
@@ -171,9 +173,6 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     @property
     def pid(self) -> int | None:
         return getattr(self._inner, "pid", None)
-
-    def process_group(self) -> int | None:
-        return process_group(self._inner)
 
     async def poll(self) -> int | None:
         if self._inner is None:
@@ -225,11 +224,9 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self._finish_inner()
         elif self._inner is not None:
             await self._inner.cleanup(restart=True)
-        if not restart:
-            if self._slot is not None and not self.has_process:
-                self._slot.release()
-                self._slot = None
-            LIVE_PROVISIONERS.discard(self)
+        if not restart and self._slot is not None and not self.has_process:
+            self._slot.release()
+            self._slot = None
 
     async def _finish_inner(self) -> None:
         """Final cleanup of a process we will not relaunch through its provisioner. One still
