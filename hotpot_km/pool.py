@@ -669,7 +669,8 @@ class KernelPool:
         if kernel in idle:
             idle.remove(kernel)
         if kernel.task is not None and not kernel.task.done():
-            kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled
+            kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled...
+            kernel.task.add_done_callback(lambda _: self._end(kernel))  # ...if it had begun
         elif self._end(kernel).done() and _ended(kernel):
             kernel.slot.release()  # gone already, while a claimer still held it
 
@@ -700,6 +701,7 @@ class KernelPool:
         idle = self._idle.get(kernel.name, [])
         if kernel in idle:
             idle.remove(kernel)
+        self._warming.discard(kernel)  # a warm-up cancelled before it began never did
         if not kernel.claimed:
             kernel.slot.release()
 
