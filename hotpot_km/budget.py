@@ -2,14 +2,18 @@
 
 Every kernel process started through a hotpot_km manager holds one
 :class:`Slot`, whether it is warming in the pool, waiting there, or handed out.
-A slot is released only when its process is gone, so the number of live
-kernel processes never exceeds the limit, whatever the interleaving of
-concurrent starts, handouts, restarts and shutdowns.
+A slot is taken before its process is launched and released only once the
+process is gone (reaped), so the number of live kernel processes never exceeds
+the limit, whatever the interleaving of concurrent starts, handouts, restarts
+and shutdowns. While its process runs, the slot also keeps the process group
+registered with :mod:`hotpot_km.keeper`, so it dies with the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from . import keeper
 
 
 class MaximumKernelsException(Exception):
@@ -19,16 +23,34 @@ class MaximumKernelsException(Exception):
 class Slot:
     """Permission for one kernel process to exist; :meth:`release` is idempotent."""
 
-    __slots__ = ("_budget",)
+    __slots__ = ("_budget", "_group")
 
     def __init__(self, budget: KernelBudget) -> None:
         self._budget: KernelBudget | None = budget
+        self._group: int | None = None
 
     @property
     def held(self) -> bool:
         return self._budget is not None
 
+    def bind(self, group: int | None) -> None:
+        """The slot's process now runs in process group ``group`` (None: not a local process)."""
+        if group == self._group:
+            return
+        self.unbind()
+        if group:
+            keeper.register(group)
+            self._group = group
+
+    def unbind(self) -> None:
+        """The slot's process is gone; the slot may be used for another one."""
+        group, self._group = self._group, None
+        if group:
+            keeper.unregister(group)
+
     def release(self) -> None:
+        """Call only once the slot's process is gone (or was never launched)."""
+        self.unbind()
         budget, self._budget = self._budget, None
         if budget is not None:
             budget._used -= 1

@@ -237,7 +237,7 @@ class GatewayKernelAdapter:
         self._body = {"name": self.name, "env": dict(self.launch.env), "kernel_id": self.kernel_id}
         return self.launch, language
 
-    async def start(self, timeout: float) -> GatewayChannels:
+    async def start(self, timeout: float, slot: Slot) -> GatewayChannels:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         body = json_encode(self._body)
@@ -308,9 +308,6 @@ class GatewayKernelAdapter:
                     error,
                 )
         self._gone = True
-
-    def process_group(self) -> int | None:
-        return None  # nothing of it runs here
 
     @property
     def pid(self) -> int | None:

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.manager import KernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
@@ -14,7 +14,7 @@ from traitlets import Integer
 
 from . import metrics
 from .budget import MaximumKernelsException
-from .pool import KernelPool, LocalKernelAdapter, PoolSettings
+from .pool import KernelPool, LocalKernelAdapter, PoolProcessManager, PoolSettings
 from .provisioner import PooledProvisioner
 
 __all__ = ["LimitedKernelManager", "MaximumKernelsException"]
@@ -58,9 +58,9 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         """Pooled kernels of this manager are local processes."""
         return LocalKernelAdapter(self._pool, self.new_pool_manager(kernel_name, kernel_id))
 
-    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> AsyncKernelManager:
+    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> PoolProcessManager:
         """A plain manager for a pooled process: no restarter, no server bookkeeping or events."""
-        return AsyncKernelManager(
+        return PoolProcessManager(
             parent=self,
             log=self.log,
             kernel_name=kernel_name,

@@ -16,15 +16,12 @@ host's own ``KernelManager`` through :class:`hotpot_km.provisioner.PooledProvisi
 from __future__ import annotations
 
 import asyncio
-import atexit
 import errno
 import logging
 import os
 import shutil
-import signal
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +34,7 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_config_path
 
+from . import keeper
 from .budget import KernelBudget, MaximumKernelsException, Slot
 from .events import Observers, PoolLog, PoolStats
 from .kernel_io import KernelCodeError, KernelDiedError, ShellClient, request_reply, run_code
@@ -60,6 +58,19 @@ class PoolSettings:
     max_retry_delay: float = 60.0
 
 
+class PoolProcessManager(AsyncKernelManager):  # type: ignore[misc]
+    """Manages one pooled process until handout. Its slot learns the process group in the
+    launch step itself, so a host killed right after a launch can't leave the kernel
+    behind (see :mod:`hotpot_km.keeper`)."""
+
+    slot: Slot | None = None
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+        if self.slot is not None:
+            self.slot.bind(process_group(self.provisioner))
+
+
 class KernelAdapter(Protocol):
     """One pooled kernel as the engine drives it: launched, talked to, checked, handed
     over and stopped. :class:`LocalKernelAdapter` runs a process on this machine;
@@ -71,8 +82,9 @@ class KernelAdapter(Protocol):
         language; called before :meth:`start` so claims can be checked meanwhile."""
         ...
 
-    async def start(self, timeout: float) -> ShellClient:
-        """Start the kernel; return a client whose shell channel reaches it."""
+    async def start(self, timeout: float, slot: Slot) -> ShellClient:
+        """Start the kernel (``slot`` is its place under ``max_kernels``, which a local
+        process binds to its process group); return a client whose shell channel reaches it."""
         ...
 
     async def is_alive(self) -> bool:
@@ -89,10 +101,6 @@ class KernelAdapter(Protocol):
 
     async def shutdown(self) -> None:
         """Stop the kernel and wait until it is gone."""
-        ...
-
-    def process_group(self) -> int | None:
-        """The local process group to kill if the host exits without shutting down."""
         ...
 
     @property
@@ -136,7 +144,8 @@ class PooledKernel:
     language: str | None = None
     client: ShellClient | None = None
     claimed: bool = False
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # the warm-up
+    ending: asyncio.Task[None] | None = None  # the shutdown, once started (see _end)
     launched: float = field(default_factory=time.monotonic)
     ready_since: float | None = None
 
@@ -193,7 +202,7 @@ class KernelPool:
         self._last_error: dict[str, str] = {}
         self._specs: dict[str, KernelSpec] = {}
         self._context: zmq.asyncio.Context | None = None
-        self._retiring: set[KernelProvisionerBase] = set()
+        self._retiring = 0  # replaced processes still being seen out (see retire)
         self._templates: dict[str, tuple[LaunchRequest, str | None]] = {}  # last launch per name
         self.closed = False
         #: what the pool reports (see hotpot_km.events); hosts add their own observers
@@ -201,7 +210,6 @@ class KernelPool:
         self.observer = Observers(
             [self.stats, PoolLog(lambda: self.log, self._fill_level)], lambda: self.log
         )
-        _LIVE_POOLS.add(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -232,8 +240,22 @@ class KernelPool:
         for kernels in list(self._idle.values()):
             for kernel in list(kernels):
                 self._drop(kernel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_WAIT
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = deadline - loop.time()
+            if left <= 0:  # a process that survives SIGKILL: stop waiting for it
+                stuck = list(self._tasks)
+                self.log.error(
+                    "hotpot_km: %d kernel shutdowns did not finish in %g s; giving up on them",
+                    len(stuck),
+                    _CLOSE_WAIT,
+                )
+                for task in stuck:
+                    task.cancel()
+                await asyncio.gather(*stuck, return_exceptions=True)
+                break
+            await asyncio.wait(list(self._tasks), timeout=left)
         if self._context is not None:
             self._context.destroy(linger=0)
             self._context = None
@@ -388,7 +410,7 @@ class KernelPool:
             kwargs = dict(settings.launch_kwargs.get(kernel.name, {}))
             kernel.launch, kernel.language = await kernel.adapter.prepare(kwargs)
             self._templates[kernel.name] = (kernel.launch, kernel.language)
-            client = await kernel.adapter.start(settings.startup_timeout)
+            client = await kernel.adapter.start(settings.startup_timeout, kernel.slot)
             kernel.client = client
             alive = kernel.adapter.is_alive
             reply = await request_reply(
@@ -408,15 +430,13 @@ class KernelPool:
                 await run_code(client, code, timeout=left, is_alive=alive, data=data)
         except asyncio.CancelledError:
             kernel.ready.cancel()
-            # a claimed kernel's slot now belongs to its claimer (see discard())
-            await self._shut_down(kernel, release=not kernel.claimed)
+            await asyncio.shield(self._end(kernel))
             raise
         except Exception as error:
             self._warmup_failed(kernel, source, error, settings)
             kernel.ready.set_exception(WarmupError(self._last_error[kernel.name]))
             kernel.ready.exception()  # retrieved: waiters re-raise it their own way
-            # a claimed kernel's slot now belongs to its claimer (see discard())
-            await self._shut_down(kernel, release=not kernel.claimed)
+            await asyncio.shield(self._end(kernel))
         else:
             if self._failures.pop(kernel.name, 0):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
@@ -559,6 +579,7 @@ class KernelPool:
         return kernel
 
     def _claim_victim(self, prefer_not: str) -> PooledKernel | None:
+        """An idle kernel to discard for its slot: failed or warming ones first."""
         idle = [k for ks in self._idle.values() for k in ks]
         if not idle:
             return None
@@ -653,7 +674,7 @@ class KernelPool:
                 slot = await self.discard(kernel)
                 if spare is None:
                     spare = slot
-                else:
+                elif slot is not None:
                     slot.release()
                 kernel, ready_only = None, True
         return None, spare, failure
@@ -665,49 +686,82 @@ class KernelPool:
         kernel.client = None
         return kernel.adapter.detach(kernel.slot)
 
-    async def discard(self, kernel: PooledKernel) -> Slot:
-        """Shut a claimed kernel down and return its slot, free once the process is gone."""
+    async def discard(self, kernel: PooledKernel) -> Slot | None:
+        """Shut a claimed kernel down; its slot comes back once the process is gone.
+
+        ``None`` if that takes more than a few seconds: the slot is then freed whenever the
+        process is gone, as it is if the caller is cancelled meanwhile.
+        """
         if kernel.task is not None and not kernel.task.done():
-            kernel.task.cancel()
-            await asyncio.gather(kernel.task, return_exceptions=True)
-        await self._shut_down(kernel, release=False)
+            kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled
+        try:
+            if kernel.task is not None:
+                await asyncio.wait({kernel.task})
+            await asyncio.wait({self._end(kernel)}, timeout=_GONE_WAIT)
+        except BaseException:
+            self._drop(kernel)
+            raise
+        finally:
+            self._wake_filler()
+        if not _ended(kernel):
+            self._drop(kernel)
+            return None
         self._claimed.discard(kernel)
-        self._wake_filler()
         return kernel.slot
 
     async def cold_slot(self, name: str) -> Slot:
         """A slot for a cold start, discarding an idle pooled kernel if the limit demands it."""
         slot = self.budget.try_take()
-        if slot is not None:
-            return slot
-        victim = self._claim_victim(prefer_not=name)
-        if victim is None:
+        if slot is None:
+            victim = self._claim_victim(prefer_not=name)
+            if victim is not None:
+                slot = await self.discard(victim) or self.budget.try_take()
+        if slot is None:
             self.observer.start_refused(name)
             raise MaximumKernelsException(
                 f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel "
                 f"processes (max_kernels) is reached."
             )
-        return await self.discard(victim)
+        return slot
 
     def _drop(self, kernel: PooledKernel) -> None:
-        """Remove an idle kernel from its pool and shut it down in an owned task."""
+        """Shut down a kernel no request will use (idle, or given up by its claimer); its
+        slot is freed once the process is gone."""
+        kernel.claimed = False
+        self._claimed.discard(kernel)
         idle = self._idle.get(kernel.name, [])
         if kernel in idle:
             idle.remove(kernel)
         if kernel.task is not None and not kernel.task.done():
-            kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled
-        else:
-            self._spawn(self._shut_down(kernel), f"hotpot_km discard {kernel.name}")
+            kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled...
+            kernel.task.add_done_callback(lambda _: self._end(kernel))  # ...if it had begun
+        elif self._end(kernel).done() and _ended(kernel):
+            kernel.slot.release()  # gone already, while a claimer still held it
 
-    async def _shut_down(self, kernel: PooledKernel, release: bool = True) -> None:
+    def _end(self, kernel: PooledKernel) -> asyncio.Task[None]:
+        """The kernel's shutdown: one owned task, so no cancelled caller stops it halfway."""
+        if kernel.ending is None:
+            kernel.ending = self._spawn(
+                self._shut_down(kernel), f"hotpot_km shut down {kernel.name}"
+            )
+        return kernel.ending
+
+    async def _shut_down(self, kernel: PooledKernel) -> None:
+        """Kill the process and wait until it is reaped. Only then is its slot free again:
+        released here, or, if a request claimed the kernel, handed to it by :meth:`discard`."""
         kernel.close_client()
         try:
             await kernel.adapter.shutdown()
         except Exception:
             self.log.warning("hotpot_km: error shutting down a pooled kernel", exc_info=True)
-        finally:
-            if release:
-                kernel.slot.release()
+        kernel.slot.unbind()
+        # in the same step as the release: no request can take it as a victim after it
+        idle = self._idle.get(kernel.name, [])
+        if kernel in idle:
+            idle.remove(kernel)
+        self._warming.discard(kernel)  # a warm-up cancelled before it began never did
+        if not kernel.claimed:
+            kernel.slot.release()
 
     def retire(
         self,
@@ -716,26 +770,29 @@ class KernelPool:
         files: Iterable[str],
         grace: float,
     ) -> None:
-        """Finish a replaced kernel's shutdown in the background (instant restarts)."""
-        self._retiring.add(provisioner)
+        """Finish a process's shutdown in the background: a replaced kernel (instant
+        restarts), or one whose shutdown gave up waiting for it. ``slot`` is freed once
+        the process is gone."""
+        self._retiring += 1
         self._spawn(self._retire(provisioner, slot, list(files), grace), "hotpot_km retire")
 
     async def _retire(
         self, provisioner: KernelProvisionerBase, slot: Slot | None, files: list[str], grace: float
     ) -> None:
         try:
-            try:
-                await asyncio.wait_for(provisioner.wait(), grace)
-            except asyncio.TimeoutError:
-                await provisioner.kill()
-                await asyncio.wait_for(provisioner.wait(), 5)
+            if grace > 0:
+                try:
+                    await asyncio.wait_for(provisioner.wait(), grace)
+                except asyncio.TimeoutError:
+                    pass
+            await until_gone(provisioner, self.log)
+            if slot is not None:
+                slot.release()
             await provisioner.cleanup(restart=False)
         except Exception:
             self.log.warning("hotpot_km: error retiring a replaced kernel", exc_info=True)
         finally:
-            self._retiring.discard(provisioner)
-            if slot is not None:
-                slot.release()
+            self._retiring -= 1
             remove_files(files)
 
     # -- observation -------------------------------------------------------------------------
@@ -799,27 +856,19 @@ class KernelPool:
             pools=tuple(pools),
             processes=self.budget.used,
             max_kernels=self.budget.limit,
-            retiring=len(self._retiring),
+            retiring=self._retiring,
             settings=settings,
             stats={n: self.stats.for_name(n) for n in sorted(set(names) | self.stats.names())},
             recent_errors=tuple(self.stats.recent_errors),
             closed=self.closed,
         )
 
-    # -- process safety net ------------------------------------------------------------------
-
-    def process_groups(self) -> list[int]:
-        """Process groups of every kernel process the pool still owns."""
-        kernels = {k for ks in self._idle.values() for k in ks} | self._warming
-        groups = [pg for k in kernels if (pg := k.adapter.process_group())]
-        return groups + [pg for p in self._retiring if (pg := process_group(p))]
-
 
 class LocalKernelAdapter:
     """A pooled kernel process on this machine, started by a plain ``AsyncKernelManager``
     (no restarter, no server bookkeeping or events) and handed to a provisioner."""
 
-    def __init__(self, pool: KernelPool, manager: AsyncKernelManager) -> None:
+    def __init__(self, pool: KernelPool, manager: PoolProcessManager) -> None:
         self.pool = pool
         self.manager = manager
         manager.context = pool._zmq_context()  # one context for all pooled kernels
@@ -841,9 +890,11 @@ class LocalKernelAdapter:
         self._start_kwargs = {"cwd": cwd, "env": dict(os.environ if env is None else env), **kwargs}
         return launch, spec.language
 
-    async def start(self, timeout: float) -> AsyncKernelClient:
+    async def start(self, timeout: float, slot: Slot) -> AsyncKernelClient:
         cwd = self._start_kwargs["cwd"]
         await asyncio.to_thread(_check_program, self.manager.format_kernel_cmd, cwd)
+        await keeper.ensure_running()
+        self.manager.slot = slot  # bound to the process group in the launch step itself
         await asyncio.wait_for(self.manager.start_kernel(**self._start_kwargs), timeout)
         client = self.manager.client(context=self.pool._zmq_context())
         client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
@@ -880,18 +931,24 @@ class LocalKernelAdapter:
         return handed
 
     async def shutdown(self) -> None:
-        if self.manager.has_kernel:
-            await self.manager.shutdown_kernel(now=True)
-        else:
-            await self.manager.cleanup_resources()
-
-    def process_group(self) -> int | None:
-        return process_group(self.manager.provisioner)
+        provisioner = self.manager.provisioner
+        try:
+            if self.manager.has_kernel:
+                await self.manager.shutdown_kernel(now=True)
+            else:
+                await self.manager.cleanup_resources()
+        finally:
+            await until_gone(provisioner, self.pool.log)
 
     @property
     def pid(self) -> int | None:
         return getattr(self.manager.provisioner, "pid", None)
 
+
+#: How long a start waits for an evicted pooled kernel's process to be gone.
+_GONE_WAIT = 10.0
+#: How long ``aclose`` waits for shutdowns before giving up on processes that survive SIGKILL.
+_CLOSE_WAIT = 60.0
 
 _CWD_ERRORS = {
     "FileNotFoundError": (errno.ENOENT, "does not exist"),
@@ -924,6 +981,43 @@ def warmup_step(source: str) -> str:
     return "init_file"
 
 
+def _ended(kernel: PooledKernel) -> bool:
+    """Whether the kernel's shutdown finished, i.e. its process is gone."""
+    ending = kernel.ending
+    return ending is not None and ending.done() and not ending.cancelled()
+
+
+async def until_gone(
+    provisioner: KernelProvisionerBase | None, log: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """Return once the provisioner's process is gone (reaped), SIGKILLing it every second
+    meanwhile. jupyter_client's own shutdown stops waiting after a few seconds and carries
+    on; a kernel's slot must not be freed before its process is really gone."""
+    if provisioner is None:
+        return
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    next_kill = started
+    warned = False
+    while True:
+        try:
+            if not provisioner.has_process or await provisioner.poll() is not None:
+                return
+            if loop.time() >= next_kill:
+                await provisioner.kill()
+                next_kill = loop.time() + 1.0
+        except Exception:
+            log.debug("hotpot_km: error waiting for a kernel process to end", exc_info=True)
+        if not warned and loop.time() - started > 10:
+            warned = True
+            log.warning(
+                "hotpot_km: kernel process %s is still alive 10 s after SIGKILL; it keeps its "
+                "place under max_kernels until it is gone",
+                getattr(provisioner, "pid", None),
+            )
+        await asyncio.sleep(0.05)
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -937,7 +1031,8 @@ async def _close_client(client: AsyncKernelClient) -> None:
 
 
 def process_group(provisioner: KernelProvisionerBase | None) -> int | None:
-    """The process group of a local kernel process that is still running, if known."""
+    """The process group of a local kernel process that is still running, if known
+    (jupyter_client starts local kernels in a session, hence a group, of their own)."""
     process = getattr(provisioner, "process", None)
     if process is None or process.poll() is not None:
         return None
@@ -962,20 +1057,3 @@ def _read_init_files(kernel_name: str, extension: str) -> list[tuple[str, str]]:
         if path.is_file():
             found.append((str(path), path.read_text(encoding="utf-8")))
     return found
-
-
-_LIVE_POOLS: weakref.WeakSet[KernelPool] = weakref.WeakSet()
-#: Process groups of handed-out kernels, kept by their provisioners.
-LIVE_PROVISIONERS: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Last resort when a host exits without shutting its kernels down (e.g. on SIGINT)."""
-    groups = {pg for pool in list(_LIVE_POOLS) for pg in pool.process_groups()}
-    groups |= {pg for p in list(LIVE_PROVISIONERS) if (pg := p.process_group())}
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except OSError:
-            pass

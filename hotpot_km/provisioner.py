@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
+from . import keeper
 from .budget import Slot
-from .pool import LIVE_PROVISIONERS, PooledKernel, process_group, remove_files
+from .pool import PooledKernel, process_group, remove_files
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._launched = False
         self._pooled_launch: dict[str, Any] | None = None
         self._handout_failure: ColdReason | None = None
-        LIVE_PROVISIONERS.add(self)
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -81,15 +81,16 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._report(name, restarting, None, started)
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
         reason = self._handout_failure or self._pool.cold_reason(name, request)
+        if self._inner is not None and (self._adopted or await self._inner.poll() is None):
+            await self._finish_inner()  # a process still running keeps its slot till it is gone
         if self._slot is None:
             self._slot = await self._pool.cold_slot(name)
         self._report(name, restarting, reason, started)
         # a cold start reads the kernelspec afresh, as jupyter_client's own would
         self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
-        if self._inner is not None and self._adopted:
-            await self._finish_inner()
         if self._inner is None:
             self._inner = self._new_inner()
+        await keeper.ensure_running()
         return await self._inner.pre_launch(**kwargs)
 
     async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
@@ -143,8 +144,9 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 info, self._pooled_launch = self._pooled_launch, None
                 self.connection_info = info
                 return info
-            assert self._inner is not None
+            assert self._inner is not None and self._slot is not None
             self.connection_info = await self._inner.launch_kernel(cmd, **kwargs)
+            self._slot.bind(process_group(self._inner))
             return self.connection_info
         except BaseException:
             await self._give_back()
@@ -162,7 +164,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self._victim is not None:
             slot = await self._pool.discard(self._victim)
             self._victim = None
-            slot.release()
+            if slot is not None:
+                slot.release()
         if not self.has_process and self._slot is not None:
             self._slot.release()
             self._slot = None
@@ -176,9 +179,6 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     @property
     def pid(self) -> int | None:
         return getattr(self._inner, "pid", None)
-
-    def process_group(self) -> int | None:
-        return process_group(self._inner)
 
     async def poll(self) -> int | None:
         if self._inner is None:
@@ -230,16 +230,20 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self._finish_inner()
         elif self._inner is not None:
             await self._inner.cleanup(restart=True)
-        if not restart:
-            if self._slot is not None and not self.has_process:
-                self._slot.release()
-                self._slot = None
-            LIVE_PROVISIONERS.discard(self)
+        if not restart and self._slot is not None and not self.has_process:
+            self._slot.release()
+            self._slot = None
 
     async def _finish_inner(self) -> None:
-        """Final cleanup of a process we will not relaunch through its provisioner."""
+        """Final cleanup of a process we will not relaunch through its provisioner. One still
+        running (jupyter_client's shutdown stops waiting for a killed kernel after 5 s) goes
+        to the pool with its slot, which is freed once the process is gone."""
         inner, self._inner = self._inner, None
         files, self._files = self._files, []
+        if inner is not None and inner.has_process and await inner.poll() is None:
+            slot, self._slot = self._slot, None
+            self._pool.retire(inner, slot, files, grace=0)
+            return
         if inner is not None:
             await inner.cleanup(restart=False)
         remove_files(files)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -126,68 +125,3 @@ def unwatched_kernels(jupyter_dirs: dict[str, Path]) -> None:
         "language": "python",
     }
     (path / "kernel.json").write_text(json.dumps(spec))
-
-
-def own_kernels(marker: str | None = None) -> list[psutil.Process]:
-    """Kernel processes under this process that carry this test's marker."""
-    marker = marker or os.environ[MARKER]
-    found = []
-    for proc in kernel_children():
-        try:
-            if proc.environ().get(MARKER) == marker:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
-def describe(procs: list[psutil.Process]) -> list[str]:
-    """pid, parent, status and connection file of each process, for failure messages."""
-    out = []
-    for proc in procs:
-        try:
-            argv = proc.cmdline()
-            where = argv[argv.index("-f") + 1] if "-f" in argv else " ".join(argv)[-80:]
-            out.append(f"{proc.pid} (parent {proc.ppid()}) {proc.status()} {where}")
-        except (psutil.Error, ValueError, IndexError):
-            out.append(f"{proc.pid} (gone)")
-    return out
-
-
-class KernelCounter:
-    """Samples, in a background thread, the kernel processes ``processes()`` returns;
-    keeps the highest count and which processes made it up."""
-
-    def __init__(
-        self, processes: Callable[[], list[psutil.Process]] | None = None, interval: float = 0.02
-    ) -> None:
-        if processes is None:
-            marker = os.environ[MARKER]
-
-            def processes() -> list[psutil.Process]:
-                return own_kernels(marker)
-
-        self._processes = processes
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.max = 0
-        self.at_max: list[str] = []
-        self.samples = 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            procs = self._processes()
-            if len(procs) > self.max:
-                self.max = len(procs)
-                self.at_max = describe(procs)
-            self.samples += 1
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> KernelCounter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()

@@ -73,12 +73,13 @@ def running(
     *,
     cwd: Path,
     port: int,
-    ready_path: str,
+    ready_path: str | None,
     log: Path,
     env: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> Iterator[Server]:
-    """Start ``argv`` and wait until ``ready_path`` answers; stop it (SIGTERM) afterwards."""
+    """Start ``argv`` and wait until ``ready_path`` answers (None: a process that serves no
+    HTTP, not waited for); stop it (SIGTERM) afterwards."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             list(argv),
@@ -91,7 +92,7 @@ def running(
     server = Server(proc, port, log)
     try:
         deadline = time.monotonic() + timeout
-        while True:
+        while ready_path is not None:
             if proc.poll() is not None:
                 raise AssertionError(f"server exited early:\n{server.log()[-5000:]}")
             try:

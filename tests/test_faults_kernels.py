@@ -16,7 +16,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import KernelCounter, kernel_children, marked_processes
+from children import ChildSampler
+from conftest import kernel_children, marked_processes
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from kernel_helpers import probe, shut_down, tracebacks, wait_until, write_kernelspec
 from servers import TOKEN, api, jupyter_server, port_of, running
@@ -161,7 +162,7 @@ async def test_kernel_killed_mid_warmup_while_a_request_waits_for_it(
         max_retry_delay=1,
         max_kernels=max_kernels,
     )
-    with KernelCounter() as counter:
+    with ChildSampler(os.getpid(), interval=0.002) as counter:
         try:
             await wait_until(pid_file.exists, what="a warm-up hangs in its init code")
             hung = int(pid_file.read_text())
