@@ -123,7 +123,13 @@ def running(
                 raise AssertionError(f"server not up in time:\n{server.log()[-5000:]}")
             time.sleep(0.2)
         yield server
-    finally:
+    except BaseException:
+        try:
+            server.stop()
+        except AssertionError as error:  # keep the test's own error, not this one
+            print(error, file=sys.stderr)
+        raise
+    else:
         server.stop()
 
 
