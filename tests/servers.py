@@ -150,6 +150,16 @@ def jupyter_server(tmp: Path, root: Path, *extra: str) -> list[str]:
     ]
 
 
+def jupyter_lab(tmp: Path, root: Path, *extra: str) -> list[str]:
+    """``jupyter lab`` as :func:`jupyter_server` starts the bare server; it reaches nothing
+    outside (no news, no update checks)."""
+    argv = jupyter_server(tmp, root, *extra)
+    argv[2] = "jupyterlab"
+    argv += ["--LabApp.news_url=None",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    return argv
+
+
 def port_of(argv: Sequence[str]) -> int:
     for arg in argv:
         if arg.startswith(("--ServerApp.port=", "--port=")):
