@@ -1,9 +1,10 @@
-# Two commands: `make demo` (set up, then show the pool in Voila) and `make test`.
+# Two commands: `make demo` (set up, then show the pool in Voila) and `make test`;
+# `make test-pythons` runs the suite's core on every supported Python (noxfile.py).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-pythons bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ test: $(VENV)/.test-installed
 	$(BIN)/ruff format --check hotpot_km
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-pythons: $(VENV)/.test-installed
+	$(BIN)/nox $(NOX_ARGS)
+
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
@@ -33,4 +37,4 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format hotpot_km
 
 clean:
-	rm -rf $(VENV) benchmarks/.work
+	rm -rf $(VENV) .nox benchmarks/.work
