@@ -72,4 +72,9 @@ for _version in PYTHONS:
 def core(session: nox.Session) -> None:
     """Engine, in-process managers, jupyter_server and Voila tests on this Python."""
     session.install("-e", ".[test-core]")
-    session.run("python", "-m", "pytest", *(session.posargs or CORE_TESTS))
+    # arguments after `--` are added to the core's, and replace its tests if they name any
+    names_tests = any(
+        not arg.startswith("-") and Path(arg.split("::")[0]).exists() for arg in session.posargs
+    )
+    tests = [] if names_tests else CORE_TESTS
+    session.run("python", "-m", "pytest", *tests, *session.posargs)
