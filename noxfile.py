@@ -32,11 +32,13 @@ def _runs(executable: str) -> bool:
 
 
 def _pyenv_versions() -> Path | None:
+    """pyenv's versions directory: ``$PYENV_ROOT``, ``pyenv root``, or pyenv's default."""
     root = os.environ.get("PYENV_ROOT")
     if not root and shutil.which("pyenv"):
         found = subprocess.run(["pyenv", "root"], capture_output=True, text=True)
         root = found.stdout.strip() if found.returncode == 0 else None
-    return Path(root, "versions") if root else None
+    versions = Path(root or Path.home() / ".pyenv", "versions")
+    return versions if versions.is_dir() else None
 
 
 def _patch_level(path: Path) -> tuple[int, ...]:
