@@ -1,4 +1,5 @@
-# Two commands: `make demo` (set up, then show the pool in Voila) and `make test`.
+# Two commands: `make demo` (set up, then show the pool in Voila) and `make test`;
+# `make test-pythons` runs the suite's core on every supported Python (noxfile.py).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN    := $(VENV)/bin
 EG_VENV ?= .venv-eg
 EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-pythons bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ test: $(VENV)/.test-installed $(EG_VENV)/.installed
 	$(BIN)/ruff format --check hotpot_km
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-pythons: $(VENV)/.test-installed
+	$(BIN)/nox $(NOX_ARGS)
+
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
@@ -43,4 +47,4 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format hotpot_km
 
 clean:
-	rm -rf $(VENV) $(EG_VENV) benchmarks/.work
+	rm -rf $(VENV) $(EG_VENV) .nox benchmarks/.work

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import socket
 import statistics
@@ -26,9 +27,21 @@ COLD_MANAGER = "jupyter_server.services.kernels.kernelmanager.AsyncMappingKernel
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the OS's ephemeral range: a port from ``bind(0)`` could be taken
+    by a pooled kernel (kernels get theirs from that range) before the server listens."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def start_voila(port: int, *extra: str, log: Path) -> subprocess.Popen[bytes]:

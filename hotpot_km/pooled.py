@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from typing import Any
 
 from jupyter_core.utils import ensure_event_loop
@@ -119,7 +120,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            loop = ensure_event_loop()
+            loop = _host_loop()
             if self._wait_at_startup or self.wait_at_startup:
                 self._wait_blocking(loop)
             else:
@@ -194,3 +195,21 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
                 f"Cannot start a {name!r} kernel: strict_pool_kwargs is set and these start "
                 f"arguments differ from pool_kwargs[{name!r}]: {', '.join(differing)}"
             )
+
+
+def _host_loop() -> asyncio.AbstractEventLoop:
+    """The event loop the host will run once it starts serving.
+
+    That is the thread's current loop when the host already has one (jupyter_server
+    creates its IOLoop before its kernel manager); making a new one here would leave
+    the pool on a loop nobody runs. Only without one do we create it, as jupyter_core does.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            loop = None
+    if loop is None or loop.is_closed():
+        loop = ensure_event_loop()
+    return loop

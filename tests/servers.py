@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,9 +24,27 @@ TOKEN = "hotpot-test-token"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port for a server, below the OS's ephemeral range.
+
+    A port from ``bind(0)`` is only free until someone binds it: a pooled kernel started
+    before its server listens (``wait_at_startup``) takes its ports from the ephemeral
+    range and may take exactly that one. The OS never hands out ports below the range,
+    so only another explicit choice can collide: the port is checked free, and chosen at
+    random so parallel runs rarely meet.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    for _ in range(100):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Server:
@@ -105,7 +124,13 @@ def running(
                 raise AssertionError(f"server not up in time:\n{server.log()[-5000:]}")
             time.sleep(0.2)
         yield server
-    finally:
+    except BaseException:
+        try:
+            server.stop()
+        except AssertionError as error:  # keep the test's own error, not this one
+            print(error, file=sys.stderr)
+        raise
+    else:
         server.stop()
 
 
@@ -124,6 +149,16 @@ def jupyter_server(tmp: Path, root: Path, *extra: str) -> list[str]:
         "--ServerApp.allow_root=True",
         *extra,
     ]
+
+
+def jupyter_lab(tmp: Path, root: Path, *extra: str) -> list[str]:
+    """``jupyter lab`` as :func:`jupyter_server` starts the bare server; it reaches nothing
+    outside (no news, no update checks)."""
+    argv = jupyter_server(tmp, root, *extra)
+    argv[2] = "jupyterlab"
+    argv += ["--LabApp.news_url=None",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    return argv
 
 
 def port_of(argv: Sequence[str]) -> int:
