@@ -22,8 +22,10 @@ import logging
 import os
 import shutil
 import signal
+import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +143,8 @@ class KernelPool:
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._last_error: dict[str, str] = {}
+        #: (wall-clock time, kernel name, message) of the latest warm-up failures
+        self.recent_errors: deque[tuple[float, str, str]] = deque(maxlen=20)
         self._specs: dict[str, KernelSpec] = {}
         self._context: zmq.asyncio.Context | None = None
         self._retiring: set[KernelProvisionerBase] = set()
@@ -442,6 +446,7 @@ class KernelPool:
         else:
             self.log.debug("hotpot_km: %s (again, attempt %d)", message, failures)
         self._last_error[kernel.name] = message
+        self.recent_errors.append((time.time(), kernel.name, message))
 
     def _zmq_context(self) -> zmq.asyncio.Context:
         if self._context is None:
@@ -620,6 +625,81 @@ class KernelPool:
                 f"processes (max_kernels) is reached."
             )
         return await self.discard(victim)
+
+    async def serve(self, request: LaunchRequest) -> HandedOut | str:
+        """Hand out a pooled kernel for ``request`` of another process, or say why not.
+
+        For hosts that never start kernels themselves (the pool service): a refusal
+        is the caller's cue to start a cold kernel its own way, so no slot is taken
+        for one. The handed-out process keeps its slot until the host releases it.
+        """
+        self._ensure_started()
+        for _attempt in range(3):
+            kernel = self.claim(
+                request.kernel_name, request, ready_only=False, options=request.options
+            )
+            if kernel is None:
+                break
+            try:
+                handed = await self.hand_out(kernel, request)
+            except HandoutError as error:
+                self.log.warning(
+                    "hotpot_km: a pooled %r kernel was not handed out: %s", kernel.name, error
+                )
+                (await self.discard(kernel)).release()
+                continue
+            if handed is None:  # it can't serve this request; it went back to the pool
+                break
+            return handed
+        return self.refusal(request)
+
+    def refusal(self, request: LaunchRequest) -> str:
+        """Why no pooled kernel can serve ``request`` right now, in a few words."""
+        name = request.kernel_name
+        if self.closed:
+            return "the pool is shutting down"
+        if not self._host.pool_settings().sizes.get(name):
+            return f"no pool for kernel {name!r}"
+        for kernel in self._idle.get(name, ()):
+            if kernel.launch is not None:
+                why = mismatch(kernel.launch, kernel.language, request)
+                if why:
+                    return f"the request has {why}"
+        if name in self._last_error:
+            return f"no ready kernel in the pool ({self._last_error[name]})"
+        if self.budget.free() == 0:
+            return f"no ready kernel in the pool (max_kernels={self.budget.limit} is reached)"
+        return "no ready kernel in the pool (all taken; it is refilling)"
+
+    def snapshot(self) -> dict[str, Any]:
+        """The pools' state as plain data (for status pages and metrics)."""
+        settings = self._host.pool_settings()
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            now = float("inf")  # no loop: no retry is pending
+        pools = {}
+        for name in sorted(set(settings.sizes) | set(self._idle)):
+            idle = self._idle.get(name, [])
+            due = self._not_before.get(name, 0.0) - now
+            pools[name] = {
+                "size": settings.sizes.get(name, 0),
+                "ready": sum(k.is_ready for k in idle),
+                "warming": sum(k in self._warming for k in idle),
+                "claimed": sum(k.name == name for k in self._claimed),
+                "failures": self._failures.get(name, 0),
+                "last_error": self._last_error.get(name),
+                "retry_in": round(max(due, 0.0), 1) if name in self._failures else None,
+            }
+        return {
+            "pools": pools,
+            "kernels": self.budget.used,
+            "max_kernels": self.budget.limit,
+            "recent_errors": [
+                {"time": when, "kernel_name": name, "message": message}
+                for when, name, message in self.recent_errors
+            ],
+        }
 
     def _drop(self, kernel: PooledKernel) -> None:
         """Remove an idle kernel from its pool and shut it down in an owned task."""

@@ -36,12 +36,15 @@ class LaunchRequest:
 def fixed_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The start arguments that cannot change once a kernel runs (``extra_arguments``, ...).
 
-    ``transport_encryption`` is compared separately, as the policy it resolves to.
+    ``transport_encryption`` is compared separately, as the policy it resolves to; an
+    empty ``extra_arguments`` (nbclient always passes one) is the same launch as none.
     """
     return {
         k: v
         for k, v in kwargs.items()
-        if k not in APPLIED_AFTER_START and k != "transport_encryption"
+        if k not in APPLIED_AFTER_START
+        and k != "transport_encryption"
+        and not (k == "extra_arguments" and not v)  # none is the same launch as []
     }
 
 
