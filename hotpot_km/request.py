@@ -70,10 +70,14 @@ def plain_env(env: Mapping[Any, Any]) -> dict[str, str]:
     return out
 
 
-def absolute_cwd(cwd: str | None) -> str:
-    """The working directory a start gets, absolute; whether it exists is the launch's to find."""
+def absolute_cwd(cwd: str | os.PathLike[str] | None) -> str:
+    """The working directory a start gets, absolute; whether it exists is the launch's to find.
+
+    A path object is accepted as ``Popen`` accepts it (nbmake passes one).
+    """
     if cwd is None:
         return os.getcwd()
+    cwd = os.fspath(cwd)
     if "\0" in cwd:
         raise ValueError("the kernel working directory contains a NUL byte")
     return os.path.abspath(cwd)
