@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,16 @@ def install_kernelspec(*args: str) -> None:
 
 def status(timeout: float = 30) -> dict[str, Any] | None:
     """The running service's status document (through the real socket), or None."""
-    try:
-        reply = asyncio.run(call(ServicePaths.default().socket, "status", timeout=timeout))
-    except ServiceUnavailable:
-        return None
-    return reply["status"]
+    path = ServicePaths.default().socket
+
+    def ask() -> dict[str, Any] | None:
+        try:
+            return asyncio.run(call(path, "status", timeout=timeout))["status"]
+        except ServiceUnavailable:
+            return None
+
+    with ThreadPoolExecutor(1) as pool:  # usable from async tests too
+        return pool.submit(ask).result()
 
 
 def probes(directory: Path) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.utils import ensure_dir_exists, ensure_event_loop
-from traitlets import Bool, Float, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, Unicode, default
 
 from .. import __version__
 from ..limited import LimitedKernelManager
@@ -106,6 +106,12 @@ class ServeApp(_App):
         help="""Stop after this many seconds with no kernel handed out and no request
         (0: never). Autostarted services use the kernelspec's idle_timeout.""",
     )
+    default_pools = Dict(
+        value_trait=Integer(0),
+        config=True,
+        help="""Kernel pools to keep when the configuration sets no
+        PooledKernelManager.kernel_pools (autostart passes the kernel that asked).""",
+    )
     exit_if_running = Bool(
         False,
         config=True,
@@ -138,6 +144,8 @@ class ServeApp(_App):
             )
             self.exit(1)
         try:
+            if self.default_pools and "kernel_pools" not in self.config.PooledKernelManager:
+                self.config.PooledKernelManager.kernel_pools = dict(self.default_pools)
             manager = ServiceKernelManager(parent=self, log=self.log)  # may fill its pools first
             service = Service(manager, paths, self.idle_timeout, self.log)
             ensure_event_loop().run_until_complete(service.run())

@@ -9,12 +9,16 @@ other exits at once; a runner that finds the lock held starts nothing.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
 import threading
 
 from .paths import ServicePaths
+
+#: Pool size of an autostarted service whose configuration sets no kernel_pools.
+AUTOSTART_POOL = 2
 
 
 def lock_is_held(path: str) -> bool:
@@ -32,8 +36,10 @@ def lock_is_held(path: str) -> bool:
     return False
 
 
-def start_service(paths: ServicePaths, idle_timeout: float) -> str:
+def start_service(paths: ServicePaths, idle_timeout: float, kernel_name: str) -> str:
     """Start ``hotpot-km serve`` detached, unless one is starting; return what happened.
+
+    Without ``kernel_pools`` in the user's configuration, it pools ``kernel_name``.
 
     The service gets its own session and writes to its log file, so it holds none of
     the runner's terminal or pipes; a thread of the runner reaps it when it exits.
@@ -48,6 +54,7 @@ def start_service(paths: ServicePaths, idle_timeout: float) -> str:
         "serve",
         f"--ServeApp.idle_timeout={idle_timeout:g}",
         "--ServeApp.exit_if_running=True",
+        f"--ServeApp.default_pools={json.dumps({kernel_name: AUTOSTART_POOL})}",
     ]
     with open(paths.log, "ab") as log:
         process = subprocess.Popen(

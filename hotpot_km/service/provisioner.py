@@ -123,7 +123,9 @@ class ServiceProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             )
         except ServiceUnavailable as error:
             if error.absent and self.autostart:
-                started = await asyncio.to_thread(start_service, self._paths, self.idle_timeout)
+                started = await asyncio.to_thread(
+                    start_service, self._paths, self.idle_timeout, km.kernel_name
+                )
                 return f"{error}; {started}"
             return str(error)
         except ServiceError as error:
