@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import runner_bench
 from environment import (
     HERE,
     MARKER_VAR,
@@ -48,7 +49,7 @@ from server_bench import (
 )
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
-GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop")
+GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "runners")
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,15 @@ class Sizes:
     voila_reps: int = 8
     voila_pool: int = 3
     fill_pool: int = 4
+    papermill_reps: int = 5
+    runner_loop: int = 20  # notebooks in the nbclient loop (and its pool's size)
+    nbmake: int = 10  # notebooks in the pytest --nbmake run (and its pool's size)
+    nbmake_reps: int = 3
 
 
 QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
-              fill_pool=1)
+              fill_pool=1, papermill_reps=1, runner_loop=2, nbmake=2, nbmake_reps=1)
 
 
 class Names:
@@ -92,14 +97,20 @@ class Names:
         self.mem_heavy = "memory: idle kernel RSS, heavy imports"
         self.mem_pool = f"memory: whole pool RSS ({sizes.pool} heavy kernels)"
         self.loop = f"event loop: GET /api/status while {sizes.fill_pool} heavy kernels warm"
+        self.papermill = "papermill CLI, heavy-import notebook: one run"
+        self.runner_each = f"nbclient loop of {sizes.runner_loop} notebooks: each notebook"
+        self.runner_loop = f"nbclient loop of {sizes.runner_loop} notebooks: whole loop"
+        self.nbmake = f"pytest --nbmake on {sizes.nbmake} notebooks: one run"
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
                 self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
-                self.mem_bare, self.mem_heavy, self.mem_pool, self.loop]
+                self.mem_bare, self.mem_heavy, self.mem_pool, self.loop, self.papermill,
+                self.runner_each, self.runner_loop, self.nbmake]
 
     def latency_panels(self) -> list[str]:
-        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart]
+        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart,
+                self.papermill, self.runner_each]
 
 
 def log(message: str) -> None:
@@ -306,6 +317,40 @@ class Bench:
                           f"{len(failures) + len(samples)} requests failed ({kinds}){worked}")
         return [Row(n.voila, system, [], note=note)]
 
+    # -- notebook runners through the pool service ----------------------------------------
+
+    def runners(self, system: str) -> list[Row]:
+        """papermill, an nbclient loop and pytest --nbmake, each a real command; "this
+        project" is the installed kernelspec with ``hotpot-km serve`` running."""
+        n, s = self.names, self.sizes
+        rows = []
+        plan = [("papermill", HEAVY_CODE, 2), ("loop", None, s.runner_loop),
+                ("nbmake", None, s.nbmake)]
+        for what, init, pool in plan:
+            dirs = JupyterDirs(self.scratch, f"runners-{what}-{system}",
+                               init_code=init if system == "new" else None)
+            log = self.logs / f"runners-{what}-{system}.log"
+            service = None
+            if system == "new":
+                runner_bench.install_kernelspec(dirs)
+                service = runner_bench.RunnerService(
+                    dirs, pool, self.logs / f"runners-{what}-{system}-service.log")
+            try:
+                if what == "papermill":
+                    rows.append(Row(n.papermill, system, runner_bench.papermill_runs(
+                        dirs, s.papermill_reps, log, service, HEAVY_CODE)))
+                elif what == "loop":
+                    each, total = runner_bench.nbclient_loop(dirs, s.runner_loop, log, service)
+                    rows += [Row(n.runner_each, system, each),
+                             Row(n.runner_loop, system, [total])]
+                else:
+                    rows.append(Row(n.nbmake, system, runner_bench.nbmake_runs(
+                        dirs, s.nbmake, s.nbmake_reps, log, service)))
+            finally:
+                if service is not None:
+                    service.stop()
+        return rows
+
     # -- the whole run ---------------------------------------------------------------------
 
     def run(self, groups: list[str]) -> None:
@@ -320,6 +365,9 @@ class Bench:
             "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
             "voila": (self.voila, self.systems("preheat"), [n.voila]),
             "loop": (self.loop, self.systems(), [n.loop]),
+            # hotpot_km 0.2.2 has no pool service
+            "runners": (self.runners, [x for x in self.systems() if x != "old"],
+                        [n.papermill, n.runner_each, n.runner_loop, n.nbmake]),
         }
         for group in groups:
             body, systems, names = plan[group]
@@ -358,7 +406,8 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
     names = bench.names
     found = targets(rows, {"handout": names.cwd_env, "voila": names.voila, "burst": names.burst,
                            "restart": names.restart, "restart_post": names.restart_post,
-                           "event_loop": names.loop})
+                           "event_loop": names.loop, "papermill": names.papermill,
+                           "runner_loop": names.runner_loop, "nbmake": names.nbmake})
     png = output / "handout.png"
     chart(rows, names.latency_panels(), png,
           goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05})

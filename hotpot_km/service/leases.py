@@ -162,9 +162,15 @@ class Leases:
             if lease.running:
                 await lease.provisioner.terminate()
 
-    async def release(self, lease: Lease, restart: bool) -> None:
-        """The owner is done with the process (and, unless it restarts in place, the lease)."""
-        if restart:
+    async def release(self, lease: Lease, restart: bool, wait: bool = True) -> None:
+        """The owner is done with the process (and, unless it restarts in place, the lease).
+
+        ``wait=False`` (a shutdown the owner requested): the process gets ``grace`` seconds
+        to exit, then is killed, in the background; the owner need not wait for it.
+        """
+        if not wait and not restart:
+            self._spawn(self._end(lease, self.grace))
+        elif restart:
             async with lease.lock:
                 await self._stop(lease, self.grace)
             lease.restarted = True

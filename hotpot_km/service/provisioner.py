@@ -272,16 +272,28 @@ class ServiceProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self._inner.terminate(restart=restart)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        if self._lease is None and self._inner is not None:
-            await self._inner.shutdown_requested(restart=restart)
+        """A shutdown (not a restart) of a leased kernel: the service sees the process out
+        (it exits on the request just sent, or is killed after the grace period), so the
+        owner need not wait for it. A restart waits: the new process needs the ports."""
+        if self._lease is None:
+            if self._inner is not None:
+                await self._inner.shutdown_requested(restart=restart)
+            return
+        if not restart and not self._waited:
+            await self._lease_op("release", restart=False, wait=False)
+            self._end_lease(status=0)
+
+    def _end_lease(self, status: int) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._lease, self._status, self._waited = None, status, True
 
     async def cleanup(self, restart: bool = False) -> None:
         if self._lease is not None:
-            if self._pidfd is not None:
-                os.close(self._pidfd)
-                self._pidfd = None
+            lease = self._lease
             await self._lease_op("release", restart=restart)
-            lease, self._lease = self._lease, None
+            self._end_lease(status=self._status or 0)
             if restart:
                 self._kept_ports = lease  # the service keeps them reserved for us
         elif self._inner is not None:

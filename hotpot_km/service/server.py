@@ -218,7 +218,9 @@ class PoolServer:
 
     async def _op_release(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
         lease = self.leases.get(request.get("lease"), peer)
-        await self.leases.release(lease, restart=request.get("restart") is True)
+        await self.leases.release(
+            lease, restart=request.get("restart") is True, wait=request.get("wait") is not False
+        )
         return {}
 
     async def _op_status(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
