@@ -648,10 +648,17 @@ class KernelPool:
                 )
                 (await self.discard(kernel)).release()
                 continue
+            except asyncio.CancelledError:
+                if kernel in self._claimed:  # cancelled mid-handout: nobody will own it
+                    self._spawn(self._discard_released(kernel), "hotpot_km discard")
+                raise
             if handed is None:  # it can't serve this request; it went back to the pool
                 break
             return handed
         return self.refusal(request)
+
+    async def _discard_released(self, kernel: PooledKernel) -> None:
+        (await self.discard(kernel)).release()
 
     def refusal(self, request: LaunchRequest) -> str:
         """Why no pooled kernel can serve ``request`` right now, in a few words."""
