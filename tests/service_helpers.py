@@ -131,7 +131,7 @@ class Service:
 
 
 @contextmanager
-def service(log: Path, *args: str, pools: int = 2, wait: bool = True) -> Iterator[Service]:
+def service(log: Path, *args: str, pools: int = 1, wait: bool = True) -> Iterator[Service]:
     """``hotpot-km serve`` with a python3 pool, ``SERVICE_ONLY`` set in its env only."""
     env = runner_env(SERVICE_ONLY="from-the-service")
     env.pop("RUNNER_ONLY")

@@ -14,13 +14,13 @@ pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(780)
 def test_quick_benchmark_writes_table_and_chart(tmp_path: Path) -> None:
     # hotpot_km 0.2.2 rows need a venv from PyPI; the full run (make bench) has them.
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--skip-old",
          "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=480,
+        capture_output=True, text=True, timeout=720,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 

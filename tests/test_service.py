@@ -158,12 +158,12 @@ async def test_leased_kernels_die_with_the_service_and_restart_cold(setup, unwat
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_stopped_service_leaves_no_kernel(setup, unwatched_kernels, sig):
     install_kernelspec()
-    with service(setup["tmp"] / "service.log", PLAIN) as svc:
+    with service(setup["tmp"] / "service.log", PLAIN, pools=2) as svc:
         km = AsyncKernelManager(kernel_name="python3")
         await km.start_kernel()
         try:
             await pid_of(km)
-            assert len(marked_kernels()) == 3  # one leased, two pooled
+            assert len(marked_kernels()) >= 2  # one leased, one pooled, one maybe warming
             assert svc.stop(sig) == 0
             assert marked_kernels() == []  # gone when the service has exited
             assert not await km.is_alive()
@@ -213,7 +213,7 @@ with socket.socket(socket.AF_UNIX) as sock:
 
 def test_the_socket_is_private_and_speaks_one_version(setup):
     install_kernelspec()
-    with service(setup["tmp"] / "service.log", pools=1) as svc:
+    with service(setup["tmp"] / "service.log") as svc:
         path = ServicePaths.default().socket
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         [answer] = raw_exchange(path, {"protocol": "hotpot-km", "version": 2})
@@ -290,7 +290,7 @@ def test_status_shows_pools_leases_and_warm_up_errors(setup):
     assert "no pool service is running" in done.stderr
     install_kernelspec()
     (setup["config"] / "kernel_pool_init_python3.py").write_text("1 / 0\n")
-    with service(setup["tmp"] / "service.log", pools=1, wait=False):
+    with service(setup["tmp"] / "service.log", wait=False):
         deadline = time.monotonic() + 120
         while not (status() or {}).get("recent_errors"):
             assert time.monotonic() < deadline

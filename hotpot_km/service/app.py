@@ -203,6 +203,11 @@ class Service:
                 json.dumps(dict(self.manager.kernel_pools)),
                 self.paths.socket,
             )
+            if not any(self.manager.kernel_pools.values()):
+                self.log.warning(
+                    "hotpot_km: no kernel_pools configured (PooledKernelManager.kernel_pools); "
+                    "every start will be cold"
+                )
             await self._until_stopped()
         finally:
             await self.server.close()
