@@ -44,6 +44,7 @@ PLAIN = '--PooledKernelManager.pool_kwargs={"python3": {}}'  # starts without nb
 @pytest.fixture
 def setup(jupyter_dirs, monkeypatch, tmp_path) -> dict[str, Path]:
     monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # kernels' history stays here
     (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text("import colorsys\n")
     return {**jupyter_dirs, "tmp": tmp_path}
 

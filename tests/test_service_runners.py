@@ -35,6 +35,7 @@ pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 def setup(jupyter_dirs, monkeypatch, tmp_path) -> dict[str, Path]:
     """The installed kernelspec, an init file, and a directory the notebooks report to."""
     monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")  # the user's kernelspec wins
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # kernels' history stays here
     (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text("import colorsys\n")
     probe_dir = tmp_path / "probes"
     probe_dir.mkdir()

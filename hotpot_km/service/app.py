@@ -122,6 +122,7 @@ class ServeApp(_App):
     flags = dict(base_flags)
 
     def start(self) -> None:
+        super().start()  # --generate-config
         why = supported()
         if why:
             self.log.critical("hotpot-km: %s", why)
@@ -244,6 +245,7 @@ class StatusApp(_App):
     }
 
     def start(self) -> None:
+        super().start()
         paths = ServicePaths(self.runtime_dir)
         try:
             reply = asyncio.run(call(paths.socket, "status"))
@@ -375,10 +377,9 @@ class KernelSpecApp(_App):
     }
 
     def start(self) -> None:
-        if self.subapp is None:
-            print(f"Specify a subcommand: {', '.join(self.subcommands)}", file=sys.stderr)
-            self.exit(1)
-        self.subapp.start()
+        super().start()  # runs the subcommand
+        print(f"Specify a subcommand: {', '.join(self.subcommands)}", file=sys.stderr)
+        self.exit(1)
 
 
 class HotpotKMApp(_App):
@@ -393,10 +394,9 @@ class HotpotKMApp(_App):
     }
 
     def start(self) -> None:
-        if self.subapp is None:
-            self.print_subcommands()
-            self.exit(1)
-        self.subapp.start()
+        super().start()  # runs the subcommand
+        self.print_subcommands()
+        self.exit(1)
 
 
 main = HotpotKMApp.launch_instance
