@@ -9,6 +9,7 @@ and starts the kernel cold when the service can't serve the request.
 
 Modules, one concern each: :mod:`.paths` (where the socket lives),
 :mod:`.protocol` (the wire format), :mod:`.client`, :mod:`.server`,
-:mod:`.leases` (kernels owned by other processes), :mod:`.host` (the engine's
-host), :mod:`.provisioner`, :mod:`.kernelspec`, :mod:`.autostart`, :mod:`.app`.
+:mod:`.leases` (kernels owned by other processes), :mod:`.procs` (waiting for
+a process through a pidfd), :mod:`.host` (the engine's host), :mod:`.provisioner`,
+:mod:`.kernelspec`, :mod:`.autostart`, :mod:`.app` (the ``hotpot-km`` command).
 """
