@@ -33,6 +33,7 @@ from service_helpers import (
     status,
 )
 
+from hotpot_km import PooledKernelManager
 from hotpot_km.service.paths import ServicePaths
 from hotpot_km.service.provisioner import ServiceProvisioner
 
@@ -283,6 +284,33 @@ def test_kernelspec_install_and_uninstall(setup, tmp_path):
     assert done.returncode == 1 and "not installed by hotpot-km" in done.stderr
     done = hotpot_km("kernelspec", "uninstall", "warm", f"--prefix={prefix}")
     assert done.returncode == 0 and not warm.exists()
+
+
+def test_install_says_when_another_kernelspec_still_wins(setup, monkeypatch):
+    monkeypatch.delenv("JUPYTER_PREFER_ENV_PATH")  # in a venv: its own python3 comes first
+    done = hotpot_km("kernelspec", "install")
+    assert done.returncode == 0, done.stderr
+    assert "'python3' still resolves to" in done.stderr
+    assert "--sys-prefix" in done.stderr
+
+
+async def test_in_process_pools_never_lease_from_the_service(setup):
+    """A PooledKernelManager (jupyter_server, Voila) with the installed kernelspec pools
+    kernels itself: its pooled and cold kernels start through the spec's own provisioner."""
+    install_kernelspec()
+    with service(setup["tmp"] / "service.log", PLAIN) as svc:
+        km = PooledKernelManager(kernel_pools={"python3": 1}, fill_delay=0)
+        try:
+            await km.wait_for_pool()
+            kid = await km.start_kernel()
+            other = await km.start_kernel()  # the pool is empty now: cold
+            for kernel_id in (kid, other):
+                out, reply = await execute(km.get_kernel(kernel_id), "import os; print(os.getppid())")
+                assert reply["status"] == "ok" and int(out) == os.getpid()
+            assert status()["leases"] == []
+            assert svc.proc.poll() is None
+        finally:
+            await km.shutdown_all()
 
 
 def test_status_shows_pools_leases_and_warm_up_errors(setup):
