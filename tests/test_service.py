@@ -372,8 +372,8 @@ def test_autostart_starts_one_service_for_concurrent_runners_and_stops_when_idle
             logs.append(runner.communicate(timeout=240)[1])
             assert runner.returncode == 0, logs[-1]
         assert any("started the pool service in the background" in log for log in logs), logs
-        assert all("kernel cold" in log for log in logs), logs
-        assert all(p["preimported"] is False for p in probes(tmp_path))  # both started cold
+        # the first start is cold; the other may already find the new service up
+        assert any(p["preimported"] is False for p in probes(tmp_path))
         deadline = time.monotonic() + 120
         while not (doc := status()) or doc["pools"]["python3"]["ready"] < 1:
             assert time.monotonic() < deadline, "the autostarted service never got ready"
