@@ -119,6 +119,16 @@ def targets(rows: Sequence[Row], names: dict[str, str]) -> list[Target]:
         "restart → kernel ready (kernel_info reply over a new websocket): p50 ≤ 50 ms",
         f"p50 {fmt(row.p(50), 's')}, p99 {fmt(row.p(99), 's')}{alone}" if row else "—",
         row.p(50) <= 0.050 if row else None))
+    for key, goal, what in (("papermill", 2, "papermill CLI on a heavy-import notebook, one run"),
+                            ("runner_loop", 5, "nbclient loop, a new kernel per notebook"),
+                            ("nbmake", 3, "pytest --nbmake, one run")):
+        row, cold = get(key), get(key, "cold")
+        speedup = cold.p(50) / row.p(50) if row and cold else math.nan
+        out.append(Target(
+            f"{what}: ≥ {goal}x faster than cold",
+            f"{speedup:.1f}x (p50 {fmt(row.p(50), 's')} vs {fmt(cold.p(50), 's')})"
+            if row and cold else "—",
+            speedup >= goal if row and cold else None))
     row = get("event_loop")
     out.append(Target(
         "event loop while a pool of 4 heavy kernels fills: p99 ≤ 50 ms",

@@ -1,6 +1,6 @@
 """Cold kernels vs hotpot_km 0.2.2 vs this project vs Voila's preheat, side by side in one run.
 
-    python benchmarks/run.py            # full run, 16-19 minutes; writes results.md + handout.png
+    python benchmarks/run.py            # full run, about 25 minutes; writes results.md + handout.png
     python benchmarks/run.py --quick --output /tmp/x   # smoke run with tiny N (the test suite's)
 
 See benchmarks/README.md for what each scenario measures and how.
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import runner_bench
 from environment import (
     HERE,
     MARKER_VAR,
@@ -49,12 +50,12 @@ from server_bench import (
 )
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
-GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "gateway")
+GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "gateway", "runners")
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """Repetitions and pool sizes; the defaults make a full run of 16-19 minutes on 2 cores."""
+    """Repetitions and pool sizes; the defaults make a full run of about 25 minutes on 2 cores."""
 
     handout_reps: int = 25  # each rep: one bare and one cwd/env handout
     heavy_reps: int = 10
@@ -72,11 +73,16 @@ class Sizes:
     gateway_slow_reps: int = 5
     gateway_slow: int = 10  # seconds the slow kernelspec's launch takes more
     gateway_pool: int = 1
+    papermill_reps: int = 5
+    runner_loop: int = 20  # notebooks in the nbclient loop (and its pool's size)
+    nbmake: int = 10  # notebooks in the pytest --nbmake run (and its pool's size)
+    nbmake_reps: int = 3
 
 
 QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
-              fill_pool=1, gateway_reps=1, gateway_slow_reps=1, gateway_slow=2)
+              fill_pool=1, gateway_reps=1, gateway_slow_reps=1, gateway_slow=2,
+              papermill_reps=1, runner_loop=2, nbmake=2, nbmake_reps=1)
 
 
 class Names:
@@ -100,16 +106,20 @@ class Names:
         self.gateway = "Kernel Gateway: POST /api/sessions → 1+1 reply"
         self.gateway_slow = (f"Kernel Gateway, kernel launch +{sizes.gateway_slow} s: "
                              "POST /api/sessions → 1+1 reply")
+        self.papermill = "papermill CLI, heavy-import notebook: one run"
+        self.runner_each = f"nbclient loop of {sizes.runner_loop} notebooks: each notebook"
+        self.runner_loop = f"nbclient loop of {sizes.runner_loop} notebooks: whole loop"
+        self.nbmake = f"pytest --nbmake on {sizes.nbmake} notebooks: one run"
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
                 self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
                 self.gateway, self.gateway_slow, self.mem_bare, self.mem_heavy, self.mem_pool,
-                self.loop]
+                self.loop, self.papermill, self.runner_each, self.runner_loop, self.nbmake]
 
     def latency_panels(self) -> list[str]:
         return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart,
-                self.gateway_slow]
+                self.gateway_slow, self.papermill, self.runner_each]
 
 
 def log(message: str) -> None:
@@ -324,6 +334,41 @@ class Bench:
                           f"{len(failures) + len(samples)} requests failed ({kinds}){worked}")
         return [Row(n.voila, system, [], note=note)]
 
+    # -- notebook runners through the pool service ----------------------------------------
+
+    def runners(self, system: str) -> list[Row]:
+        """papermill, an nbclient loop and pytest --nbmake, each a real command; "this
+        project" is the installed kernelspec with ``hotpot-km serve`` running."""
+        n, s = self.names, self.sizes
+        rows = []
+        heavy = "import colorsys" if self.args.quick else HEAVY_CODE  # quick: only that it runs
+        plan = [("papermill", heavy, 2), ("loop", None, s.runner_loop),
+                ("nbmake", None, s.nbmake)]
+        for what, init, pool in plan:
+            dirs = JupyterDirs(self.scratch, f"runners-{what}-{system}",
+                               init_code=init if system == "new" else None)
+            log = self.logs / f"runners-{what}-{system}.log"
+            service = None
+            if system == "new":
+                runner_bench.install_kernelspec(dirs)
+                service = runner_bench.RunnerService(
+                    dirs, pool, self.logs / f"runners-{what}-{system}-service.log")
+            try:
+                if what == "papermill":
+                    rows.append(Row(n.papermill, system, runner_bench.papermill_runs(
+                        dirs, s.papermill_reps, log, service, heavy)))
+                elif what == "loop":
+                    each, total = runner_bench.nbclient_loop(dirs, s.runner_loop, log, service)
+                    rows += [Row(n.runner_each, system, each),
+                             Row(n.runner_loop, system, [total])]
+                else:
+                    rows.append(Row(n.nbmake, system, runner_bench.nbmake_runs(
+                        dirs, s.nbmake, s.nbmake_reps, log, service)))
+            finally:
+                if service is not None:
+                    service.stop()
+        return rows
+
     # -- the whole run ---------------------------------------------------------------------
 
     def run(self, groups: list[str]) -> None:
@@ -340,6 +385,9 @@ class Bench:
             "loop": (self.loop, self.systems(), [n.loop]),
             "gateway": (self.gateway, [s for s in self.systems() if s != "old"],
                         [n.gateway, n.gateway_slow]),
+            # hotpot_km 0.2.2 has no pool service
+            "runners": (self.runners, [x for x in self.systems() if x != "old"],
+                        [n.papermill, n.runner_each, n.runner_loop, n.nbmake]),
         }
         for group in groups:
             body, systems, names = plan[group]
@@ -378,7 +426,9 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
     names = bench.names
     found = targets(rows, {"handout": names.cwd_env, "voila": names.voila, "burst": names.burst,
                            "restart": names.restart, "restart_post": names.restart_post,
-                           "event_loop": names.loop, "gateway_slow": names.gateway_slow})
+                           "event_loop": names.loop, "gateway_slow": names.gateway_slow,
+                           "papermill": names.papermill, "runner_loop": names.runner_loop,
+                           "nbmake": names.nbmake})
     png = output / "handout.png"
     chart(rows, names.latency_panels(), png,
           goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05})

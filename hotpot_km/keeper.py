@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 
-__all__ = ["Keeper", "ensure_running", "register", "unregister"]
+__all__ = ["Keeper", "ensure_running", "kill_all", "register", "unregister"]
 
 
 class Keeper:
@@ -156,6 +156,11 @@ def register(group: int) -> None:
 def unregister(group: int) -> None:
     """The group's process is gone (reaped): forget it."""
     _KEEPER.unregister(group)
+
+
+def kill_all() -> None:
+    """SIGKILL every registered group now (a host giving up on an orderly stop)."""
+    _KEEPER.kill_all()
 
 
 async def ensure_running() -> None:

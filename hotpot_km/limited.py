@@ -36,6 +36,9 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         raises MaximumKernelsException.""",
     )
 
+    #: The manager class of pooled processes; a host may launch them its own way.
+    pool_manager_class: type[PoolProcessManager] = PoolProcessManager
+
     _connection_dir_checked = False
 
     def __init__(self, **kwargs: Any) -> None:
@@ -60,7 +63,7 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
 
     def new_pool_manager(self, kernel_name: str, kernel_id: str) -> PoolProcessManager:
         """A plain manager for a pooled process: no restarter, no server bookkeeping or events."""
-        return PoolProcessManager(
+        return self.pool_manager_class(
             parent=self,
             log=self.log,
             kernel_name=kernel_name,

@@ -200,6 +200,7 @@ class KernelPool:
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._last_error: dict[str, str] = {}
+        #: (wall-clock time, kernel name, message) of the latest warm-up failures
         self._specs: dict[str, KernelSpec] = {}
         self._context: zmq.asyncio.Context | None = None
         self._retiring = 0  # replaced processes still being seen out (see retire)
@@ -662,6 +663,10 @@ class KernelPool:
                 break
             try:
                 return await self.hand_out(kernel, request), spare, None
+            except asyncio.CancelledError:
+                if kernel in self._claimed:  # cancelled while applying: nobody can use it
+                    self._spawn(self._discard_unowned(kernel), "hotpot_km discard")
+                raise
             except HandoutError as error:
                 self.log.warning(
                     "hotpot_km: a pooled %r kernel was not handed out: %s",
@@ -678,6 +683,11 @@ class KernelPool:
                     slot.release()
                 kernel, ready_only = None, True
         return None, spare, failure
+
+    async def _discard_unowned(self, kernel: PooledKernel) -> None:
+        slot = await self.discard(kernel)
+        if slot is not None:
+            slot.release()
 
     def _detach(self, kernel: PooledKernel) -> Any:
         """Release the pool's hold on a kernel so the host's own code can own it."""
@@ -723,6 +733,37 @@ class KernelPool:
                 f"processes (max_kernels) is reached."
             )
         return slot
+
+    async def serve(self, request: LaunchRequest) -> HandedOut | str:
+        """Hand out a pooled kernel for ``request`` of another process, or say why not.
+
+        For hosts that never start kernels themselves (the pool service): a refusal
+        is the caller's cue to start a cold kernel its own way, so no slot is kept
+        for one. The handed-out process keeps its slot until the host releases it.
+        """
+        self._ensure_started()
+        handed, spare, _failure = await self.take(request, ready_only=False)
+        if spare is not None:
+            spare.release()
+        return handed if handed is not None else self.refusal(request)
+
+    def refusal(self, request: LaunchRequest) -> str:
+        """Why no pooled kernel can serve ``request`` right now, in a few words."""
+        name = request.kernel_name
+        if self.closed:
+            return "the pool is shutting down"
+        if not self._host.pool_settings().sizes.get(name):
+            return f"no pool for kernel {name!r}"
+        for kernel in self._idle.get(name, ()):
+            if kernel.launch is not None:
+                why = mismatch(kernel.launch, kernel.language, request)
+                if why:
+                    return f"the request has {why}"
+        if name in self._last_error:
+            return f"no ready kernel in the pool ({self._last_error[name]})"
+        if self.budget.free() == 0:
+            return f"no ready kernel in the pool (max_kernels={self.budget.limit} is reached)"
+        return "no ready kernel in the pool (all taken; it is refilling)"
 
     def _drop(self, kernel: PooledKernel) -> None:
         """Shut down a kernel no request will use (idle, or given up by its claimer); its

@@ -41,12 +41,15 @@ class LaunchRequest:
 def fixed_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The start arguments that cannot change once a kernel runs (``extra_arguments``, ...).
 
-    ``transport_encryption`` is compared separately, as the policy it resolves to.
+    ``transport_encryption`` is compared separately, as the policy it resolves to; an
+    empty ``extra_arguments`` (nbclient always passes one) is the same launch as none.
     """
     return {
         k: v
         for k, v in kwargs.items()
-        if k not in APPLIED_AFTER_START and k != "transport_encryption"
+        if k not in APPLIED_AFTER_START
+        and k != "transport_encryption"
+        and not (k == "extra_arguments" and not v)  # none is the same launch as []
     }
 
 
@@ -72,10 +75,14 @@ def plain_env(env: Mapping[Any, Any]) -> dict[str, str]:
     return out
 
 
-def absolute_cwd(cwd: str | None) -> str:
-    """The working directory a start gets, absolute; whether it exists is the launch's to find."""
+def absolute_cwd(cwd: str | os.PathLike[str] | None) -> str:
+    """The working directory a start gets, absolute; whether it exists is the launch's to find.
+
+    A path object is accepted as ``Popen`` accepts it (nbmake passes one).
+    """
     if cwd is None:
         return os.getcwd()
+    cwd = os.fspath(cwd)
     if "\0" in cwd:
         raise ValueError("the kernel working directory contains a NUL byte")
     return os.path.abspath(cwd)

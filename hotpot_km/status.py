@@ -48,12 +48,16 @@ def status_document(
     kernels_in_use: int | None = None,
     settings: dict[str, Any] | None = None,
     now: float | None = None,
+    service: dict[str, Any] | None = None,
+    leases: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The status of one manager's pools, JSON-ready.
 
     ``manager`` names the host's manager class; ``kernels_in_use`` is how many
     kernels the host runs (handed out or started cold); ``settings`` adds host
-    settings in force (``max_kernels``, strict modes, ...) to the pool's own.
+    settings in force (``max_kernels``, strict modes, ...) to the pool's own. The pool
+    service adds ``service`` (who answers: pid, socket, uptime) and ``leases`` (the kernels
+    it handed out, with their owners).
     """
     now = time.time() if now is None else now
     pools: dict[str, Any] = {}
@@ -90,6 +94,11 @@ def status_document(
             "wait_seconds": _durations(stats.get("wait_seconds", {"count": 0})),
         }
     pool_settings = snapshot.settings
+    extra: dict[str, Any] = {}
+    if service is not None:
+        extra["service"] = service
+    if leases is not None:
+        extra["leases"] = leases
     return {
         "schema": SCHEMA,
         "hotpot_km": __version__,
@@ -133,6 +142,7 @@ def status_document(
             "max_kernels": snapshot.max_kernels,
             **(settings or {}),
         },
+        **extra,
     }
 
 
@@ -143,7 +153,7 @@ def _class_name(obj: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def manager_status(manager: Any) -> dict[str, Any]:
+def manager_status(manager: Any, **extra: Any) -> dict[str, Any]:
     """The status document of any kernel manager: a hotpot_km one's pools, or why there are none."""
     from .limited import LimitedKernelManager
 
@@ -170,4 +180,5 @@ def manager_status(manager: Any) -> dict[str, Any]:
         manager=name,
         kernels_in_use=len(manager.list_kernel_ids()),
         settings=settings,
+        **extra,
     )

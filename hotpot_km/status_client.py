@@ -78,11 +78,25 @@ def fetch_status(url: str, token: str | None = None, timeout: float = 10.0) -> d
         raise StatusUnavailable(f"{endpoint} did not answer with JSON: {error}") from None
 
 
-def local_service_status() -> dict[str, Any]:
-    """The status of this user's pool service (``hotpot-km serve``)."""
-    raise StatusUnavailable(
-        "no local hotpot_km pool service to ask; pass --url URL [--token T] for a server"
-    )
+def local_service_status(runtime_dir: str | None = None) -> dict[str, Any]:
+    """The status of this user's pool service (``hotpot-km serve``), through its socket."""
+    import asyncio
+
+    from .service.client import ServiceError, ServiceUnavailable, call
+    from .service.paths import ServicePaths
+
+    if runtime_dir is None:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        runtime_dir = jupyter_runtime_dir()
+    socket = ServicePaths(runtime_dir).socket
+    try:
+        return dict(asyncio.run(call(socket, "status"))["status"])
+    except (ServiceUnavailable, ServiceError) as error:
+        raise StatusUnavailable(
+            f"no pool service is running ({error}); start one with `hotpot-km serve`, "
+            "or pass --url URL [--token T] for a server"
+        ) from None
 
 
 # -- rendering -------------------------------------------------------------------------------
@@ -120,12 +134,40 @@ def _reasons(counts: dict[str, Any]) -> str:
     return ", ".join(f"{reason or '?'} {n}" for reason, n in reasons) or "-"
 
 
+def _service_line(service: dict[str, Any]) -> str:
+    idle = service.get("idle_timeout") or 0
+    up = time.time() - float(service.get("started") or time.time())
+    return (
+        f"\npool service pid {service.get('pid')}, up {_secs(up)}"
+        + (f", exits after {_secs(idle)} idle" if idle else "")
+        + f", socket {service.get('socket')}"
+    )
+
+
+def _leases(leases: list[dict[str, Any]]) -> Table:
+    table = Table(title="Leases (kernels handed out)", box=box.SIMPLE, title_justify="left")
+    for column in ("kernel", "pid", "owner", "owner command", "cwd", "age", "state"):
+        table.add_column(column, overflow="fold")
+    for lease in leases:
+        table.add_row(
+            lease.get("kernel_name", ""),
+            str(lease.get("kernel_pid", "")),
+            str(lease.get("owner", "")),
+            lease.get("owner_command", ""),
+            lease.get("cwd", ""),
+            _secs(lease.get("age")),
+            lease.get("state", ""),
+        )
+    return table
+
+
 def render_status(doc: dict[str, Any]) -> RenderableType:
     """Tables for a status document: pools, starts, kernels, recent warm-up errors."""
     if not doc.get("enabled"):
         return Text.assemble(("hotpot_km: no pool here\n", "bold yellow"), doc.get("message", ""))
     processes = doc["processes"]
     limit = processes.get("max_kernels") or 0
+    service = doc.get("service") or {}
     header = Text.assemble(
         ("hotpot_km ", "bold"),
         f"{doc.get('hotpot_km', '')}  ",
@@ -134,6 +176,7 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
         (str(processes["used"]), "bold"),
         f" (max_kernels {limit})" if limit else "",
         f", {processes['in_use']} in use" if processes.get("in_use") is not None else "",
+        _service_line(service) if service else "",
     )
 
     pools = Table(title="Pools", box=box.SIMPLE_HEAVY, title_justify="left")
@@ -188,6 +231,8 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
             )
 
     parts: list[RenderableType] = [header, pools, starts, kernels]
+    if "leases" in doc:
+        parts.append(_leases(doc["leases"]))
     errors = doc.get("recent_errors") or []
     if errors:
         table = Table(title="Recent warm-up errors", box=box.SIMPLE, title_justify="left")
@@ -212,6 +257,7 @@ def run_status(
     watch: bool = False,
     interval: float = 2.0,
     console: Console | None = None,
+    local: Callable[[], dict[str, Any]] = local_service_status,
 ) -> int:
     """``hotpot-km status``: print the status of a server (``url``) or the local service.
 
@@ -220,9 +266,7 @@ def run_status(
     """
     console = console or Console()
     token = token or os.environ.get("JUPYTER_TOKEN") or None
-    fetch: Callable[[], dict[str, Any]] = (
-        (lambda: fetch_status(url, token)) if url else local_service_status
-    )
+    fetch: Callable[[], dict[str, Any]] = (lambda: fetch_status(url, token)) if url else local
 
     def show(doc: dict[str, Any]) -> RenderableType:
         if as_json:

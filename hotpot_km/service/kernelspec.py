@@ -1,0 +1,159 @@
+"""``hotpot-km kernelspec install/uninstall``: an existing kernelspec plus the provisioner.
+
+The installed spec is the existing one (argv, env, language, display name,
+resources such as logos) with ``metadata.kernel_provisioner`` naming
+``hotpot-km-provisioner``; the spec's own provisioner stanza, if it had one,
+moves into that stanza's config as ``inner`` and is what cold starts and the
+service use. A spec that the install replaces in place is kept inside the new
+one (``hotpot_km_original/``, not itself a kernelspec for Jupyter's search) and
+put back by ``uninstall``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager, _is_valid_kernel_name
+from jupyter_core.paths import jupyter_data_dir
+
+from .host import PROVISIONER_NAME
+
+#: Marks a kernelspec directory written by this module.
+MARKER = "hotpot_km.json"
+#: Where a replaced kernelspec waits for ``uninstall``.
+BACKUP = "hotpot_km_original"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What an install did: where, what it replaced, and what wins the lookup of its name."""
+
+    name: str
+    path: str
+    wraps: str
+    replaced: bool
+    resolves_to: str | None
+
+
+def destination(name: str, prefix: str | None = None) -> str:
+    """``<prefix>/share/jupyter/kernels/<name>``, or the user's kernel directory."""
+    if prefix:
+        return os.path.join(os.path.abspath(prefix), "share", "jupyter", "kernels", name)
+    return os.path.join(jupyter_data_dir(), "kernels", name)
+
+
+def is_ours(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def _spec_data(resource_dir: str, fallback: dict[str, Any]) -> dict[str, Any]:
+    """kernel.json as written (unknown fields kept); the native ipykernel spec has none."""
+    path = os.path.join(resource_dir, "kernel.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict):
+            return data
+    return fallback
+
+
+def wrapped(data: dict[str, Any], autostart: bool, idle_timeout: float) -> dict[str, Any]:
+    """``data`` with the provisioner named; its own provisioner becomes ``inner``."""
+    data = json.loads(json.dumps(data))
+    metadata = data.setdefault("metadata", {})
+    stanza = metadata.get("kernel_provisioner") or {}
+    if stanza.get("provisioner_name") == PROVISIONER_NAME:  # installing over our own
+        stanza = (stanza.get("config") or {}).get("inner") or {}
+    config: dict[str, Any] = {"autostart": autostart, "idle_timeout": idle_timeout}
+    if stanza:
+        config["inner"] = stanza
+    metadata["kernel_provisioner"] = {"provisioner_name": PROVISIONER_NAME, "config": config}
+    return data
+
+
+def install(
+    name: str = "python3",
+    *,
+    prefix: str | None = None,
+    as_name: str | None = None,
+    autostart: bool = False,
+    idle_timeout: float = 600.0,
+) -> Installed:
+    """Write kernelspec ``as_name`` (default: ``name`` itself, taking its place)."""
+    target = (as_name or name).lower()
+    if not _is_valid_kernel_name(target):
+        raise ValueError(f"invalid kernel name {target!r}")
+    ksm = KernelSpecManager()
+    spec = ksm.get_kernel_spec(name)
+    source = spec.resource_dir
+    data = wrapped(_spec_data(source, spec.to_dict()), autostart, idle_timeout)
+    dest = destination(target, prefix)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".hotpot_km-", dir=os.path.dirname(dest))
+    try:
+        for entry in os.listdir(source):
+            if entry in {"kernel.json", MARKER, BACKUP}:
+                continue
+            path = os.path.join(source, entry)
+            copy = shutil.copytree if os.path.isdir(path) else shutil.copy2
+            copy(path, os.path.join(staging, entry))
+        with open(os.path.join(staging, "kernel.json"), "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        replaced = False
+        if os.path.isdir(dest):
+            backup = os.path.join(dest, BACKUP) if is_ours(dest) else dest
+            if os.path.isdir(backup):
+                shutil.copytree(backup, os.path.join(staging, BACKUP), symlinks=True)
+                replaced = True
+        wraps = source if not (is_ours(source) and source == dest) else _wrapped_source(dest)
+        with open(os.path.join(staging, MARKER), "w", encoding="utf-8") as f:
+            json.dump({"wraps": wraps, "replaced": replaced}, f)
+        _swap(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    resolves_to = KernelSpecManager().find_kernel_specs().get(target)
+    return Installed(target, dest, wraps, replaced, resolves_to)
+
+
+def _wrapped_source(path: str) -> str:
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+            return str(json.load(f).get("wraps", path))
+    except (OSError, ValueError):
+        return path
+
+
+def _swap(new: str, dest: str) -> None:
+    """Put directory ``new`` at ``dest``, replacing what is there."""
+    if os.path.lexists(dest):
+        old = tempfile.mkdtemp(prefix=".hotpot_km-old-", dir=os.path.dirname(dest))
+        os.rmdir(old)
+        os.rename(dest, old)
+        os.rename(new, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, dest)
+
+
+def uninstall(name: str = "python3", *, prefix: str | None = None) -> str:
+    """Remove a kernelspec written by :func:`install`, putting back the one it replaced."""
+    dest = destination(name.lower(), prefix)
+    if not os.path.isdir(dest):
+        raise FileNotFoundError(f"no kernelspec {name!r} at {dest}")
+    if not is_ours(dest):
+        raise ValueError(f"{dest} was not installed by hotpot-km; left as it is")
+    backup = os.path.join(dest, BACKUP)
+    if os.path.isdir(backup):
+        staging = tempfile.mkdtemp(prefix=".hotpot_km-", dir=os.path.dirname(dest))
+        os.rmdir(staging)
+        os.rename(backup, staging)
+        _swap(staging, dest)
+        return f"put back the kernelspec it had replaced at {dest}"
+    shutil.rmtree(dest)
+    return f"removed {dest}"

@@ -1,0 +1,245 @@
+"""The service's socket: who may connect, and what each request does.
+
+A Unix socket in the Jupyter runtime dir, created with mode 0600; on top of
+that, every connection's peer is checked with ``SO_PEERCRED`` and refused
+unless it runs as the service's own uid. The peer's pid, from the same
+credentials, is the owner of any kernel it is handed (see :mod:`.leases`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from jupyter_client.kernelspec import NoSuchKernel
+
+from .. import __version__
+from ..request import LaunchRequest, plain_env
+from ..status import status_document
+from .host import ServiceKernelManager
+from .leases import LeaseError, Leases, owner_commands
+from .protocol import LINE_LIMIT, ProtocolError, check_hello, decode, encode, hello, info_to_wire
+
+
+class RequestError(ValueError):
+    """A request that can't be carried out; the reply says why."""
+
+
+class Refused(Exception):
+    """The pool can't serve this start: the client starts its kernel cold."""
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, as of its connect()."""
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
+
+
+class PoolServer:
+    """Accepts connections on the service's socket and answers their requests."""
+
+    def __init__(
+        self,
+        host: ServiceKernelManager,
+        leases: Leases,
+        path: str,
+        log: logging.Logger | logging.LoggerAdapter[Any],
+        info: dict[str, Any],
+    ) -> None:
+        self.host = host
+        self.leases = leases
+        self.path = path
+        self.log = log
+        self.info = info
+        self.last_activity = time.monotonic()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Bind the socket (the caller holds the service lock, so an old socket is stale)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._connection, path=self.path, limit=LINE_LIMIT
+            )
+        finally:
+            os.umask(umask)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        """Stop accepting, cancel requests in progress, remove the socket."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*list(self._handlers), return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
+        if uid != os.getuid():
+            self.log.warning(
+                "hotpot_km: refused a connection from pid %d running as uid %d", pid, uid
+            )
+            writer.write(encode({"error": f"this service serves uid {os.getuid()} only"}))
+            await writer.drain()
+            return
+        try:
+            check_hello(decode(await reader.readline()))
+        except (ProtocolError, ValueError) as error:
+            writer.write(encode({"error": str(error)}))
+            await writer.drain()
+            return
+        writer.write(encode({**hello(), "service": {"pid": os.getpid(), "version": __version__}}))
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than LINE_LIMIT
+                writer.write(encode({"ok": False, "error": "request too large"}))
+                await writer.drain()
+                return
+            if not line:
+                return
+            self.last_activity = time.monotonic()
+            writer.write(encode(await self._answer(line, pid)))
+            await writer.drain()
+
+    async def _answer(self, line: bytes, peer: int) -> dict[str, Any]:
+        try:
+            request = decode(line)
+            op = request.get("op")
+            handler = getattr(self, f"_op_{op}", None) if isinstance(op, str) else None
+            if handler is None:
+                raise RequestError(f"unknown request {op!r:.40}")
+            return {"ok": True, **await handler(request, peer)}
+        except Refused as refusal:
+            return {"ok": False, "refused": True, "error": str(refusal)}
+        except (ProtocolError, RequestError, LeaseError) as error:
+            return {"ok": False, "error": str(error)}
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self.log.exception("hotpot_km: error answering a request")
+            return {"ok": False, "error": f"internal error: {type(error).__name__}: {error}"}
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _op_launch(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
+        """A pooled kernel for the peer's start, with its cwd and final env, or a refusal."""
+        name = _text(request, "kernel_name")
+        pool = self.host.kernel_pool
+        if not self.host.kernel_pools.get(name):
+            raise Refused(f"no pool for kernel {name!r}")
+        try:
+            spec = pool.cached_spec(name) or await pool.spec(name)
+        except NoSuchKernel:
+            raise Refused(f"the service has no kernelspec named {name!r}") from None
+        theirs = request.get("spec")
+        if not isinstance(theirs, dict):
+            raise RequestError("'spec' must be an object")
+        for key in ("argv", "env", "language"):
+            if theirs.get(key) != getattr(spec, key):
+                raise Refused(
+                    f"the service's {name!r} kernelspec ({spec.resource_dir}) differs in {key}"
+                )
+        cwd = _text(request, "cwd")
+        if "\0" in cwd or not os.path.isabs(cwd):
+            raise RequestError("'cwd' must be an absolute path")
+        env = request.get("env")
+        options = request.get("options")
+        if not isinstance(env, dict) or not isinstance(options, dict):
+            raise RequestError("'env' and 'options' must be objects")
+        try:
+            launch = LaunchRequest(name, cwd, plain_env(env), options, _text(request, "encryption"))
+            served = await pool.serve(launch)
+        except (TypeError, ValueError, OSError) as error:
+            raise Refused(str(error)) from None
+        if isinstance(served, str):
+            raise Refused(served)
+        lease = self.leases.add(peer, name, served, cwd)
+        self.log.info(
+            "hotpot_km: handed a %r kernel (pid %s) to process %d, cwd %s",
+            name,
+            lease.pid,
+            peer,
+            cwd,
+        )
+        return {
+            "lease": lease.id,
+            "pid": lease.pid,
+            "connection_info": info_to_wire(served.connection_info),
+            "cmd": served.cmd,
+        }
+
+    async def _op_poll(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
+        return {"status": await self.leases.poll(self.leases.get(request.get("lease"), peer))}
+
+    async def _op_signal(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
+        lease = self.leases.get(request.get("lease"), peer)
+        signum = request.get("signum")
+        if not isinstance(signum, int) or isinstance(signum, bool) or not 0 < signum < 65:
+            raise RequestError("'signum' must be a signal number")
+        await self.leases.signal(lease, signum)
+        return {}
+
+    async def _op_kill(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
+        await self.leases.kill(self.leases.get(request.get("lease"), peer))
+        return {}
+
+    async def _op_terminate(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
+        await self.leases.terminate(self.leases.get(request.get("lease"), peer))
+        return {}
+
+    async def _op_release(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
+        lease = self.leases.get(request.get("lease"), peer)
+        await self.leases.release(
+            lease, restart=request.get("restart") is True, wait=request.get("wait") is not False
+        )
+        return {}
+
+    async def _op_status(self, request: dict[str, Any], peer: int) -> dict[str, Any]:
+        leases = self.leases.describe()
+        commands = await asyncio.to_thread(owner_commands, [lease["owner"] for lease in leases])
+        for lease, command in zip(leases, commands, strict=True):
+            lease["owner_command"] = command
+        document = status_document(
+            self.host.kernel_pool.snapshot(),
+            manager="hotpot-km serve",
+            kernels_in_use=len(leases),
+            service=self.info,
+            leases=leases,
+        )
+        return {"status": document}
+
+
+def _text(request: dict[str, Any], key: str) -> str:
+    value = request.get(key)
+    if not isinstance(value, str):
+        raise RequestError(f"{key!r} must be a string")
+    return value

@@ -1,0 +1,149 @@
+"""The pool service for tests: the real ``hotpot-km`` CLI in subprocesses, in isolated
+Jupyter dirs, and notebooks that report which kernel ran them and what it saw."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+from servers import write_notebook
+
+from hotpot_km.service.client import ServiceUnavailable, call
+from hotpot_km.service.paths import ServicePaths
+
+BIN = Path(sys.executable).parent
+HOTPOT_KM = str(BIN / "hotpot-km")
+
+#: A cell that writes what its kernel sees to $PROBE_DIR/probe-<pid>.json (and prints it).
+PROBE_CELL = (
+    "import json, os, sys\n"
+    "probe = {'pid': os.getpid(), 'ppid': os.getppid(), 'cwd': os.getcwd(),\n"
+    "         'preimported': 'colorsys' in sys.modules,\n"
+    "         'runner_only': os.environ.get('RUNNER_ONLY'),\n"
+    "         'service_only': os.environ.get('SERVICE_ONLY')}\n"
+    "with open(os.path.join(os.environ['PROBE_DIR'], f'probe-{os.getpid()}.json'), 'w') as f:\n"
+    "    json.dump(probe, f)\n"
+    "print(json.dumps(probe))"
+)
+
+
+def runner_env(**extra: str) -> dict[str, str]:
+    """The environment of a runner: this test's (isolated dirs), plus a variable only it has."""
+    env = dict(os.environ, RUNNER_ONLY="from-the-runner", **extra)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("SERVICE_ONLY", None)
+    return env
+
+
+def hotpot_km(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HOTPOT_KM, *args], env=env or runner_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def install_kernelspec(*args: str) -> None:
+    done = hotpot_km("kernelspec", "install", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def status(timeout: float = 30) -> dict[str, Any] | None:
+    """The running service's status document (through the real socket), or None."""
+    path = ServicePaths.default().socket
+
+    def ask() -> dict[str, Any] | None:
+        try:
+            return asyncio.run(call(path, "status", timeout=timeout))["status"]
+        except ServiceUnavailable:
+            return None
+
+    with ThreadPoolExecutor(1) as pool:  # usable from async tests too
+        return pool.submit(ask).result()
+
+
+def probes(directory: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("probe-*.json"))]
+
+
+def probe_notebook(path: Path, *more_cells: str) -> Path:
+    write_notebook(path, PROBE_CELL, *more_cells)
+    return path
+
+
+class Service:
+    """A ``hotpot-km serve`` subprocess."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc = proc
+        self.log_path = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kernel_pids(self) -> set[int]:
+        """Kernel processes the service runs (pooled and leased)."""
+        pids = set()
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return pids
+        for child in children:
+            try:
+                if "ipykernel" in " ".join(child.cmdline()) and child.status() != "zombie":
+                    pids.add(child.pid)
+            except psutil.Error:
+                continue
+        return pids
+
+    def wait_ready(self, timeout: float = 120) -> dict[str, Any]:
+        """Until every pool holds its size in ready kernels."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, f"the service exited:\n{self.log()[-3000:]}"
+            doc = status()
+            if doc and all(p["ready"] >= p["size"] for p in doc["pools"].values()):
+                return doc
+            assert time.monotonic() < deadline, f"pools not ready: {doc}\n{self.log()[-3000:]}"
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the service did not stop on {sig}:\n{self.log()[-3000:]}") from None
+
+
+@contextmanager
+def service(log: Path, *args: str, pools: int = 1, wait: bool = True) -> Iterator[Service]:
+    """``hotpot-km serve`` with a python3 pool, ``SERVICE_ONLY`` set in its env only."""
+    env = runner_env(SERVICE_ONLY="from-the-service")
+    env.pop("RUNNER_ONLY")
+    argv = [HOTPOT_KM, "serve", f"--PooledKernelManager.kernel_pools={{\"python3\": {pools}}}",
+            "--PooledKernelManager.fill_delay=0", *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    running = Service(proc, log)
+    try:
+        if wait:
+            running.wait_ready()
+        yield running
+    finally:
+        running.stop()

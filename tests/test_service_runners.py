@@ -1,0 +1,196 @@
+"""Notebook runners and a plain jupyter_server get pooled kernels from ``hotpot-km serve``
+through the installed kernelspec, with no change to how they are run.
+
+Every notebook reports its kernel: a pooled one is a child of the service and has the
+init file's import done; its cwd is the one the runner chose; its env is the runner's
+(``RUNNER_ONLY`` there, the service's own ``SERVICE_ONLY`` not).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from servers import TOKEN, KernelSocket, api, jupyter_server, new_session, port_of, running
+from service_helpers import (
+    PROBE_CELL,
+    install_kernelspec,
+    probe_notebook,
+    probes,
+    runner_env,
+    service,
+    status,
+)
+
+pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
+
+
+@pytest.fixture
+def setup(jupyter_dirs, monkeypatch, tmp_path) -> dict[str, Path]:
+    """The installed kernelspec, an init file, and a directory the notebooks report to."""
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")  # the user's kernelspec wins
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # kernels' history stays here
+    (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text("import colorsys\n")
+    probe_dir = tmp_path / "probes"
+    probe_dir.mkdir()
+    monkeypatch.setenv("PROBE_DIR", str(probe_dir))
+    install_kernelspec()
+    return {**jupyter_dirs, "probes": probe_dir, "tmp": tmp_path}
+
+
+def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, cwd=cwd, env=runner_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def assert_pooled(seen: dict, service_pid: int, cwd: Path) -> None:
+    """A kernel of the service's pool (its child, with the init file's import done) that
+    looks started by the runner."""
+    assert seen["ppid"] == service_pid
+    assert seen["preimported"] is True
+    assert seen["cwd"] == str(cwd)
+    assert seen["runner_only"] == "from-the-runner"
+    assert seen["service_only"] is None
+
+
+def test_papermill_with_and_without_cwd(setup):
+    work, other = setup["work"], setup["tmp"] / "elsewhere"
+    other.mkdir()
+    probe_notebook(work / "in.ipynb")
+    with service(setup["tmp"] / "service.log") as svc:
+        run(["papermill", "in.ipynb", "out.ipynb"], cwd=work)
+        run(["papermill", "--cwd", str(other), "in.ipynb", "out2.ipynb"], cwd=work)
+        first, second = sorted(probes(setup["probes"]), key=lambda p: p["cwd"] != str(work))
+        assert_pooled(first, svc.pid, work)
+        assert_pooled(second, svc.pid, other)
+        out = json.loads((work / "out.ipynb").read_text())
+        assert json.loads(out["cells"][0]["outputs"][0]["text"][0]) == first
+        assert status()["leases"] == []  # both released by papermill's own shutdown
+
+
+def test_nbconvert_execute(setup):
+    notebooks = setup["tmp"] / "notebooks"
+    probe_notebook(notebooks / "report.ipynb")
+    with service(setup["tmp"] / "service.log") as svc:
+        run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+             str(notebooks / "report.ipynb"), "--output", "done.ipynb"], cwd=setup["work"])
+        [seen] = probes(setup["probes"])
+        assert_pooled(seen, svc.pid, notebooks)  # nbconvert runs in the notebook's dir
+        assert (notebooks / "done.ipynb").exists()
+
+
+def test_pytest_nbmake(setup):
+    suite = setup["tmp"] / "suite"
+    for name in ("a", "b"):
+        probe_notebook(suite / f"{name}.ipynb", "import sys\nassert 'colorsys' in sys.modules")
+    with service(setup["tmp"] / "service.log") as svc:
+        done = run([sys.executable, "-m", "pytest", "--nbmake", "-p", "no:cacheprovider", "-q",
+                    "a.ipynb", "b.ipynb"], cwd=suite)
+        assert "2 passed" in done.stdout
+        seen = probes(setup["probes"])
+        assert len(seen) == 2 and seen[0]["pid"] != seen[1]["pid"]
+        for one in seen:
+            assert_pooled(one, svc.pid, suite)
+
+
+NBCLIENT = """
+import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(nb, kernel_name="python3", resources={"metadata": {"path": sys.argv[2]}}).execute()
+print(nb.cells[0].outputs[0]["text"])
+"""
+
+
+def test_nbclient_in_a_fresh_process(setup):
+    probe_notebook(setup["tmp"] / "nb.ipynb")
+    with service(setup["tmp"] / "service.log") as svc:
+        done = run([sys.executable, "-c", NBCLIENT, str(setup["tmp"] / "nb.ipynb"),
+                    str(setup["data"])], cwd=setup["work"])
+        [seen] = probes(setup["probes"])
+        assert_pooled(seen, svc.pid, setup["data"])
+        assert json.loads(done.stdout) == seen
+
+
+def test_runner_killed_mid_notebook_leaves_no_kernel(setup):
+    work = setup["work"]
+    probe_notebook(work / "slow.ipynb", "import time\ntime.sleep(600)")
+    with service(setup["tmp"] / "service.log") as svc:
+        runner = subprocess.Popen(["papermill", "slow.ipynb", "out.ipynb"], cwd=work,
+                                  env=runner_env(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not probes(setup["probes"]):
+                assert runner.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+            [seen] = probes(setup["probes"])
+            assert seen["ppid"] == svc.pid
+            assert [lease["owner"] for lease in status()["leases"]] == [runner.pid]
+            runner.send_signal(signal.SIGKILL)
+            runner.wait(30)
+            deadline = time.monotonic() + 10  # "within a few seconds"
+            while psutil.pid_exists(seen["pid"]) and psutil.Process(seen["pid"]).status() != "zombie":
+                assert time.monotonic() < deadline, "the dead runner's kernel is still running"
+                time.sleep(0.1)
+            assert status()["leases"] == []
+            assert "exited without shutting down" in svc.log()
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait()
+
+
+def test_with_the_service_down_the_same_runs_pass_cold(setup):
+    work = setup["work"]
+    probe_notebook(work / "in.ipynb")
+    done = run(["papermill", "in.ipynb", "out.ipynb"], cwd=work)
+    [seen] = probes(setup["probes"])
+    assert seen["preimported"] is False
+    assert seen["cwd"] == str(work)
+    assert seen["runner_only"] == "from-the-runner"
+    assert "starting the 'python3' kernel cold: no pool service listens on" in done.stderr
+    assert done.stderr.count("starting the 'python3' kernel cold") == 1
+
+
+def test_jupyter_server_with_no_hotpot_configuration(setup):
+    """A plain jupyter_server: sessions get pooled kernels; a restart relaunches cold in
+    place, so an open websocket keeps working (same ports and key)."""
+    root = setup["tmp"] / "root"
+    probe_notebook(root / "sub" / "nb.ipynb")
+    argv = jupyter_server(setup["tmp"], root)
+    # jupyter_server starts kernels without nbclient's history argument
+    with service(setup["tmp"] / "service.log", '--PooledKernelManager.pool_kwargs={"python3": {}}') as svc, \
+            running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
+                    log=setup["tmp"] / "server.log", env=runner_env()) as server:
+        kid = new_session(server, "sub/nb.ipynb")
+        sock = KernelSocket(server, kid)
+        try:
+            out, reply = sock.run(PROBE_CELL)
+            assert reply["status"] == "ok", reply
+            seen = json.loads(out.strip().splitlines()[-1])
+            assert_pooled(seen, svc.pid, root / "sub")
+            connection = (setup["runtime"] / f"kernel-{kid}.json").read_text()
+
+            response = api(server, "POST", f"/api/kernels/{kid}/restart")
+            assert response.status_code == 200, response.text
+            out, reply = sock.run(PROBE_CELL)  # the same websocket, still open
+            assert reply["status"] == "ok", reply
+            again = json.loads(out.strip().splitlines()[-1])
+            assert again["pid"] != seen["pid"]
+            assert again["ppid"] == server.proc.pid  # cold, started by the server itself
+            assert again["cwd"] == seen["cwd"]
+            assert again["runner_only"] == "from-the-runner"
+            assert (setup["runtime"] / f"kernel-{kid}.json").read_text() == connection
+        finally:
+            sock.close()
+        assert api(server, "DELETE", f"/api/kernels/{kid}").status_code == 204
+        assert status()["leases"] == []
