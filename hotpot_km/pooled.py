@@ -120,7 +120,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            loop = _host_loop()
+            loop = host_loop()
             if self._wait_at_startup or self.wait_at_startup:
                 self._wait_blocking(loop)
             else:
@@ -197,7 +197,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             )
 
 
-def _host_loop() -> asyncio.AbstractEventLoop:
+def host_loop() -> asyncio.AbstractEventLoop:
     """The event loop the host will run once it starts serving.
 
     That is the thread's current loop when the host already has one (jupyter_server

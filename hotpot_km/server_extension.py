@@ -21,7 +21,6 @@ import sys
 from http.client import responses
 from typing import Any
 
-from jupyter_core.utils import ensure_event_loop
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler, PrometheusMetricsHandler
 from jupyter_server.utils import url_path_join
@@ -71,7 +70,9 @@ def attach_to_voila(manager: Any) -> None:
     voila_app = sys.modules.get("voila.app")
     if voila_app is None or not isinstance(manager.parent, voila_app.Voila):
         return
-    loop = ensure_event_loop()  # the loop Voila's IOLoop runs next
+    from .pooled import host_loop
+
+    loop = host_loop()  # the loop Voila's IOLoop runs next
     loop.call_soon(_add_voila_routes, manager.parent, loop, 0)
 
 

@@ -352,7 +352,7 @@ def service_processes() -> list[psutil.Process]:
     for proc in psutil.process_iter(["pid"]):
         try:
             cmd = " ".join(proc.cmdline())
-            if "hotpot_km.service serve" in cmd and proc.environ().get("HOTPOT_KM_TEST_MARKER") == marker:
+            if "-m hotpot_km serve" in cmd and proc.environ().get("HOTPOT_KM_TEST_MARKER") == marker:
                 found.append(proc)
         except psutil.Error:
             continue

@@ -50,7 +50,7 @@ def start_service(paths: ServicePaths, idle_timeout: float, kernel_name: str) ->
     argv = [
         sys.executable,
         "-m",
-        "hotpot_km.service",
+        "hotpot_km",
         "serve",
         f"--ServeApp.idle_timeout={idle_timeout:g}",
         "--ServeApp.exit_if_running=True",

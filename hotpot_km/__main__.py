@@ -1,0 +1,5 @@
+"""``python -m hotpot_km``: the ``hotpot-km`` command (autostart runs the service this way)."""
+
+from .cli import main
+
+main()
