@@ -10,13 +10,36 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from hotpot_km import PooledKernelManager
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 MARKER = "HOTPOT_KM_TEST_MARKER"
+
+#: ``HOTPOT_KM_TEST_FORK=1`` runs the tests with fork mode on for every kernel name they use:
+#: in-process managers get it from :func:`pooled_manager`, servers from the config files
+#: :func:`isolate_jupyter` writes, as users would configure it.
+FORK = os.environ.get("HOTPOT_KM_TEST_FORK", "") == "1"
+FORK_NAMES = ("python3", "broken", "other", "plain")
+#: In a template's command line (a forked kernel shows its own, ipykernel's).
+TEMPLATE_MARK = "hotpot_km/fork/template.py"
+
+
+def fork_config() -> dict[str, bool]:
+    """``fork_from_template`` for this run: every test kernel name in a fork run, else none."""
+    return dict.fromkeys(FORK_NAMES, True) if FORK else {}
+
+
+def pooled_manager(**traits: Any) -> PooledKernelManager:
+    """A ``PooledKernelManager`` with ``traits``, in fork mode when the run asks for it."""
+    if FORK:
+        traits.setdefault("fork_from_template", fork_config())
+    return PooledKernelManager(**traits)
 
 
 def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
@@ -34,6 +57,10 @@ def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
     monkeypatch.setenv(MARKER, uuid.uuid4().hex)
     monkeypatch.chdir(dirs["work"])
+    if FORK:  # what a user writes to turn fork mode on, for every server the test starts
+        config = json.dumps({"PooledKernelManager": {"fork_from_template": fork_config()}})
+        (dirs["config"] / "jupyter_config.json").write_text(config)  # jupyter_server, KG
+        (dirs["config"] / "voila.json").write_text(config)  # Voila reads its own name
     return dirs
 
 
@@ -60,22 +87,40 @@ def marked_kernels(marker: str | None = None) -> list[psutil.Process]:
     return found
 
 
+def _live(proc: psutil.Process, needle: str) -> bool:
+    try:
+        return needle in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
+def templates(pid: int | None = None) -> list[psutil.Process]:
+    """Fork templates that are children of ``pid`` (default: this process)."""
+    try:
+        children = psutil.Process(pid or os.getpid()).children()
+    except psutil.NoSuchProcess:
+        return []
+    return [child for child in children if _live(child, TEMPLATE_MARK)]
+
+
 def kernel_children(pid: int | None = None) -> list[psutil.Process]:
-    """Kernel processes that are children of ``pid`` (default: this process).
+    """Kernel processes that are children of ``pid`` (default: this process), or children
+    of its fork templates (a forked kernel's parent is the template).
 
     Direct children only: managers launch their kernels themselves, and a kernel's own
     short-lived subprocess (ipykernel runs ``uname -p`` when it shuts down) carries the
     kernel's command line until it execs, so it must not count as one more kernel.
     """
-    parent = psutil.Process(pid or os.getpid())
-    out = []
-    for child in parent.children():
+    try:
+        children = psutil.Process(pid or os.getpid()).children()
+    except psutil.NoSuchProcess:
+        return []
+    for template in templates(pid):
         try:
-            if "ipykernel" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                out.append(child)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            children += template.children()
+        except psutil.NoSuchProcess:
             continue
-    return out
+    return [child for child in children if _live(child, "ipykernel")]
 
 
 @pytest.fixture
@@ -85,12 +130,14 @@ def no_leftover_kernels(jupyter_dirs: dict[str, Path]) -> Iterator[None]:
     yield
     deadline = 10.0
     start = time.monotonic()
-    while marked_kernels(marker) and time.monotonic() - start < deadline:
+    while (
+        marked_kernels(marker) or marked_processes(TEMPLATE_MARK, marker)
+    ) and time.monotonic() - start < deadline:
         time.sleep(0.1)
-    left = marked_kernels(marker)
+    left = marked_kernels(marker) + marked_processes(TEMPLATE_MARK, marker)
     for proc in left:
         proc.kill()
-    assert not left, f"kernel processes left behind: {[p.pid for p in left]}"
+    assert not left, f"kernel processes left behind: {describe(left)}"
 
 
 def marked_processes(needle: str, marker: str | None = None) -> list[psutil.Process]:
@@ -155,7 +202,8 @@ def describe(procs: list[psutil.Process]) -> list[str]:
 
 
 class KernelCounter:
-    """Samples, in a background thread, the kernel processes ``processes()`` returns;
+    """Samples, in a background thread, the kernel processes ``processes()`` returns
+    (default: this test's kernels and fork templates, which ``max_kernels`` counts too);
     keeps the highest count and which processes made it up."""
 
     def __init__(
@@ -165,7 +213,7 @@ class KernelCounter:
             marker = os.environ[MARKER]
 
             def processes() -> list[psutil.Process]:
-                return own_kernels(marker)
+                return own_kernels(marker) + templates()
 
         self._processes = processes
         self._interval = interval
