@@ -52,6 +52,8 @@ def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(dirs["data"]))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(dirs["runtime"]))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    # kernelspecs a test writes win over the venv's own (jupyter prefers a venv's otherwise)
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")
     monkeypatch.setenv("JUPYTER_NO_CONFIG", "")
     monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
