@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-fork bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check hotpot_km
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fault suite again, with fork mode on for every kernel name the tests use.
+FORK_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/test_concurrency.py \
+              tests/test_hostile.py tests/test_pooled.py
+test-fork: $(VENV)/.test-installed
+	HOTPOT_KM_TEST_FORK=1 $(BIN)/python -m pytest $(FORK_SUITE) $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

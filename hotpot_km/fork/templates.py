@@ -121,7 +121,9 @@ class Templates:
         ``base_env`` is the env the template is started with if there is none yet
         (never a request's own: /proc/<pid>/environ of every child shows it).
         ``wait``: wait for a template that is starting (the pool's refills) rather
-        than launch (a request in front of a user).
+        than launch (a request in front of a user); at most half of
+        ``startup_timeout``, so a slow template never fails a refill: past that,
+        the kernel is launched and later refills fork.
         """
         if self.closed or not self.enabled(name):
             return None
@@ -177,7 +179,10 @@ class Templates:
             return None
         task = entry.task
         try:
-            template = await asyncio.shield(task)
+            template = await asyncio.wait_for(asyncio.shield(task), self._host.startup_timeout / 2)
+        except asyncio.TimeoutError:
+            self.log.debug("hotpot_km: the fork template for %r is still starting", name)
+            return None
         except asyncio.CancelledError:
             if task.cancelled():  # retired meanwhile, not our caller's cancellation
                 return None
