@@ -120,6 +120,8 @@ print(json.dumps({
     "poller": isinstance(app.poller, ParentPollerUnix), "parent_handle": app.parent_handle,
     "backend": matplotlib.get_backend(),
     "main_is_user_ns": sys.modules["__main__"].__dict__ is globals(),
+    "numpy_is_kernel_code": any(f.startswith(os.path.dirname(numpy.__file__))
+                                for f in get_ipython().kernel._kernel_modules),
     "umask": mask,
     "random": random.random(), "numpy_random": float(numpy.random.random()),
 }))
@@ -134,7 +136,7 @@ async def state(km: AsyncMultiKernelManager, kernel_id: str) -> dict:
 
 SAME = ["argv0", "args", "orig_argv", "path", "flags", "cwd", "env", "handlers",
         "session_leader", "stdin_is_pipe", "stdin_at_eof", "gc", "threads", "poller",
-        "parent_handle", "backend", "main_is_user_ns", "umask"]
+        "parent_handle", "backend", "main_is_user_ns", "numpy_is_kernel_code", "umask"]
 
 
 async def test_a_forked_kernel_is_in_the_state_of_a_cold_start(jupyter_dirs, log):

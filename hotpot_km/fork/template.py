@@ -117,6 +117,7 @@ class Template:
         self.env_changes: dict[str, str] = {}
         self.env_removed: list[str] = []
         self.env_before: set[str] = set()
+        self.kernel_files: set[str | None] = set()  # files of the modules a kernel imports itself
         self.children: dict[int, int] = {}  # pid -> pidfd, until reaped
         self.framer = Framer()
         self.selector: selectors.BaseSelector | None = None
@@ -181,6 +182,8 @@ class Template:
                         importlib.import_module(module)
                     except Exception:  # an alias or a lazily made module: not importable
                         continue
+            # a launched kernel lists these as its own (the debugger skips their frames)
+            self.kernel_files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
             add_cwd_to_path()  # what IPython's init_path does before any user code
             for name in imports:
                 importlib.import_module(name)
@@ -314,6 +317,8 @@ def kernel_modules() -> list[str]:
             app.initialize(
                 ["-f", os.path.join(directory, "probe.json"), f"--parent_handle={os.getppid()}"]
             )
+            # what a first execution imports (the pool's warm-up is one)
+            app.shell.run_cell("pass", store_history=False, silent=True)
             names = [name for name in sys.modules if name not in before]
             with os.fdopen(write, "w") as out:
                 json.dump(names, out)
@@ -436,6 +441,11 @@ def become_kernel(birth: Birth) -> None:
     traits["interrupt"].default_value = int(os.environ.get("JPY_INTERRUPT_EVENT") or 0)
     app = IPKernelApp.instance()
     app.initialize(args)
+    # ipykernel lists the modules loaded when it starts as its own, for the debugger to skip;
+    # python_imports are loaded already here, but not yet in a launched kernel
+    files = getattr(app.kernel, "_kernel_modules", None)
+    if isinstance(files, list):
+        files[:] = [f for f in files if f in birth.template.kernel_files]
     watch_host(app, birth.host)
     try:
         channel.sendall(encode({"op": "started"}))  # sockets are bound: clients can connect
