@@ -48,7 +48,8 @@ from server_bench import (
 )
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
-GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop")
+HEAVY_IMPORTS = "numpy,scipy.signal,matplotlib.pyplot,pandas"
+GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "fork")
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,13 @@ class Sizes:
     voila_reps: int = 8
     voila_pool: int = 3
     fill_pool: int = 4
+    refill_reps: int = 10
+    mem_pool: int = 4
 
 
 QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
-              fill_pool=1)
+              fill_pool=1, refill_reps=1, mem_pool=1)
 
 
 class Names:
@@ -92,14 +95,20 @@ class Names:
         self.mem_heavy = "memory: idle kernel RSS, heavy imports"
         self.mem_pool = f"memory: whole pool RSS ({sizes.pool} heavy kernels)"
         self.loop = f"event loop: GET /api/status while {sizes.fill_pool} heavy kernels warm"
+        self.refill = "refill: one heavy kernel, handout → ready in the pool again"
+        self.pss_idle = f"memory: PSS of {sizes.mem_pool} heavy kernels (+ template), idle"
+        self.pss_cell = (f"memory: PSS of {sizes.mem_pool} heavy kernels (+ template), "
+                         "after a typical cell in each")
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
                 self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
-                self.mem_bare, self.mem_heavy, self.mem_pool, self.loop]
+                self.mem_bare, self.mem_heavy, self.mem_pool, self.loop, self.refill,
+                self.pss_idle, self.pss_cell]
 
     def latency_panels(self) -> list[str]:
-        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart]
+        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart,
+                self.refill]
 
 
 def log(message: str) -> None:
@@ -123,10 +132,11 @@ class Bench:
         self.failed = False
 
     def systems(self, *extra: str) -> list[str]:
-        return [s for s in ("cold", "old", "new", *extra) if s in self.pythons or s == "preheat"]
+        """cold, 0.2.2 (unless skipped), this project, and ``extra`` (``fork``, ``preheat``)."""
+        return [s for s in ("cold", "old", "new", *extra) if s in self.pythons or s in extra]
 
     def python(self, system: str) -> str:
-        return self.pythons["new" if system in ("cold", "preheat") else system]
+        return self.pythons["new" if system in ("cold", "preheat", "fork") else system]
 
     def attempt(self, what: str, system: str, body: Callable[[], list[Row]],
                 names: list[str]) -> None:
@@ -154,8 +164,8 @@ class Bench:
 
     def kernel_bench(self, system: str, tag: str, dirs: JupyterDirs, *opts: str) -> dict:
         out = self.scratch / f"{tag}-{system}.json"
-        argv = [self.python(system), str(HERE / "kernel_bench.py"),
-                "--system", "cold" if system == "cold" else "pooled",
+        kind = system if system in ("cold", "fork") else "pooled"
+        argv = [self.python(system), str(HERE / "kernel_bench.py"), "--system", kind,
                 "--workdir", str(dirs.work), "--out", str(out), *opts]
         proc = Process(argv, env=dirs.env(), cwd=dirs.work, log=self.logs / f"{tag}-{system}.log")
         try:
@@ -200,9 +210,11 @@ class Bench:
         n, s = self.names, self.sizes
         init = None if system == "cold" else HEAVY_CODE
         dirs = JupyterDirs(self.scratch, f"heavy-{system}", init_code=init)
+        # fork mode: the template can only share imports it did itself (python_imports)
+        imports = ["--imports", HEAVY_IMPORTS] if system == "fork" else []
         data = self.kernel_bench(system, "heavy", dirs, "--scenario", "handout", "--kinds",
                                  "bare", "--code", HEAVY_CODE, "--reps", str(s.heavy_reps),
-                                 "--pool", str(s.pool))
+                                 "--pool", str(s.pool), *imports)
         pool = data["memory"]["pool_rss"]
         return [Row(n.heavy, system, data["samples"]["bare:code_done"]),
                 Row(n.mem_heavy, system, data["memory"]["kernel_rss"], unit="B"),
@@ -216,6 +228,25 @@ class Bench:
                                  "--burst", str(s.burst))
         return [Row(n.burst, system, data["samples"]["burst:all_ready"]),
                 Row(n.burst_each, system, data["samples"]["burst:per_request"])]
+
+    def fork(self, system: str) -> list[Row]:
+        """Launch-based and forked refills of the same heavy pool, and their memory."""
+        n, s = self.names, self.sizes
+        common = ["--code", HEAVY_CODE] if system == "cold" else ["--imports", HEAVY_IMPORTS]
+        dirs = JupyterDirs(self.scratch, f"refill-{system}")
+        refill = self.kernel_bench(system, "refill", dirs, "--scenario", "refill",
+                                   "--reps", str(s.refill_reps), "--pool", "1", *common)
+        dirs = JupyterDirs(self.scratch, f"memory-{system}")
+        memory = self.kernel_bench(system, "memory", dirs, "--scenario", "memory",
+                                   "--pool", str(s.mem_pool), *common)
+        mem = memory["samples"]
+        if system == "fork" and not memory.get("template"):
+            self.notes.append("memory, fork mode: no template process was found")
+        self.notes.append(f"memory, {SYSTEMS[system]}: USS after the typical cell "
+                          f"{mem['uss_cell'][0] / 2**20:.0f} MiB")
+        return [Row(n.refill, system, refill["samples"]["refill"]),
+                Row(n.pss_idle, system, mem["pss_idle"], unit="B"),
+                Row(n.pss_cell, system, mem["pss_cell"], unit="B")]
 
     # -- server-level scenarios ------------------------------------------------------------
 
@@ -315,11 +346,12 @@ class Bench:
         plan: dict[str, tuple[Callable[[str], list[Row]], list[str], list[str]]] = {
             "handout": (self.handout, self.systems(), [n.bare, n.cwd_env, n.start_only,
                                                        n.mem_bare]),
-            "heavy": (self.heavy, self.systems(), [n.heavy, n.mem_heavy, n.mem_pool]),
-            "burst": (self.burst, self.systems(), [n.burst, n.burst_each]),
+            "heavy": (self.heavy, self.systems("fork"), [n.heavy, n.mem_heavy, n.mem_pool]),
+            "burst": (self.burst, self.systems("fork"), [n.burst, n.burst_each]),
             "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
             "voila": (self.voila, self.systems("preheat"), [n.voila]),
             "loop": (self.loop, self.systems(), [n.loop]),
+            "fork": (self.fork, ["cold", "new", "fork"], [n.refill, n.pss_idle, n.pss_cell]),
         }
         for group in groups:
             body, systems, names = plan[group]
@@ -358,10 +390,12 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
     names = bench.names
     found = targets(rows, {"handout": names.cwd_env, "voila": names.voila, "burst": names.burst,
                            "restart": names.restart, "restart_post": names.restart_post,
-                           "event_loop": names.loop})
+                           "event_loop": names.loop, "refill": names.refill,
+                           "pss_idle": names.pss_idle, "pss_cell": names.pss_cell})
     png = output / "handout.png"
     chart(rows, names.latency_panels(), png,
-          goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05})
+          goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05,
+                 names.refill: 0.15})
     versions = {s: venv_versions(bench.pythons[s]) for s in ("old", "new") if s in bench.pythons}
     packages = ["python", "hotpot_km", "jupyter_client", "jupyter_server", "ipykernel", "voila",
                 "pyzmq", "tornado"]
