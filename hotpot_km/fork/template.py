@@ -337,6 +337,19 @@ def kernel_modules() -> list[str]:
         return []
 
 
+def pack_module_files() -> None:
+    """Give every module's ``__file__`` a fresh copy, allocated side by side.
+
+    A starting kernel reads the ``__file__`` of every loaded module (ipykernel lists
+    its own modules); left where each import put it, every string read would cost a
+    copied page in every child.
+    """
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if type(path) is str:
+            module.__file__ = (path + ".")[:-1]
+
+
 def add_cwd_to_path() -> None:
     """IPython's ``InteractiveShellApp.init_path``: ``''`` before the first site-packages."""
     if "" in sys.path or getattr(sys.flags, "safe_path", False):
@@ -534,6 +547,7 @@ def main(argv: list[str]) -> None:
     if reason is not None:
         template.send({"op": "refused", "reason": reason})
         os._exit(0)
+    pack_module_files()
     gc.freeze()
     template.send({"op": "ready", "pid": os.getpid()})
     birth = template.serve()
