@@ -11,8 +11,10 @@ and the reason is logged once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import sys
 import weakref
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +128,10 @@ class Templates:
         the kernel is launched and later refills fork.
         """
         if self.closed or not self.enabled(name):
+            return None
+        missing = unsupported()
+        if missing is not None:
+            self._note(name, f"{missing}; its kernels are launched instead")
             return None
         split = kernel_command(argv)
         if split is None:
@@ -299,6 +305,18 @@ class Templates:
     def process_groups(self) -> list[int]:
         """Process groups of the running templates (each runs in a session of its own)."""
         return [pg for t in list(self._live) if (pg := t.process_group())]
+
+
+@functools.cache
+def unsupported() -> str | None:
+    """Why fork mode can't work on this system, or ``None``: it needs pidfds (Linux ≥ 5.3)."""
+    if sys.platform != "linux" or not hasattr(os, "pidfd_open"):
+        return "fork mode needs Linux (pidfds, Linux 5.3 or later)"
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError as error:
+        return f"fork mode needs pidfds (Linux 5.3 or later): {error}"
+    return None
 
 
 def startup_values(env: Mapping[str, str]) -> tuple[tuple[str, str | None], ...]:
