@@ -1,6 +1,6 @@
 """Cold kernels vs hotpot_km 0.2.2 vs this project vs Voila's preheat, side by side in one run.
 
-    python benchmarks/run.py            # full run, 13-15 minutes; writes results.md + handout.png
+    python benchmarks/run.py            # full run, 15-18 minutes; writes results.md + handout.png
     python benchmarks/run.py --quick --output /tmp/x   # smoke run with tiny N (the test suite's)
 
 See benchmarks/README.md for what each scenario measures and how.
@@ -49,12 +49,13 @@ from server_bench import (
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
 HEAVY_IMPORTS = "numpy,scipy.signal,matplotlib.pyplot,pandas"
+LIGHT_CODE, LIGHT_IMPORTS = "import colorsys", "colorsys"
 GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "fork")
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """Repetitions and pool sizes; the defaults make a full run of 13-15 minutes on 2 cores."""
+    """Repetitions and pool sizes; the defaults make a full run of 15-18 minutes on 2 cores."""
 
     handout_reps: int = 25  # each rep: one bare and one cwd/env handout
     heavy_reps: int = 10
@@ -230,9 +231,13 @@ class Bench:
                 Row(n.burst_each, system, data["samples"]["burst:per_request"])]
 
     def fork(self, system: str) -> list[Row]:
-        """Launch-based and forked refills of the same heavy pool, and their memory."""
+        """Launch-based and forked refills of the same heavy pool, and their memory.
+
+        ``--quick`` imports one small module instead: it only checks that this runs."""
         n, s = self.names, self.sizes
-        common = ["--code", HEAVY_CODE] if system == "cold" else ["--imports", HEAVY_IMPORTS]
+        code, imports = (LIGHT_CODE, LIGHT_IMPORTS) if self.args.quick else (HEAVY_CODE,
+                                                                             HEAVY_IMPORTS)
+        common = ["--code", code] if system == "cold" else ["--imports", imports]
         dirs = JupyterDirs(self.scratch, f"refill-{system}")
         refill = self.kernel_bench(system, "refill", dirs, "--scenario", "refill",
                                    "--reps", str(s.refill_reps), "--pool", "1", *common)

@@ -19,13 +19,14 @@ def test_quick_benchmark_writes_table_and_chart(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run.py"), "--quick", "--skip-old",
          "--output", str(tmp_path)],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True, text=True, timeout=360,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
 
     table = (tmp_path / "results.md").read_text()
     assert "| scenario | system | p50 | p99 | ratio to cold (p50) | N |" in table
-    for system in ("| cold |", "| hotpot_km (this project) |", "| Voila --preheat_kernel |"):
+    for system in ("| cold |", "| hotpot_km (this project) |", "| hotpot_km, fork mode |",
+                   "| Voila --preheat_kernel |"):
         assert system in table
     assert "## Targets" in table
     assert "| error |" not in table, result.stdout[-4000:]
