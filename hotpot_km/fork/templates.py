@@ -167,14 +167,14 @@ class Templates:
             self._retire(name)  # the pool's own launches changed: a new template
             entry = None
         if entry is None:
+            base = dict(env)
+            if startup_values(base) != key.startup_env:
+                return None  # the request's startup values are not the pool's: launched
             history = self._history.setdefault(name, _History())
             if history.key != key:
                 history.key, history.deaths, history.refused = key, 0, None
             if history.refused is not None:
                 return None
-            base = dict(env)
-            if startup_values(base) != key.startup_env:
-                return None  # the request's startup values are not the pool's: launched
             room = len(b"\0".join(os.fsencode(a) for a in argv)) + 1024
             entry = self._begin(name, key, cwd, base, room)
             if entry is None:
@@ -220,13 +220,15 @@ class Templates:
         except TemplateError as error:
             history = self._history.setdefault(name, _History())
             history.refused = str(error)
-            self.log.error(
-                "hotpot_km: the fork template for %r kernels failed: %s. Kernels of %r are "
-                "launched instead.",
-                name,
-                error,
-                name,
-            )
+            if history.refused not in history.logged:
+                history.logged.add(history.refused)
+                self.log.error(
+                    "hotpot_km: the fork template for %r kernels failed: %s. Kernels of %r "
+                    "are launched instead.",
+                    name,
+                    error,
+                    name,
+                )
             self._forget(name, entry)
             if template.process is None:
                 self._release(template)
