@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 EG_VENV ?= .venv-eg
 EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
 
-.PHONY: demo test test-pythons bench lint clean
+.PHONY: demo test test-fork test-pythons bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(VENV)/.test-installed $(EG_VENV)/.installed
 
 test-pythons: $(VENV)/.test-installed
 	$(BIN)/nox $(NOX_ARGS)
+# The fault suite again, with fork mode on for every kernel name the tests use.
+FORK_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/test_concurrency.py \
+              tests/test_hostile.py tests/test_pooled.py
+test-fork: $(VENV)/.test-installed
+	HOTPOT_KM_TEST_FORK=1 $(BIN)/python -m pytest $(FORK_SUITE) $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

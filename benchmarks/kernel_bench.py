@@ -6,7 +6,8 @@ imports the benchmark package or anything the old venv lacks (stdlib, jupyter_cl
 psutil, hotpot_km). It writes one JSON document with raw samples in seconds or bytes.
 
 Systems: ``cold`` (a plain ``AsyncMultiKernelManager``), ``pooled`` (whichever
-``hotpot_km.PooledKernelManager`` the interpreter imports).
+``hotpot_km.PooledKernelManager`` the interpreter imports), ``fork`` (this project's,
+with ``fork_from_template`` on).
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ def versions() -> dict[str, str]:
     return found
 
 
-def new_manager(system: str, pool: int) -> AsyncMultiKernelManager:
-    """A cold manager, or the interpreter's hotpot_km pool with its default settings."""
+def new_manager(system: str, pool: int, **traits: Any) -> AsyncMultiKernelManager:
+    """A cold manager, or the interpreter's hotpot_km pool with its default settings
+    (plus ``traits``; ``fork``: fork mode on)."""
     if system == "cold":
         return AsyncMultiKernelManager()
     from hotpot_km import PooledKernelManager
 
-    return PooledKernelManager(kernel_pools={"python3": pool})
+    if system == "fork":
+        traits["fork_from_template"] = {"python3": True}
+    return PooledKernelManager(kernel_pools={"python3": pool}, **traits)
 
 
 WARMUP_FAILURES: list[str] = []
@@ -125,6 +129,29 @@ def kernel_processes() -> list[psutil.Process]:
     return found
 
 
+def templates() -> list[psutil.Process]:
+    """Fork templates started by this manager."""
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if "hotpot_km/fork/template.py" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def pss(pids: list[int]) -> int:
+    """Summed proportional set size: shared pages count once, split between their users."""
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_full_info().pss
+        except psutil.Error:
+            continue
+    return total
+
+
 def rss(pids: list[int]) -> list[int]:
     out = []
     for pid in pids:
@@ -195,17 +222,76 @@ async def burst(args: argparse.Namespace, km: AsyncMultiKernelManager) -> dict[s
     return {"samples": {"burst:all_ready": all_ready, "burst:per_request": per_request}}
 
 
+async def refill(args: argparse.Namespace, km: AsyncMultiKernelManager) -> dict[str, Any]:
+    """A handout from a full pool → the pool full again (refills start at once).
+
+    Cold: a start → the ``--code`` imports done, what a launch-based refill has to do.
+    """
+    samples: list[float] = []
+    for _rep in range(args.reps):
+        await wait_ready(km)
+        t0 = time.perf_counter()
+        kid = await km.start_kernel(kernel_name="python3")
+        if args.system == "cold":
+            await probe(km, kid, args.code)
+        else:
+            await km.wait_for_pool()  # type: ignore[attr-defined]
+        samples.append(time.perf_counter() - t0)
+        await km.shutdown_kernel(kid, now=True)
+    return {"samples": {"refill": samples}}
+
+
+TYPICAL_CELL = """
+import numpy as np, pandas as pd, matplotlib.pyplot as plt
+df = pd.DataFrame(np.random.default_rng(0).normal(size=(2000, 4)), columns=list("abcd"))
+summary = df.describe()
+fig, ax = plt.subplots()
+df.cumsum().plot(ax=ax)
+fig.savefig("/dev/null", format="png")
+plt.close(fig)
+"""
+
+
+async def memory(args: argparse.Namespace, km: AsyncMultiKernelManager) -> dict[str, Any]:
+    """PSS summed over ``--pool`` heavy kernels (and the fork template), idle and after each
+    ran a typical cell. Pools: the kernels are the pool's, taken out all at once."""
+    await wait_ready(km)
+    if args.system != "cold":
+        km.fill_delay = 3600  # type: ignore[attr-defined]  (no refill while measuring)
+    kids = [await km.start_kernel(kernel_name="python3") for _ in range(args.pool)]
+    if args.system != "cold":
+        km.kernel_pools = {}  # type: ignore[attr-defined]
+    pids = [km.get_kernel(kid).provisioner.pid for kid in kids]
+    for kid in kids:
+        await probe(km, kid, args.code)  # cold: the imports; pooled: done already
+    extra = [p.pid for p in templates()]
+    await asyncio.sleep(1)
+    idle = pss(pids + extra)
+    for kid in kids:
+        await probe(km, kid, TYPICAL_CELL)
+    await asyncio.sleep(1)
+    used = pss(pids + extra)
+    uss = sum(psutil.Process(p).memory_full_info().uss for p in pids + extra)
+    await asyncio.gather(*(km.shutdown_kernel(kid, now=True) for kid in kids))
+    return {"samples": {"pss_idle": [idle], "pss_cell": [used], "uss_cell": [uss]},
+            "template": bool(extra)}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    km = new_manager(args.system, args.pool)
+    traits: dict[str, Any] = {}
+    if args.imports and args.system != "cold":
+        # launched kernels import them each, forked ones share the template's imports
+        traits["python_imports"] = args.imports.split(",")
+    if args.scenario == "refill" and args.system != "cold":
+        traits["fill_delay"] = 0  # the refill itself, not the pause before it
+    km = new_manager(args.system, args.pool, **traits)
     result: dict[str, Any] = {"system": args.system, "versions": versions()}
     try:
         fill = time.perf_counter()
         await wait_ready(km)
         result["first_fill"] = time.perf_counter() - fill - SETTLE
-        if args.scenario == "handout":
-            result.update(await handout(args, km))
-        else:
-            result.update(await burst(args, km))
+        scenario = {"handout": handout, "burst": burst, "refill": refill, "memory": memory}
+        result.update(await scenario[args.scenario](args, km))
     finally:
         await km.shutdown_all(now=True)
     result["warmup_failures"] = WARMUP_FAILURES
@@ -214,8 +300,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--system", choices=["cold", "pooled"], required=True)
-    parser.add_argument("--scenario", choices=["handout", "burst"], required=True)
+    parser.add_argument("--system", choices=["cold", "pooled", "fork"], required=True)
+    parser.add_argument("--scenario", choices=["handout", "burst", "refill", "memory"],
+                        required=True)
+    parser.add_argument("--imports", default="", help="python_imports of the pools (comma-separated)")
     parser.add_argument("--kinds", default="bare,cwd_env", type=lambda s: s.split(","))
     parser.add_argument("--code", default="", help="code a kernel must have run: imports")
     parser.add_argument("--reps", type=int, default=10)

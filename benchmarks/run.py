@@ -1,6 +1,6 @@
 """Cold kernels vs hotpot_km 0.2.2 vs this project vs Voila's preheat, side by side in one run.
 
-    python benchmarks/run.py            # full run, about 25 minutes; writes results.md + handout.png
+    python benchmarks/run.py            # full run, about 30 minutes; writes results.md + handout.png
     python benchmarks/run.py --quick --output /tmp/x   # smoke run with tiny N (the test suite's)
 
 See benchmarks/README.md for what each scenario measures and how.
@@ -50,12 +50,14 @@ from server_bench import (
 )
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
-GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "gateway", "runners")
+HEAVY_IMPORTS = "numpy,scipy.signal,matplotlib.pyplot,pandas"
+LIGHT_CODE, LIGHT_IMPORTS = "import colorsys", "colorsys"
+GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop", "gateway", "runners", "fork")
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """Repetitions and pool sizes; the defaults make a full run of about 25 minutes on 2 cores."""
+    """Repetitions and pool sizes; the defaults make a full run of about 30 minutes on 2 cores."""
 
     handout_reps: int = 25  # each rep: one bare and one cwd/env handout
     heavy_reps: int = 10
@@ -77,12 +79,15 @@ class Sizes:
     runner_loop: int = 20  # notebooks in the nbclient loop (and its pool's size)
     nbmake: int = 10  # notebooks in the pytest --nbmake run (and its pool's size)
     nbmake_reps: int = 3
+    refill_reps: int = 10
+    mem_pool: int = 4
 
 
 QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
               fill_pool=1, gateway_reps=1, gateway_slow_reps=1, gateway_slow=2,
-              papermill_reps=1, runner_loop=2, nbmake=2, nbmake_reps=1)
+              papermill_reps=1, runner_loop=2, nbmake=2, nbmake_reps=1, refill_reps=1,
+              mem_pool=1)
 
 
 class Names:
@@ -110,16 +115,21 @@ class Names:
         self.runner_each = f"nbclient loop of {sizes.runner_loop} notebooks: each notebook"
         self.runner_loop = f"nbclient loop of {sizes.runner_loop} notebooks: whole loop"
         self.nbmake = f"pytest --nbmake on {sizes.nbmake} notebooks: one run"
+        self.refill = "refill: one heavy kernel, handout → ready in the pool again"
+        self.pss_idle = f"memory: PSS of {sizes.mem_pool} heavy kernels (+ template), idle"
+        self.pss_cell = (f"memory: PSS of {sizes.mem_pool} heavy kernels (+ template), "
+                         "after a typical cell in each")
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
                 self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
                 self.gateway, self.gateway_slow, self.mem_bare, self.mem_heavy, self.mem_pool,
-                self.loop, self.papermill, self.runner_each, self.runner_loop, self.nbmake]
+                self.loop, self.papermill, self.runner_each, self.runner_loop, self.nbmake,
+                self.refill, self.pss_idle, self.pss_cell]
 
     def latency_panels(self) -> list[str]:
         return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart,
-                self.gateway_slow, self.papermill, self.runner_each]
+                self.gateway_slow, self.papermill, self.runner_each, self.refill]
 
 
 def log(message: str) -> None:
@@ -143,10 +153,11 @@ class Bench:
         self.failed = False
 
     def systems(self, *extra: str) -> list[str]:
-        return [s for s in ("cold", "old", "new", *extra) if s in self.pythons or s == "preheat"]
+        """cold, 0.2.2 (unless skipped), this project, and ``extra`` (``fork``, ``preheat``)."""
+        return [s for s in ("cold", "old", "new", *extra) if s in self.pythons or s in extra]
 
     def python(self, system: str) -> str:
-        return self.pythons["new" if system in ("cold", "preheat") else system]
+        return self.pythons["new" if system in ("cold", "preheat", "fork") else system]
 
     def attempt(self, what: str, system: str, body: Callable[[], list[Row]],
                 names: list[str]) -> None:
@@ -174,8 +185,8 @@ class Bench:
 
     def kernel_bench(self, system: str, tag: str, dirs: JupyterDirs, *opts: str) -> dict:
         out = self.scratch / f"{tag}-{system}.json"
-        argv = [self.python(system), str(HERE / "kernel_bench.py"),
-                "--system", "cold" if system == "cold" else "pooled",
+        kind = system if system in ("cold", "fork") else "pooled"
+        argv = [self.python(system), str(HERE / "kernel_bench.py"), "--system", kind,
                 "--workdir", str(dirs.work), "--out", str(out), *opts]
         proc = Process(argv, env=dirs.env(), cwd=dirs.work, log=self.logs / f"{tag}-{system}.log")
         try:
@@ -220,9 +231,11 @@ class Bench:
         n, s = self.names, self.sizes
         init = None if system == "cold" else HEAVY_CODE
         dirs = JupyterDirs(self.scratch, f"heavy-{system}", init_code=init)
+        # fork mode: the template can only share imports it did itself (python_imports)
+        imports = ["--imports", HEAVY_IMPORTS] if system == "fork" else []
         data = self.kernel_bench(system, "heavy", dirs, "--scenario", "handout", "--kinds",
                                  "bare", "--code", HEAVY_CODE, "--reps", str(s.heavy_reps),
-                                 "--pool", str(s.pool))
+                                 "--pool", str(s.pool), *imports)
         pool = data["memory"]["pool_rss"]
         return [Row(n.heavy, system, data["samples"]["bare:code_done"]),
                 Row(n.mem_heavy, system, data["memory"]["kernel_rss"], unit="B"),
@@ -236,6 +249,29 @@ class Bench:
                                  "--burst", str(s.burst))
         return [Row(n.burst, system, data["samples"]["burst:all_ready"]),
                 Row(n.burst_each, system, data["samples"]["burst:per_request"])]
+
+    def fork(self, system: str) -> list[Row]:
+        """Launch-based and forked refills of the same heavy pool, and their memory.
+
+        ``--quick`` imports one small module instead: it only checks that this runs."""
+        n, s = self.names, self.sizes
+        code, imports = (LIGHT_CODE, LIGHT_IMPORTS) if self.args.quick else (HEAVY_CODE,
+                                                                             HEAVY_IMPORTS)
+        common = ["--code", code] if system == "cold" else ["--imports", imports]
+        dirs = JupyterDirs(self.scratch, f"refill-{system}")
+        refill = self.kernel_bench(system, "refill", dirs, "--scenario", "refill",
+                                   "--reps", str(s.refill_reps), "--pool", "1", *common)
+        dirs = JupyterDirs(self.scratch, f"memory-{system}")
+        memory = self.kernel_bench(system, "memory", dirs, "--scenario", "memory",
+                                   "--pool", str(s.mem_pool), *common)
+        mem = memory["samples"]
+        if system == "fork" and not memory.get("template"):
+            self.notes.append("memory, fork mode: no template process was found")
+        self.notes.append(f"memory, {SYSTEMS[system]}: USS after the typical cell "
+                          f"{mem['uss_cell'][0] / 2**20:.0f} MiB")
+        return [Row(n.refill, system, refill["samples"]["refill"]),
+                Row(n.pss_idle, system, mem["pss_idle"], unit="B"),
+                Row(n.pss_cell, system, mem["pss_cell"], unit="B")]
 
     # -- server-level scenarios ------------------------------------------------------------
 
@@ -378,8 +414,8 @@ class Bench:
         plan: dict[str, tuple[Callable[[str], list[Row]], list[str], list[str]]] = {
             "handout": (self.handout, self.systems(), [n.bare, n.cwd_env, n.start_only,
                                                        n.mem_bare]),
-            "heavy": (self.heavy, self.systems(), [n.heavy, n.mem_heavy, n.mem_pool]),
-            "burst": (self.burst, self.systems(), [n.burst, n.burst_each]),
+            "heavy": (self.heavy, self.systems("fork"), [n.heavy, n.mem_heavy, n.mem_pool]),
+            "burst": (self.burst, self.systems("fork"), [n.burst, n.burst_each]),
             "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
             "voila": (self.voila, self.systems("preheat"), [n.voila]),
             "loop": (self.loop, self.systems(), [n.loop]),
@@ -388,6 +424,7 @@ class Bench:
             # hotpot_km 0.2.2 has no pool service
             "runners": (self.runners, [x for x in self.systems() if x != "old"],
                         [n.papermill, n.runner_each, n.runner_loop, n.nbmake]),
+            "fork": (self.fork, ["cold", "new", "fork"], [n.refill, n.pss_idle, n.pss_cell]),
         }
         for group in groups:
             body, systems, names = plan[group]
@@ -428,10 +465,12 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
                            "restart": names.restart, "restart_post": names.restart_post,
                            "event_loop": names.loop, "gateway_slow": names.gateway_slow,
                            "papermill": names.papermill, "runner_loop": names.runner_loop,
-                           "nbmake": names.nbmake})
+                           "nbmake": names.nbmake, "refill": names.refill,
+                           "pss_idle": names.pss_idle, "pss_cell": names.pss_cell})
     png = output / "handout.png"
     chart(rows, names.latency_panels(), png,
-          goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05})
+          goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05,
+                 names.refill: 0.15})
     versions = {s: venv_versions(bench.pythons[s]) for s in ("old", "new") if s in bench.pythons}
     packages = ["python", "hotpot_km", "jupyter_client", "jupyter_server", "ipykernel", "voila",
                 "pyzmq", "tornado"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists
 from traitlets import Integer
@@ -61,9 +62,14 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         """Pooled kernels of this manager are local processes."""
         return LocalKernelAdapter(self._pool, self.new_pool_manager(kernel_name, kernel_id))
 
-    def new_pool_manager(self, kernel_name: str, kernel_id: str) -> PoolProcessManager:
+    def new_pool_manager(
+        self,
+        kernel_name: str,
+        kernel_id: str,
+        manager_class: type[PoolProcessManager] | None = None,
+    ) -> PoolProcessManager:
         """A plain manager for a pooled process: no restarter, no server bookkeeping or events."""
-        return self.pool_manager_class(
+        return (manager_class or self.pool_manager_class)(
             parent=self,
             log=self.log,
             kernel_name=kernel_name,
@@ -71,6 +77,12 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
             kernel_spec_manager=self.kernel_spec_manager,
             connection_file=self._connection_file_for(kernel_id),
         )
+
+    def new_cold_provisioner(
+        self, kernel_id: str, kernel_spec: KernelSpec, parent: KernelManager
+    ) -> KernelProvisionerBase | None:
+        """The provisioner of a start the pool can't serve; ``None``: the kernelspec's own."""
+        return None
 
     def _connection_file_for(self, kernel_id: str) -> str:
         # jupyter_client's default connection_dir "" means the current directory;

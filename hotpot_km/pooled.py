@@ -7,11 +7,15 @@ import os
 import warnings
 from typing import Any
 
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.utils import ensure_event_loop
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, observe
 
+from .fork import ForkProvisioner, TemplateKernelManager, Templates
 from .limited import LimitedKernelManager
-from .pool import PoolSettings, WarmupError
+from .pool import PoolProcessManager, PoolSettings, WarmupError
 
 __all__ = ["PooledKernelManager"]
 
@@ -115,8 +119,20 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         help="Upper bound (seconds) of the back-off between failing warm-ups of a pool.",
     )
 
+    fork_from_template = Dict(
+        value_trait=Bool(),
+        config=True,
+        help="""Mapping from kernel name to whether its kernels are forked from a template
+        process that has imported ipykernel, IPython and python_imports once (e.g.
+        {"python3": true}), instead of launched: refills and starts take milliseconds and
+        the kernels share the imported modules' memory. Python (ipykernel) kernelspecs on
+        Linux only; others are launched, with one log line. The template counts against
+        max_kernels.""",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._templates = Templates(self, self._pool.budget)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -152,6 +168,41 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             max_warming=self.max_warming,
             max_retry_delay=self.max_retry_delay,
         )
+
+    def new_pool_manager(
+        self,
+        kernel_name: str,
+        kernel_id: str,
+        manager_class: type[PoolProcessManager] | None = None,
+    ) -> PoolProcessManager:
+        """In fork mode, the pooled kernel is forked from the template (see hotpot_km.fork)."""
+        if not self._templates.enabled(kernel_name):
+            return super().new_pool_manager(kernel_name, kernel_id, manager_class)
+        manager = super().new_pool_manager(kernel_name, kernel_id, TemplateKernelManager)
+        manager.templates = self._templates
+        return manager
+
+    def new_cold_provisioner(
+        self, kernel_id: str, kernel_spec: KernelSpec, parent: KernelManager
+    ) -> KernelProvisionerBase | None:
+        """In fork mode, a start without a pooled kernel is forked too, if a template is up."""
+        name = parent.kernel_name
+        if not self._templates.enabled(name) or not self._templates.reproducible(name, kernel_spec):
+            return None
+        return ForkProvisioner(
+            templates=self._templates,
+            wait_for_template=False,
+            kernel_id=kernel_id,
+            kernel_spec=kernel_spec,
+            parent=parent,
+        )
+
+    async def _async_shutdown_all(self, now: bool = False) -> None:
+        """Stop the pool and every kernel, then the templates (they report the kernels' exits)."""
+        await super()._async_shutdown_all(now=now)
+        await self._templates.aclose()
+
+    shutdown_all = _async_shutdown_all
 
     def pool_launch_kwargs(self, kernel_name: str) -> dict[str, Any]:
         """Arguments for pre-warming a kernel; a host adds its own launch policy here."""

@@ -127,7 +127,12 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.log.debug("hotpot_km: starting a %r kernel cold (%s)", name, reason)
 
     def _new_inner(self) -> KernelProvisionerBase:
-        """The kernelspec's own provisioner, as a cold start would use."""
+        """The kernelspec's own provisioner, as a cold start would use (or the host's own)."""
+        host = getattr(self.parent.parent, "new_cold_provisioner", None)
+        if host is not None:  # e.g. fork mode: forked from the template instead
+            inner = host(self.kernel_id, self.kernel_spec, self.parent)
+            if inner is not None:
+                return inner
         factory = KernelProvisionerFactory.instance(parent=self.parent.parent)
         inner = factory.create_provisioner_instance(
             self.kernel_id, self.kernel_spec, parent=self.parent

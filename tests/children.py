@@ -49,10 +49,33 @@ def child_pids(pid: int) -> list[str]:
     return found
 
 
+#: The command line of a fork template (``hotpot_km.fork``): its forked kernels are the
+#: host's kernels too, counted under ``max_kernels`` like the template itself.
+TEMPLATE_MARK = "hotpot_km/fork/template.py"
+_templates: dict[int, bool] = {}
+
+
+def _is_template(pid: int) -> bool:
+    known = _templates.get(pid)
+    if known is None:
+        known = _templates[pid] = TEMPLATE_MARK in cmdline_of(pid)
+    return known
+
+
+def kernel_pids(pid: int) -> list[str]:
+    """``child_pids(pid)``, plus the children of those that are fork templates."""
+    found = child_pids(pid)
+    for child in list(found):
+        if _is_template(int(child)):
+            found += child_pids(int(child))
+    return found
+
+
 def live_children(pid: int, with_cmdline: bool = False) -> list[Child]:
-    """Children of ``pid`` (of any of its threads) that have not exited; zombies excluded."""
+    """Children of ``pid`` (of any of its threads) that have not exited, and those of its fork
+    templates; zombies excluded."""
     found = []
-    for child in child_pids(pid):
+    for child in kernel_pids(pid):
         try:
             with open(f"/proc/{child}/stat") as f:
                 state = f.read().rsplit(")", 1)[1].split()[0]
@@ -83,7 +106,7 @@ class ChildSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.samples += 1
-            if len(child_pids(self.pid)) <= self.max:
+            if len(kernel_pids(self.pid)) <= self.max:
                 time.sleep(self._interval)
                 continue
             children = live_children(self.pid)

@@ -9,13 +9,36 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from hotpot_km import PooledKernelManager
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 MARKER = "HOTPOT_KM_TEST_MARKER"
+
+#: ``HOTPOT_KM_TEST_FORK=1`` runs the tests with fork mode on for every kernel name they use:
+#: in-process managers get it from :func:`pooled_manager`, servers from the config files
+#: :func:`isolate_jupyter` writes, as users would configure it.
+FORK = os.environ.get("HOTPOT_KM_TEST_FORK", "") == "1"
+FORK_NAMES = ("python3", "broken", "other", "plain")
+#: In a template's command line (a forked kernel shows its own, ipykernel's).
+TEMPLATE_MARK = "hotpot_km/fork/template.py"
+
+
+def fork_config() -> dict[str, bool]:
+    """``fork_from_template`` for this run: every test kernel name in a fork run, else none."""
+    return dict.fromkeys(FORK_NAMES, True) if FORK else {}
+
+
+def pooled_manager(**traits: Any) -> PooledKernelManager:
+    """A ``PooledKernelManager`` with ``traits``, in fork mode when the run asks for it."""
+    if FORK:
+        traits.setdefault("fork_from_template", fork_config())
+    return PooledKernelManager(**traits)
 
 
 def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
@@ -28,11 +51,17 @@ def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(dirs["data"]))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(dirs["runtime"]))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    # kernelspecs a test writes win over the venv's own (jupyter prefers a venv's otherwise)
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")
     monkeypatch.setenv("JUPYTER_NO_CONFIG", "")
     monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
     monkeypatch.setenv(MARKER, uuid.uuid4().hex)
     monkeypatch.chdir(dirs["work"])
+    if FORK:  # what a user writes to turn fork mode on, for every server the test starts
+        config = json.dumps({"PooledKernelManager": {"fork_from_template": fork_config()}})
+        (dirs["config"] / "jupyter_config.json").write_text(config)  # jupyter_server, KG
+        (dirs["config"] / "voila.json").write_text(config)  # Voila reads its own name
     return dirs
 
 
@@ -59,21 +88,50 @@ def marked_kernels(marker: str | None = None) -> list[psutil.Process]:
     return found
 
 
+def _live(proc: psutil.Process, needle: str) -> bool:
+    try:
+        return needle in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
+def templates(pid: int | None = None) -> list[psutil.Process]:
+    """Fork templates that are children of ``pid`` (default: this process)."""
+    try:
+        children = psutil.Process(pid or os.getpid()).children()
+    except psutil.NoSuchProcess:
+        return []
+    return [child for child in children if _live(child, TEMPLATE_MARK)]
+
+
 def kernel_children(pid: int | None = None) -> list[psutil.Process]:
-    """Kernel processes that are children of ``pid`` (default: this process).
+    """Kernel processes that are children of ``pid`` (default: this process), or children
+    of its fork templates (a forked kernel's parent is the template).
 
     Direct children only: managers launch their kernels themselves, and a kernel's own
     short-lived subprocess (ipykernel runs ``uname -p`` when it shuts down) carries the
     kernel's command line until it execs, so it must not count as one more kernel.
     """
-    parent = psutil.Process(pid or os.getpid())
-    out = []
-    for child in parent.children():
+    try:
+        children = psutil.Process(pid or os.getpid()).children()
+    except psutil.NoSuchProcess:
+        return []
+    for template in templates(pid):
         try:
-            if "ipykernel" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                out.append(child)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            children += template.children()
+        except psutil.NoSuchProcess:
             continue
+    return [child for child in children if _live(child, "ipykernel")]
+
+
+def describe(procs: list[psutil.Process]) -> list[str]:
+    """pid, parent and command line of each process, for failure messages."""
+    out = []
+    for proc in procs:
+        try:
+            out.append(f"{proc.pid} (parent {proc.ppid()}): {' '.join(proc.cmdline())[-100:]}")
+        except psutil.Error:
+            out.append(f"{proc.pid} (gone)")
     return out
 
 
@@ -84,12 +142,14 @@ def no_leftover_kernels(jupyter_dirs: dict[str, Path]) -> Iterator[None]:
     yield
     deadline = 10.0
     start = time.monotonic()
-    while marked_kernels(marker) and time.monotonic() - start < deadline:
+    while (
+        marked_kernels(marker) or marked_processes(TEMPLATE_MARK, marker)
+    ) and time.monotonic() - start < deadline:
         time.sleep(0.1)
-    left = marked_kernels(marker)
+    left = marked_kernels(marker) + marked_processes(TEMPLATE_MARK, marker)
     for proc in left:
         proc.kill()
-    assert not left, f"kernel processes left behind: {[p.pid for p in left]}"
+    assert not left, f"kernel processes left behind: {describe(left)}"
 
 
 def marked_processes(needle: str, marker: str | None = None) -> list[psutil.Process]:

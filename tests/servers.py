@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 import websocket
+from conftest import kernel_children
 
 TOKEN = "hotpot-test-token"
 
@@ -60,20 +60,9 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def kernel_pids(self) -> set[int]:
-        """Kernel processes that are children of the server (direct children only: see
+        """Kernel processes of the server: its children, or its fork templates' (see
         ``conftest.kernel_children``)."""
-        pids = set()
-        try:
-            children = psutil.Process(self.proc.pid).children()
-        except psutil.NoSuchProcess:
-            return pids
-        for child in children:
-            try:
-                if "ipykernel" in " ".join(child.cmdline()) and child.status() != "zombie":
-                    pids.add(child.pid)
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
-        return pids
+        return {p.pid for p in kernel_children(self.proc.pid)}
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:

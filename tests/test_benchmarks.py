@@ -26,7 +26,8 @@ def test_quick_benchmark_writes_table_and_chart(tmp_path: Path) -> None:
 
     table = (tmp_path / "results.md").read_text()
     assert "| scenario | system | p50 | p99 | ratio to cold (p50) | N |" in table
-    for system in ("| cold |", "| hotpot_km (this project) |", "| Voila --preheat_kernel |"):
+    for system in ("| cold |", "| hotpot_km (this project) |", "| hotpot_km, fork mode |",
+                   "| Voila --preheat_kernel |"):
         assert system in table
     for scenario in ("papermill CLI", "nbclient loop of 2 notebooks: whole loop", "pytest --nbmake"):
         assert f"| {scenario}" in table

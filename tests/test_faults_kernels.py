@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from children import ChildSampler
-from conftest import kernel_children, marked_processes
+from conftest import kernel_children, marked_processes, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from kernel_helpers import probe, shut_down, tracebacks, wait_until, write_kernelspec
 from servers import TOKEN, api, jupyter_server, port_of, running
@@ -39,7 +39,7 @@ def log(caplog: pytest.LogCaptureFixture) -> logging.Logger:
 def new_manager(log: logging.Logger, **traits) -> PooledKernelManager:
     traits.setdefault("fill_delay", 0)
     traits.setdefault("max_warming", 2)
-    km = PooledKernelManager(**traits)
+    km = pooled_manager(**traits)
     km.log = log
     return km
 

@@ -19,7 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from conftest import kernel_children, marked_kernels
+from conftest import (
+    kernel_children,
+    marked_kernels,
+    pooled_manager,
+)
 from kernel_helpers import probe, shut_down
 from servers import (
     TOKEN,
@@ -38,8 +42,6 @@ from servers import (
     ws_probe,
     ws_run,
 )
-
-from hotpot_km import PooledKernelManager
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
@@ -171,7 +173,7 @@ def test_signal_stops_the_server_and_every_kernel(
 async def test_shutdown_all_right_after_the_pool_filled_and_twice(jupyter_dirs):
     """``shutdown_all()`` in the same breath as the warm-up that woke the filler: the
     filler's cancellation must not get lost (it once did, and shutdown hung)."""
-    km = PooledKernelManager(kernel_pools={"python3": 1}, fill_delay=0, max_warming=2)
+    km = pooled_manager(kernel_pools={"python3": 1}, fill_delay=0, max_warming=2)
     await km.wait_for_pool()
     assert len(kernel_children()) == 1
     await shut_down(km)
@@ -185,7 +187,7 @@ async def test_shutdown_all_while_filling_with_handed_out_kernels_and_concurrent
 ):
     warming = tmp_path / "warming"
     warming.mkdir()
-    km = PooledKernelManager(
+    km = pooled_manager(
         kernel_pools={},
         fill_delay=0,
         max_warming=2,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MARKER, isolate_jupyter, kernel_children, marked_kernels
+from conftest import MARKER, isolate_jupyter, kernel_children, marked_kernels, pooled_manager
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
@@ -88,7 +88,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     try:
 
         async def create() -> PooledKernelManager:
-            km = PooledKernelManager(kernel_pools={"python3": 2}, fill_delay=0, max_warming=2)
+            km = pooled_manager(kernel_pools={"python3": 2}, fill_delay=0, max_warming=2)
             await km.wait_for_pool()
             return km
 

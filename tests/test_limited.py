@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import kernel_children
+from conftest import kernel_children, pooled_manager
 from kernel_helpers import probe
 
-from hotpot_km import LimitedKernelManager, MaximumKernelsException, PooledKernelManager
+from hotpot_km import LimitedKernelManager, MaximumKernelsException
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
@@ -29,7 +29,7 @@ async def test_limited_kernel_manager_refuses_past_the_limit(jupyter_dirs):
 
 
 async def test_pooled_kernels_count_toward_the_limit(jupyter_dirs):
-    km = PooledKernelManager(kernel_pools={"python3": 2}, max_kernels=3, fill_delay=0)
+    km = pooled_manager(kernel_pools={"python3": 2}, max_kernels=3, fill_delay=0)
     try:
         await km.wait_for_pool()
         pooled = {p.pid for p in kernel_children()}
@@ -54,7 +54,7 @@ async def test_a_request_for_another_name_evicts_an_idle_pooled_kernel(jupyter_d
     from test_pooled import make_kernelspec
 
     make_kernelspec(jupyter_dirs["data"], "other")
-    km = PooledKernelManager(kernel_pools={"python3": 2}, max_kernels=2, fill_delay=0)
+    km = pooled_manager(kernel_pools={"python3": 2}, max_kernels=2, fill_delay=0)
     try:
         await km.wait_for_pool()
         pooled = {p.pid for p in kernel_children()}

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from conftest import kernel_children
+from conftest import kernel_children, pooled_manager
 from nbclient import NotebookClient
-
-from hotpot_km import PooledKernelManager
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
 
 async def test_nbclient_runs_a_notebook_on_a_pooled_kernel(jupyter_dirs):
-    km = PooledKernelManager(kernel_pools={"python3": 1}, python_imports=["colorsys"])
+    km = pooled_manager(kernel_pools={"python3": 1}, python_imports=["colorsys"])
     try:
         await km.wait_for_pool()
         pooled = {p.pid for p in kernel_children()}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import kernel_children
+from conftest import kernel_children, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from kernel_helpers import probe, run
 
@@ -53,7 +53,7 @@ def log(caplog: pytest.LogCaptureFixture) -> logging.Logger:
 async def new_manager(log: logging.Logger, **traits) -> PooledKernelManager:
     traits.setdefault("fill_delay", 0)
     traits.setdefault("max_warming", 2)
-    km = PooledKernelManager(**traits)
+    km = pooled_manager(**traits)
     km.log = log
     return km
 

@@ -1,0 +1,322 @@
+"""The fork templates of one manager: at most one per kernel name, each counted as a process.
+
+A template is started on the first start of a kernel name in fork mode and
+lives until the manager shuts down, is replaced when it dies or when the pool's
+own launches change what it fixed (interpreter, startup-only env, imports), and
+holds one ``max_kernels`` slot. When a template can't be had (the kernelspec is
+not one it can reproduce, it refused, no slot is free), starts launch as usual,
+and the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import sys
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+from ..budget import KernelBudget, Slot
+from ..languages import PYTHON
+from .host import ForkedProcess, TemplateError, TemplateKey, TemplateProcess, kernel_command
+
+#: Deaths of a template (of the same key) after which fork mode gives up on that name.
+MAX_DEATHS = 3
+
+
+class ForkHost(Protocol):
+    """What the templates need from the manager that owns them."""
+
+    log: logging.Logger | logging.LoggerAdapter[Any]
+    fork_from_template: Mapping[str, bool]
+    python_imports: Sequence[str]
+    startup_timeout: float
+    init_timeout: float
+
+
+@dataclass(eq=False)
+class _Entry:
+    """The current template of a kernel name, starting or running."""
+
+    key: TemplateKey
+    template: TemplateProcess | None = None
+    task: asyncio.Task[TemplateProcess | None] | None = None
+    ready: bool = False
+
+
+@dataclass
+class _History:
+    key: TemplateKey | None = None
+    deaths: int = 0
+    refused: str | None = None
+    logged: set[str] = field(default_factory=set)
+
+
+class Templates:
+    """Starts, hands out, replaces and stops the templates of one manager."""
+
+    def __init__(self, host: ForkHost, budget: KernelBudget) -> None:
+        self._host = host
+        self._budget = budget
+        self._entries: dict[str, _Entry] = {}
+        self._history: dict[str, _History] = {}
+        self._slots: dict[TemplateProcess, Slot] = {}
+        self._live: set[TemplateProcess] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[Any]:
+        return self._host.log
+
+    def enabled(self, name: str) -> bool:
+        return bool(self._host.fork_from_template.get(name))
+
+    # -- can this kernel be forked at all? -----------------------------------------------------
+
+    def reproducible(self, name: str, spec: KernelSpec) -> bool:
+        """Whether a template can start what ``spec`` starts (else: logged once, launched)."""
+        reason = self._unreproducible(spec)
+        if reason is not None:
+            self._note(name, f"{reason}; its kernels are launched instead")
+            return False
+        return True
+
+    @staticmethod
+    def _unreproducible(spec: KernelSpec) -> str | None:
+        if (spec.language or "").lower() != "python":
+            return f"its kernelspec's language is {spec.language!r}, not Python"
+        if kernel_command(spec.argv) is None:
+            shown = " ".join(spec.argv)
+            return (
+                f"its kernelspec's argv ({shown}) is not '<python> [flags] -m ipykernel_launcher …'"
+            )
+        provisioner = (spec.metadata or {}).get("kernel_provisioner")
+        factory = KernelProvisionerFactory.instance()
+        name = (provisioner or {}).get("provisioner_name", factory.default_provisioner_name)
+        if name != "local-provisioner" or (provisioner or {}).get("config"):
+            return f"its kernelspec is started by the {name!r} provisioner"
+        return None
+
+    # -- forking -------------------------------------------------------------------------------
+
+    async def fork(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cwd: str,
+        env: Mapping[str, str],
+        base_env: Mapping[str, str],
+        *,
+        wait: bool,
+    ) -> ForkedProcess | None:
+        """Fork the kernel ``argv`` describes, or ``None``: launch it instead.
+
+        ``base_env`` is the env the template is started with if there is none yet
+        (never a request's own: /proc/<pid>/environ of every child shows it).
+        ``wait``: wait for a template that is starting (the pool's refills) rather
+        than launch (a request in front of a user); at most half of
+        ``startup_timeout``, so a slow template never fails a refill: past that,
+        the kernel is launched and later refills fork.
+        """
+        if self.closed or not self.enabled(name):
+            return None
+        missing = unsupported()
+        if missing is not None:
+            self._note(name, f"{missing}; its kernels are launched instead")
+            return None
+        split = kernel_command(argv)
+        if split is None:
+            self._note(name, "the command to start is not '<python> -m ipykernel_launcher …'")
+            return None
+        imports = tuple(self._host.python_imports)
+        key = TemplateKey(tuple(split[0]), startup_values(env), imports)
+        template = await self._template(name, key, cwd, base_env, argv, wait=wait)
+        if template is None:
+            return None
+        try:
+            return await template.fork(argv, cwd, env, timeout=self._host.startup_timeout)
+        except TemplateError as error:
+            self.log.warning(
+                "hotpot_km: forking a %r kernel failed (%s); launching it instead", name, error
+            )
+            return None
+
+    async def _template(
+        self,
+        name: str,
+        key: TemplateKey,
+        cwd: str,
+        env: Mapping[str, str],
+        argv: Sequence[str],
+        *,
+        wait: bool,
+    ) -> TemplateProcess | None:
+        entry = self._entries.get(name)
+        if entry is not None and entry.key != key:
+            if not wait:
+                return None  # a request with other startup-only values: launched
+            self._retire(name)  # the pool's own launches changed: a new template
+            entry = None
+        if entry is None:
+            base = dict(env)
+            if startup_values(base) != key.startup_env:
+                return None  # the request's startup values are not the pool's: launched
+            history = self._history.setdefault(name, _History())
+            if history.key != key:
+                history.key, history.deaths, history.refused = key, 0, None
+            if history.refused is not None:
+                return None
+            room = len(b"\0".join(os.fsencode(a) for a in argv)) + 1024
+            entry = self._begin(name, key, cwd, base, room)
+            if entry is None:
+                return None
+        if entry.ready and entry.template is not None and entry.template.alive:
+            return entry.template
+        if not wait or entry.task is None:
+            return None
+        task = entry.task
+        try:
+            template = await asyncio.wait_for(asyncio.shield(task), self._host.startup_timeout / 2)
+        except asyncio.TimeoutError:
+            self.log.debug("hotpot_km: the fork template for %r is still starting", name)
+            return None
+        except asyncio.CancelledError:
+            if task.cancelled():  # retired meanwhile, not our caller's cancellation
+                return None
+            raise
+        return template if template is not None and template.alive else None
+
+    def _begin(
+        self, name: str, key: TemplateKey, cwd: str, env: dict[str, str], room: int
+    ) -> _Entry | None:
+        slot = self._budget.try_take()
+        if slot is None:
+            self._note(name, "max_kernels leaves no room for a template process right now")
+            return None
+        entry = _Entry(key)
+        self._entries[name] = entry
+        entry.task = self._spawn(self._start(name, entry, cwd, env, room, slot), name)
+        return entry
+
+    async def _start(
+        self, name: str, entry: _Entry, cwd: str, env: dict[str, str], room: int, slot: Slot
+    ) -> TemplateProcess | None:
+        # the slot registers the template's process group with the host's keeper
+        template = TemplateProcess(name, entry.key, self.log, self._exited, on_spawn=slot.bind)
+        entry.template = template
+        self._slots[template] = slot
+        self._live.add(template)
+        timeout = self._host.startup_timeout + self._host.init_timeout
+        try:
+            await template.start(cwd, env, room, timeout)
+        except TemplateError as error:
+            history = self._history.setdefault(name, _History())
+            history.refused = str(error)
+            if history.refused not in history.logged:
+                history.logged.add(history.refused)
+                self.log.error(
+                    "hotpot_km: the fork template for %r kernels failed: %s. Kernels of %r "
+                    "are launched instead.",
+                    name,
+                    error,
+                    name,
+                )
+            self._forget(name, entry)
+            if template.process is None:
+                self._release(template)
+            return None
+        except BaseException:
+            self._forget(name, entry)
+            if template.process is None:
+                self._release(template)
+            raise
+        entry.ready = True
+        self.log.info("hotpot_km: fork template for %r kernels ready (pid %s)", name, template.pid)
+        return template
+
+    def _exited(self, template: TemplateProcess, status: int | None) -> None:
+        """A template process is gone (stopped or died): free its slot, replace it on demand."""
+        self._release(template)
+        entry = self._entries.get(template.name)
+        if entry is not None and entry.template is template:
+            self._forget(template.name, entry)
+            if entry.ready and not template.stopping and not self.closed:
+                history = self._history.setdefault(template.name, _History())
+                history.deaths += 1
+                if history.deaths >= MAX_DEATHS:
+                    history.refused = f"it exited {history.deaths} times"
+                self.log.warning(
+                    "hotpot_km: the fork template for %r kernels exited (status %s); the kernels "
+                    "it forked keep running. %s",
+                    template.name,
+                    status,
+                    f"Kernels of {template.name!r} are launched from now on."
+                    if history.refused
+                    else "The next start of one starts a new template.",
+                )
+
+    def _release(self, template: TemplateProcess) -> None:
+        self._live.discard(template)
+        slot = self._slots.pop(template, None)
+        if slot is not None:
+            slot.release()
+
+    def _forget(self, name: str, entry: _Entry) -> None:
+        if self._entries.get(name) is entry:
+            del self._entries[name]
+
+    def _retire(self, name: str) -> None:
+        entry = self._entries.pop(name, None)
+        if entry is None:
+            return
+        if entry.task is not None and not entry.task.done():
+            entry.task.cancel()
+        if entry.template is not None:
+            self._spawn(entry.template.aclose(), name)
+
+    def _note(self, name: str, reason: str) -> None:
+        history = self._history.setdefault(name, _History())
+        if reason not in history.logged:
+            history.logged.add(reason)
+            self.log.warning("hotpot_km: fork_from_template[%r] is set, but %s", name, reason)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"hotpot_km template {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop every template (the kernels they forked are their owners' to stop)."""
+        self.closed = True
+        for name in list(self._entries):
+            self._retire(name)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+@functools.cache
+def unsupported() -> str | None:
+    """Why fork mode can't work on this system, or ``None``: it needs pidfds (Linux ≥ 5.3)."""
+    if sys.platform != "linux" or not hasattr(os, "pidfd_open"):
+        return "fork mode needs Linux (pidfds, Linux 5.3 or later)"
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError as error:
+        return f"fork mode needs pidfds (Linux 5.3 or later): {error}"
+    return None
+
+
+def startup_values(env: Mapping[str, str]) -> tuple[tuple[str, str | None], ...]:
+    """The variables a Python process reads only at start, as a template fixes them."""
+    return tuple((k, env.get(k)) for k in sorted(PYTHON.startup_env))
+

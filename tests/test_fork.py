@@ -1,0 +1,440 @@
+"""Fork mode: kernels forked from a pre-imported template, compared with launched ones.
+
+Real templates, real forked ipykernels, real servers; fork mode is switched on here by
+configuration whatever ``HOTPOT_KM_TEST_FORK`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+
+import psutil
+import pytest
+import requests
+from children import ChildSampler
+from conftest import (
+    TEMPLATE_MARK,
+    kernel_children,
+    marked_kernels,
+    marked_processes,
+    templates,
+)
+from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+from kernel_helpers import probe, run, shut_down, wait_until, write_kernelspec
+from servers import (
+    TOKEN,
+    api,
+    free_port,
+    jupyter_server,
+    new_session,
+    port_of,
+    running,
+    voila_command,
+    wait_for,
+    write_notebook,
+)
+
+from hotpot_km import MaximumKernelsException, PooledKernelManager
+
+pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
+
+FORK = {"python3": True, "other": True}
+
+
+@pytest.fixture
+def log(caplog: pytest.LogCaptureFixture) -> logging.Logger:
+    caplog.set_level(logging.DEBUG, logger="hotpot_fork")
+    return logging.getLogger("hotpot_fork")
+
+
+def new_manager(log: logging.Logger, **traits) -> PooledKernelManager:
+    traits.setdefault("fill_delay", 0)
+    traits.setdefault("max_warming", 2)
+    traits.setdefault("fork_from_template", FORK)
+    km = PooledKernelManager(**traits)
+    km.log = log
+    return km
+
+
+def template_pid() -> int:
+    found = templates()
+    assert len(found) == 1, found
+    return found[0].pid
+
+
+def forked_pids(template: int) -> set[int]:
+    return {p.pid for p in kernel_children(template)}
+
+
+def parent_of(pid: int) -> int:
+    return psutil.Process(pid).ppid()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()]
+
+
+#: What a kernel looks like from inside, beyond cwd and env (see kernel_helpers.PROBE).
+STATE = r"""
+import gc, json, os, random, signal, stat, sys, threading
+import matplotlib, matplotlib.pyplot, numpy
+from ipykernel.parentpoller import ParentPollerUnix
+app = get_ipython().kernel.parent
+with open("/proc/self/cmdline", "rb") as f:
+    cmdline = [a.decode() for a in f.read().split(b"\0") if a]
+handlers = {}
+for signum in sorted(signal.valid_signals()):
+    try:
+        handler = signal.getsignal(signum)
+    except (OSError, ValueError):
+        continue
+    handlers[str(signum)] = getattr(handler, "__name__", str(handler))
+mask = os.umask(0); os.umask(mask)
+print(json.dumps({
+    "pid": os.getpid(),
+    "argv0": sys.argv[0], "args": sys.argv[1:2], "connection_file": sys.argv[2],
+    "orig_argv": sys.orig_argv[:4], "path": sys.path, "flags": str(sys.flags),
+    "cwd": os.getcwd(), "env": dict(os.environ),
+    "cmdline": cmdline,
+    "handlers": handlers,
+    "session_leader": os.getsid(0) == os.getpid() == os.getpgid(0),
+    "stdin_is_pipe": stat.S_ISFIFO(os.fstat(0).st_mode), "stdin_at_eof": os.read(0, 1) == b"",
+    "gc": gc.isenabled(),
+    # (a forked kernel's poller is a ParentPollerUnix that watches the host, not its parent)
+    "threads": sorted("parent poller" if isinstance(t, ParentPollerUnix) else type(t).__name__
+                      for t in threading.enumerate()),
+    "poller": isinstance(app.poller, ParentPollerUnix), "parent_handle": app.parent_handle,
+    "backend": matplotlib.get_backend(),
+    "main_is_user_ns": sys.modules["__main__"].__dict__ is globals(),
+    "numpy_is_kernel_code": any(f.startswith(os.path.dirname(numpy.__file__))
+                                for f in get_ipython().kernel._kernel_modules),
+    "umask": mask,
+    "random": random.random(), "numpy_random": float(numpy.random.random()),
+}))
+"""
+
+
+async def state(km: AsyncMultiKernelManager, kernel_id: str) -> dict:
+    out, reply = await run(km, kernel_id, STATE)
+    assert reply["status"] == "ok", reply
+    return json.loads(out.strip().splitlines()[-1])
+
+
+SAME = ["argv0", "args", "orig_argv", "path", "flags", "cwd", "env", "handlers",
+        "session_leader", "stdin_is_pipe", "stdin_at_eof", "gc", "threads", "poller",
+        "parent_handle", "backend", "main_is_user_ns", "numpy_is_kernel_code", "umask"]
+
+
+async def test_a_forked_kernel_is_in_the_state_of_a_cold_start(jupyter_dirs, log):
+    """A handed-out forked kernel and a forked start without a pooled kernel look like a
+    launched kernel started with the same cwd and env (apart from the imported modules);
+    random generators are seeded per kernel."""
+    imports = ["numpy.random", "matplotlib.pyplot"]
+    km = new_manager(log, kernel_pools={"python3": 1}, python_imports=imports)
+    cold = AsyncMultiKernelManager()
+    cwd = jupyter_dirs["data"]
+    env = dict(os.environ, REQUEST="r1", JPY_SESSION_NAME="dir/nb.ipynb")
+    try:
+        await km.wait_for_pool()
+        template = template_pid()
+        pooled = forked_pids(template)
+        handed = await km.start_kernel(cwd=str(cwd), env=env)
+        started = await km.start_kernel(cwd=str(cwd), env=env)  # the pool is empty: forked
+        reference = await cold.start_kernel(cwd=str(cwd), env=env)
+        seen = {"handed": await state(km, handed), "started": await state(km, started)}
+        expected = await state(cold, reference)
+
+        assert seen["handed"]["pid"] in pooled
+        assert parent_of(seen["started"]["pid"]) == template
+        assert parent_of(expected["pid"]) == os.getpid()
+        for kind, got in seen.items():
+            for key in SAME:
+                assert got[key] == expected[key], (kind, key)
+            assert got["cmdline"][:4] == [sys.executable, "-m", "ipykernel_launcher", "-f"]
+            assert got["cmdline"][4] == got["connection_file"]
+            assert got["random"] != expected["random"]
+            assert got["numpy_random"] != expected["numpy_random"]
+        assert seen["handed"]["random"] != seen["started"]["random"]
+        assert seen["handed"]["numpy_random"] != seen["started"]["numpy_random"]
+        assert expected["backend"] == "inline" or "inline" in expected["backend"]
+        assert expected["poller"] and expected["parent_handle"] == os.getpid()
+    finally:
+        await shut_down(km)
+        await cold.shutdown_all(now=True)
+
+
+async def test_starts_without_a_pooled_kernel_are_forked_too(jupyter_dirs, log):
+    km = new_manager(log, kernel_pools={"python3": 1})
+    try:
+        await km.wait_for_pool()
+        template = template_pid()
+        kids = await asyncio.gather(*(km.start_kernel() for _ in range(4)))
+        pids = [(await probe(km, kid))["pid"] for kid in kids]
+        assert len(set(pids)) == 4
+        assert all(parent_of(pid) == template for pid in pids)
+        # the pool's safety net and a keeper see their process groups
+        groups = {g for g in (km.get_kernel(k).provisioner.process_group() for k in kids)}
+        assert groups == set(pids)
+        assert km._templates.process_groups() == [template]
+    finally:
+        await shut_down(km)
+    assert not templates()
+
+
+async def test_signals_interrupt_restart_and_kill_reach_a_forked_kernel(jupyter_dirs, log):
+    """The host is not the parent of a forked kernel; it interrupts, signals, restarts,
+    kills and waits for it all the same (by pidfd)."""
+    km = new_manager(log, kernel_pools={"python3": 1})
+    try:
+        await km.wait_for_pool()
+        template = template_pid()
+        kid = await km.start_kernel()
+        first = (await probe(km, kid))["pid"]
+        assert parent_of(first) == template
+
+        client = km.get_kernel(kid).client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=30)
+            running = asyncio.ensure_future(
+                client.execute_interactive("import time; time.sleep(60)", timeout=60)
+            )
+            await asyncio.sleep(1)
+            await km.interrupt_kernel(kid)
+            reply = await asyncio.wait_for(running, 30)
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+        finally:
+            client.stop_channels()
+
+        # a signal the kernel handles: SIGUSR1 is ignored by no one, so set a handler first
+        out, _ = await run(km, kid, "import signal\nhits = []\n"
+                           "signal.signal(signal.SIGUSR1, lambda *a: hits.append(1))")
+        await km.signal_kernel(kid, signal.SIGUSR1)
+        out, _ = await run(km, kid, "import time; time.sleep(0.2); print(len(hits))")
+        assert out.strip() == "1"
+
+        km.kernel_pools = {}  # no pooled kernel: a normal restart, forked again
+        await wait_until(lambda: not (forked_pids(template) - {first}), what="pool emptied")
+        await km.restart_kernel(kid)
+        second = (await probe(km, kid))["pid"]
+        assert second != first and parent_of(second) == template
+        assert not alive(first)
+
+        await km.shutdown_kernel(kid, now=True)
+        assert not alive(second)
+    finally:
+        await shut_down(km)
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+UNSAFE = {
+    "python_thread": (
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True)"
+        ".start()\n",
+        "the imports started Python threads",
+    ),
+    "native_thread": (
+        "import _thread, time\n_thread.start_new_thread(time.sleep, (600,))\n",
+        "native thread(s)",
+    ),
+    "cuda": (
+        "import ctypes, os\nctypes.CDLL(os.path.join(os.path.dirname(__file__), 'libcuda.so.1'))\n",
+        "a CUDA driver is loaded",
+    ),
+    "event_loop": (
+        "import asyncio\nasyncio.set_event_loop(asyncio.new_event_loop())\n",
+        "the imports created an asyncio event loop",
+    ),
+    "failing_import": ("raise ImportError('no such thing')\n", "importing 'unsafe_import' failed"),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSAFE))
+async def test_unsafe_templates_are_refused_and_kernels_launched(jupyter_dirs, log, caplog, kind):
+    code, reason = UNSAFE[kind]
+    work = jupyter_dirs["work"]  # the kernels' cwd, so on their sys.path
+    (work / "unsafe_import.py").write_text(code)
+    if kind == "cuda":  # any shared library will do: only its name is looked at
+        import _ctypes
+
+        shutil.copy(_ctypes.__file__, work / "libcuda.so.1")
+    km = new_manager(log, kernel_pools={"python3": 1}, python_imports=["unsafe_import"])
+    try:
+        if kind == "failing_import":  # launched kernels fail their warm-up as well
+            await wait_until(lambda: records(caplog, logging.ERROR, reason), what="refusal")
+        else:
+            await km.wait_for_pool()
+        refused = records(caplog, logging.ERROR, "fork template for 'python3' kernels failed")
+        assert len(refused) == 1, refused
+        assert reason in refused[0] and "launched instead" in refused[0]
+        await wait_until(lambda: not templates(), what="the refused template exited")
+        kid = await km.start_kernel()
+        assert parent_of((await probe(km, kid))["pid"]) == os.getpid()  # launched
+        assert len(records(caplog, logging.ERROR, "fork template")) == 1  # logged once
+    finally:
+        await shut_down(km)
+
+
+async def test_a_kernelspec_the_template_cannot_reproduce_is_launched(jupyter_dirs, log, caplog):
+    write_kernelspec(jupyter_dirs["data"], "other",
+                     [sys.executable, "-m", "ipykernel", "-f", "{connection_file}"])
+    km = new_manager(log, kernel_pools={"other": 2})
+    try:
+        await km.wait_for_pool()
+        kid = await km.start_kernel(kernel_name="other")
+        assert parent_of((await probe(km, kid))["pid"]) == os.getpid()
+        await km.start_kernel(kernel_name="other")
+        assert not templates()
+        notes = records(caplog, logging.WARNING, "fork_from_template['other'] is set, but")
+        assert len(notes) == 1, notes
+        assert "ipykernel_launcher" in notes[0] and "launched instead" in notes[0]
+    finally:
+        await shut_down(km)
+
+
+# -- the template dies -------------------------------------------------------------------------
+
+
+async def test_a_dead_template_is_replaced_and_its_kernels_live_on(jupyter_dirs, log, caplog):
+    km = new_manager(log, kernel_pools={"python3": 2})
+    try:
+        await km.wait_for_pool()
+        old = template_pid()
+        orphans = forked_pids(old)
+        assert len(orphans) == 2
+        os.kill(old, signal.SIGKILL)
+        await wait_until(lambda: not alive(old), what="template gone")
+        await wait_until(lambda: records(caplog, logging.WARNING, "exited"), what="noticed")
+        # its kernels are their owner's: still alive, still handed out, still controlled
+        assert all(alive(pid) for pid in orphans)
+        kids = [await km.start_kernel(), await km.start_kernel()]
+        served = {kid: (await probe(km, kid))["pid"] for kid in kids}
+        assert set(served.values()) == orphans
+        # the refills come from a new template
+        await km.wait_for_pool()
+        new = template_pid()
+        assert new != old and len(forked_pids(new)) == 2
+        await km.shutdown_kernel(kids[0], now=True)  # an orphan, shut down by pidfd
+        assert not alive(served[kids[0]])
+        warned = records(caplog, logging.WARNING, "the fork template for 'python3' kernels exited")
+        assert len(warned) == 1 and "keep running" in warned[0]
+    finally:
+        await shut_down(km)
+    await wait_until(lambda: not any(alive(p) for p in orphans), 10, "orphans gone")
+
+
+# -- max_kernels -------------------------------------------------------------------------------
+
+
+async def test_max_kernels_counts_the_template(jupyter_dirs, log, caplog):
+    km = new_manager(log, kernel_pools={"python3": 2}, max_kernels=3)
+    with ChildSampler(os.getpid(), interval=0.002) as counter:
+        try:
+            await km.wait_for_pool()
+            assert len(templates()) == 1 and len(kernel_children()) == 2
+            kids = [await km.start_kernel(), await km.start_kernel()]
+            await asyncio.sleep(1)  # no room to refill: template + 2 kernels
+            assert len(kernel_children()) == 2
+            with pytest.raises(MaximumKernelsException):
+                await km.start_kernel()
+            await km.shutdown_kernel(kids[0], now=True)
+            third = await km.start_kernel()  # the freed slot: forked, no pooled kernel left
+            assert parent_of((await probe(km, third))["pid"]) == template_pid()
+        finally:
+            await shut_down(km)
+    assert counter.max <= 3, counter.at_max
+
+
+async def test_no_room_for_a_template_means_launched_kernels(jupyter_dirs, log, caplog):
+    km = new_manager(log, kernel_pools={"python3": 1}, max_kernels=1)
+    try:
+        await km.wait_for_pool()
+        assert not templates()
+        kid = await km.start_kernel()
+        assert parent_of((await probe(km, kid))["pid"]) == os.getpid()
+        notes = records(caplog, logging.WARNING, "max_kernels leaves no room")
+        assert len(notes) == 1
+    finally:
+        await shut_down(km)
+
+
+# -- the host goes away ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "watched"),
+    [(signal.SIGKILL, True), (signal.SIGKILL, False), (signal.SIGTERM, False)],
+    ids=["SIGKILL", "SIGKILL-unwatched", "SIGTERM-unwatched"],
+)
+def test_no_process_outlives_a_killed_or_stopped_server(jupyter_dirs, tmp_path, sig, watched):
+    """jupyter_server in fork mode with pooled and handed-out kernels, stopped or SIGKILLed:
+    the template and every kernel go, also kernels that don't watch their parent."""
+    if not watched:
+        write_kernelspec(jupyter_dirs["data"], "python3",
+                         [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                          "--IPKernelApp.parent_handle=0"])
+    (jupyter_dirs["config"] / "jupyter_server_config.py").write_text(
+        'c.ServerApp.kernel_manager_class = "hotpot_km.mapping.PooledMappingKernelManager"\n'
+        'c.PooledKernelManager.kernel_pools = {"python3": 2}\n'
+        'c.PooledKernelManager.fork_from_template = {"python3": True}\n'
+        "c.PooledKernelManager._wait_at_startup = True\n"
+    )
+    root = tmp_path / "root"
+    write_notebook(root / "nb.ipynb", "1+1")
+    argv = jupyter_server(tmp_path, root)
+    with running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
+                 log=tmp_path / "server.log") as server:
+        new_session(server, "nb.ipynb")
+        assert api(server, "POST", "/api/kernels", json={"name": "python3"}).ok
+        [template] = templates(server.proc.pid)
+        wait_for(lambda: len(server.kernel_pids()) == 4, what="2 handed out, 2 refilled")
+        assert all(parent_of(pid) == template.pid for pid in server.kernel_pids())
+        server.stop(sig)
+    wait_for(lambda: not marked_kernels() and not marked_processes(TEMPLATE_MARK), timeout=10,
+             what="every kernel and the template gone")
+
+
+def test_voila_in_fork_mode_serves_pages_from_forked_kernels(jupyter_dirs, tmp_path):
+    """The seed voila.json plus fork_from_template: pages run in forked kernels."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "voila.json").write_text(json.dumps({
+        "VoilaConfiguration": {
+            "multi_kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"},
+        "PooledKernelManager": {"kernel_pools": {"python3": 2}, "_wait_at_startup": True,
+                                "fork_from_template": {"python3": True}},
+    }))
+    write_notebook(app / "dashboard.ipynb",
+                   "import os\nprint('PID', os.getpid(), 'URL', os.environ['VOILA_REQUEST_URL'])")
+    port = free_port()
+    with running(voila_command("dashboard.ipynb", port), cwd=app, port=port,
+                 ready_path="/voila/files/voila.json", log=tmp_path / "voila.log") as server:
+        [template] = templates(server.proc.pid)
+        pids = []
+        for query in ("?a=1", "?b=2", "?c=3"):
+            page = requests.get(server.url + "/" + query, timeout=120)
+            assert page.status_code == 200, server.log()[-3000:]
+            match = re.search(r"PID (\d+) URL (\S+)", page.text)
+            assert match and query in match.group(2)
+            pids.append(int(match.group(1)))
+        assert len(set(pids)) == 3
+        assert all(parent_of(pid) == template.pid for pid in pids)
+        assert "Traceback" not in server.log()
+    assert not marked_kernels()
+
