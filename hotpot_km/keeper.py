@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 
-__all__ = ["Keeper", "ensure_running", "kill_all", "register", "unregister"]
+__all__ = ["Keeper", "ensure_running", "kill_all", "register", "registered", "unregister"]
 
 
 class Keeper:
@@ -156,6 +156,12 @@ def register(group: int) -> None:
 def unregister(group: int) -> None:
     """The group's process is gone (reaped): forget it."""
     _KEEPER.unregister(group)
+
+
+def registered() -> frozenset[int]:
+    """The process groups registered now (what the keeper would kill)."""
+    with _KEEPER._lock:
+        return frozenset(_KEEPER._groups)
 
 
 def kill_all() -> None:
