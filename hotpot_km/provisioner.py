@@ -77,7 +77,7 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         # a cold start reads the kernelspec afresh, as jupyter_client's own would
         self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
         if self._inner is not None and self._adopted:
-            await self._finish_inner()
+            self._relaunch_adopted()
         if self._inner is None:
             self._inner = self._new_inner()
         return await self._inner.pre_launch(**kwargs)
@@ -118,6 +118,16 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.log.debug("hotpot_km: handed out a pooled %r kernel", request.kernel_name)
             return handed.cmd
         return None
+
+    def _relaunch_adopted(self) -> None:
+        """A cold restart of a handed-out process: its provisioner relaunches it for the host's
+        manager, which holds the same ports and key (as jupyter_client's own restart keeps
+        them), so clients connected before the restart keep working."""
+        assert self._inner is not None
+        self._inner.parent = self.parent
+        self._inner.kernel_id = self.kernel_id
+        self._inner.kernel_spec = self.kernel_spec
+        self._adopted = False
 
     def _new_inner(self) -> KernelProvisionerBase:
         """The kernelspec's own provisioner, as a cold start would use."""
@@ -220,10 +230,13 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._pool.retire(inner, slot, files, grace)
 
     async def cleanup(self, restart: bool = False) -> None:
-        if self._inner is not None and (self._adopted or not restart):
+        if self._inner is not None and not restart:
             await self._finish_inner()
         elif self._inner is not None:
+            # keep the ports: a cold relaunch reuses them (see _relaunch_adopted)
             await self._inner.cleanup(restart=True)
+            files, self._files = self._files, []
+            remove_files(files)  # the pool's connection file of a handed-out process
         if not restart:
             if self._slot is not None and not self.has_process:
                 self._slot.release()
