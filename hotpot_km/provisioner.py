@@ -69,7 +69,9 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             victim, self._victim = self._victim, None
             self._slot = await self._pool.discard(victim)
         restarting, self._launched = self._launched, True
-        handed = await self._take_from_pool(request, ready_only=restarting)
+        handed = None
+        if not restarting or self._pool.warm_restarts:
+            handed = await self._take_from_pool(request, ready_only=restarting)
         if handed:
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
         if self._slot is None:
@@ -218,6 +220,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self._inner is not None:
             await self._inner.shutdown_requested(restart=restart)
         if not restart or self._request is None or self._inner is None:
+            return
+        if not self._pool.warm_restarts:
             return
         kernel = self._pool.claim(self._request.kernel_name, self._request, ready_only=True)
         if kernel is None:
