@@ -10,6 +10,7 @@ restarts come back here, so they can take warm kernels too.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
@@ -24,12 +25,22 @@ if TYPE_CHECKING:
 
     from .pool import KernelPool, Reservation
 
+#: Called after a relaunch gave a kernel other ports or another key: (kernel id, old info).
+ConnectionChanged = Callable[[str, "KernelConnectionInfo"], Awaitable[None]]
+
 
 class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     """Serves launches from a :class:`~hotpot_km.pool.KernelPool`, else through the
     kernelspec's own provisioner (a cold start, counted against ``max_kernels``)."""
 
-    def __init__(self, *, pool: KernelPool, reservation: Reservation, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        pool: KernelPool,
+        reservation: Reservation,
+        on_connection_changed: ConnectionChanged | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._pool = pool
         self._claimed: PooledKernel | None = reservation.kernel
@@ -41,6 +52,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._request: LaunchRequest | None = None
         self._launched = False
         self._pooled_launch: dict[str, Any] | None = None
+        self._on_connection_changed = on_connection_changed
+        self._previous: dict[str, Any] | None = None  # connection info before a restart
         LIVE_PROVISIONERS.add(self)
 
     # -- launching ---------------------------------------------------------------------------
@@ -159,6 +172,18 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def post_launch(self, **kwargs: Any) -> None:
         if self._inner is not None and not self._adopted:
             await self._inner.post_launch(**kwargs)
+        previous, self._previous = self._previous, None
+        if previous is None or self._on_connection_changed is None:
+            return
+        if previous != dict(self.parent.get_connection_info()):
+            try:
+                await self._on_connection_changed(self.kernel_id, previous)
+            except Exception:
+                self.log.warning(
+                    "hotpot_km: could not move the clients of kernel %s to its new ports",
+                    self.kernel_id,
+                    exc_info=True,
+                )
 
     async def _give_back(self) -> None:
         """After a failed launch: release what this start held and no process uses."""
@@ -234,6 +259,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._pool.retire(inner, slot, files, grace)
 
     async def cleanup(self, restart: bool = False) -> None:
+        if restart:
+            self._previous = dict(self.parent.get_connection_info())
         if self._inner is not None and not restart:
             await self._finish_inner()
         elif self._inner is not None:
