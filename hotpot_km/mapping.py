@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Collection
 from functools import partial
 from typing import Any
 
@@ -45,13 +46,15 @@ class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager)
         websocket of the kernel receives its IOPub messages again; the returned future holds
         the outcome, as jupyter_server's does.
 
-        A port change is handled during the restart (:meth:`kernel_connection_changed`).
-        Without one, the websockets' sockets reconnect by themselves, but their IOPub
-        subscription takes a moment: a cell run right after the restart would lose its first
-        messages, so they are nudged here. The ``kernel_info_request`` goes through a client
-        of its own: jupyter_server's closes its channel from the channel's own callback,
-        which makes pyzmq log "Got events for closed stream" when the reply is as quick as
-        a warm kernel's.
+        A warm restart moves the server's connections during the restart
+        (:meth:`kernel_connection_changed`). After a cold one, on the same ports, the IOPub
+        sockets are replaced once the new process answers: a socket left to reconnect by
+        itself resubscribes only after a moment (a cell run right after the restart would
+        lose its first messages) and, reconnecting on localhost while the port is unbound,
+        can connect to itself and stop for good (zeromq/libzmq#4588). The
+        ``kernel_info_request`` goes through a client of its own: jupyter_server's channel
+        is closed from its own callback, which makes pyzmq log "Got events for closed
+        stream" when the reply is as quick as a warm kernel's.
         """
         self._check_kernel_id(kernel_id)
         kernel = self.get_kernel(kernel_id)
@@ -81,7 +84,7 @@ class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager)
             self.log.debug("Kernel info reply received: %s", kernel_id)
             answered.set_result(reply)
             if kernel.get_connection_info() == before:
-                await _follow(kernel, moved=False)
+                await self._reattach(kernel_id, before, ("iopub",))
         finally:
             client.shell_channel.close()
         return answered
@@ -110,31 +113,52 @@ class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager)
         websocket would go dead and messages buffered for a session that reconnects would
         fail their signature check.
         """
+        await self._reattach(kernel_id, previous, CHANNELS)
+
+    async def _reattach(
+        self, kernel_id: str, previous: KernelConnectionInfo, channels: Collection[str]
+    ) -> None:
+        """Give activity watching, the buffer of a closed session and every open websocket
+        of a restarted kernel new sockets for ``channels``, connected to its new process."""
         kernel = self._kernels.get(kernel_id)
         if kernel is None:
             return
-        self._move_buffer(kernel_id, kernel, previous)
+        self._move_buffer(kernel_id, kernel, previous, channels)
         if kernel_id in self._kernel_ports:  # its start finished: activity is watched
             if getattr(kernel, "_activity_stream", None) is not None:
                 _close_soon(kernel._activity_stream)
                 kernel._activity_stream = None
-            kernel.execution_state = "idle"  # a pooled process is idle when handed out
+            kernel.execution_state = "idle"  # the new process is ready and idle
             self.start_watching_activity(kernel_id)
             self._kernel_ports[kernel_id] = kernel.ports
-        await _follow(kernel, moved=True)
+        waits = []
+        for connection in list(ZMQChannelsWebsocketConnection._open_sockets):
+            if connection.kernel_manager is kernel and connection.channels:
+                waits.append(_reattach_websocket(connection, channels))
+        await asyncio.gather(*waits)
 
-    def _move_buffer(self, kernel_id: str, kernel: Any, previous: KernelConnectionInfo) -> None:
+    def _move_buffer(
+        self,
+        kernel_id: str,
+        kernel: Any,
+        previous: KernelConnectionInfo,
+        channels: Collection[str],
+    ) -> None:
         """Re-sign what was buffered for a closed session with the new key, and buffer what
         the new process sends from now on, so the session's reconnect replays all of it."""
         if kernel_id not in self._kernel_buffers:
             return
         info = self._kernel_buffers.pop(kernel_id)
-        identity = None
-        for stream in info["channels"].values():
-            if not stream.closed():
-                stream.flush()  # what the old process sent and is already here
-                identity = identity or stream.socket.getsockopt(zmq.IDENTITY) or None
-                _close_soon(stream)
+        streams = dict(info["channels"])
+        for name in channels:
+            stream = streams.get(name)
+            if stream is None or stream.closed():
+                continue
+            stream.flush()  # what the old process sent and is already here
+            identity = stream.socket.getsockopt(zmq.IDENTITY) or None
+            _close_soon(stream)
+            streams[name] = getattr(kernel, f"connect_{name}")(identity=identity)
+            streams[name].channel = name
         old = Session(
             key=_as_bytes(previous.get("key", b"")),
             signature_scheme=str(previous.get("signature_scheme", "hmac-sha256")),
@@ -146,36 +170,40 @@ class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager)
                 len(info["buffer"]) - len(kept),
                 kernel_id,
             )
-        channels = {}
-        for name in info["channels"]:
-            channels[name] = getattr(kernel, f"connect_{name}")(identity=identity)
-            channels[name].channel = name
-        self.start_buffering(kernel_id, info["session_key"], channels)
+        self.start_buffering(kernel_id, info["session_key"], streams)
         self._kernel_buffers[kernel_id]["buffer"][:0] = kept
 
 
-async def _follow(kernel: Any, moved: bool) -> None:
-    """Make every open websocket of ``kernel`` receive from its new process: if it ``moved``
-    (other ports, another key) point the websocket's streams at it, as ``connect()`` does for
-    a new one; then return once their IOPub subscription is live (``nudge``)."""
-    waits = []
-    for connection in list(ZMQChannelsWebsocketConnection._open_sockets):
-        if connection.kernel_manager is not kernel or not connection.channels:
-            continue
-        if moved:
-            for stream in connection.channels.values():
-                if not stream.closed():
-                    stream.flush()  # deliver what the old process sent, under its own key
-                    _close_soon(stream)
-            connection.channels = {}
-            connection.session.key = kernel.session.key
-            connection.create_stream()
-        nudged = connection.nudge()
-        nudged.add_done_callback(partial(_subscribe, connection))
-        closed = asyncio.wrap_future(connection._close_future)
-        waits.append(asyncio.wait([nudged, closed], return_when=asyncio.FIRST_COMPLETED))
-    if waits:
-        await asyncio.gather(*waits)
+#: The channels of a kernel websocket (``ZMQChannelsWebsocketConnection.create_stream``).
+CHANNELS = ("iopub", "shell", "control", "stdin")
+
+
+async def _reattach_websocket(
+    connection: ZMQChannelsWebsocketConnection, channels: Collection[str]
+) -> None:
+    """Give an open websocket new streams for ``channels`` and the kernel's key, as
+    ``connect()`` does for a new one, and return once its IOPub subscription is live
+    (``nudge``) or the websocket closed."""
+    kernel = connection.kernel_manager
+    for name in channels:
+        stream = connection.channels.get(name)
+        if stream is not None and not stream.closed():
+            stream.flush()  # deliver what the old process sent, under its own key
+            _close_soon(stream)
+    if set(channels) >= set(CHANNELS):
+        connection.channels = {}
+        connection.session.key = kernel.session.key
+        connection.create_stream()
+    else:
+        connection.channels = dict(connection.channels)
+        for name in channels:
+            stream = getattr(kernel, f"connect_{name}")(identity=connection.session.bsession)
+            stream.channel = name
+            connection.channels[name] = stream
+    nudged = connection.nudge()
+    nudged.add_done_callback(partial(_subscribe, connection))
+    closed = asyncio.wrap_future(connection._close_future)
+    await asyncio.wait([nudged, closed], return_when=asyncio.FIRST_COMPLETED)
 
 
 def _subscribe(connection: ZMQChannelsWebsocketConnection, _: object) -> None:
