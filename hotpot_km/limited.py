@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
@@ -106,11 +107,19 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
             kernel_id=kernel_id,
             kernel_spec=None,
             parent=km,
+            on_connection_changed=self.kernel_connection_changed,
         )
         spec = self._pool.cached_spec(kernel_name)
         if spec is not None:
             km._kernel_spec = spec  # spares the handout a blocking kernelspec lookup
         return km, kernel_name, kernel_id
+
+    async def kernel_connection_changed(
+        self, kernel_id: str, previous: KernelConnectionInfo
+    ) -> None:
+        """A restart gave ``kernel_id`` a process on other ports or with another key (a warm
+        restart). Nothing to do here: clients made after the restart connect to the new ports.
+        Hosts that keep connections of their own (jupyter_server) move them in an override."""
 
     async def _async_shutdown_all(self, now: bool = False) -> None:
         """Stop the pool (no process of it survives), then every kernel, as the parent does."""

@@ -56,6 +56,7 @@ class PoolSettings:
     init_timeout: float = 120.0
     max_warming: int = 1
     max_retry_delay: float = 60.0
+    warm_restarts: bool = True
 
 
 class PoolProcessManager(AsyncKernelManager):  # type: ignore[misc]
@@ -260,6 +261,11 @@ class KernelPool:
         if self._context is not None:
             self._context.destroy(linger=0)
             self._context = None
+
+    @property
+    def warm_restarts(self) -> bool:
+        """Whether a restart may take a ready pooled kernel (the host's ``warm_restarts``)."""
+        return self._host.pool_settings().warm_restarts
 
     def resize(self) -> None:
         """Apply new pool sizes: surplus idle kernels go (warming ones first), the filler adds."""

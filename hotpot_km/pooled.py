@@ -130,6 +130,16 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         max_kernels.""",
     )
 
+    warm_restarts = Bool(
+        True,
+        config=True,
+        help="""Whether a restart may give the kernel id a ready pooled kernel (a new process
+        with the original cwd and env, on other ports and with another key) instead of starting
+        a new process. jupyter_server, JupyterLab, Voila and Kernel Gateway move their clients
+        to the new ports; a KernelClient created before the restart can't follow, so turn this
+        off if you keep clients across restarts.""",
+    )
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._templates = Templates(self, self._pool.budget)
@@ -167,6 +177,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             init_timeout=self.init_timeout,
             max_warming=self.max_warming,
             max_retry_delay=self.max_retry_delay,
+            warm_restarts=self.warm_restarts,
         )
 
     def new_pool_manager(

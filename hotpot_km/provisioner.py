@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pathlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
@@ -26,12 +27,22 @@ if TYPE_CHECKING:
 
     from .pool import KernelPool, Reservation
 
+#: Called after a relaunch gave a kernel other ports or another key: (kernel id, old info).
+ConnectionChanged = Callable[[str, "KernelConnectionInfo"], Awaitable[None]]
+
 
 class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     """Serves launches from a :class:`~hotpot_km.pool.KernelPool`, else through the
     kernelspec's own provisioner (a cold start, counted against ``max_kernels``)."""
 
-    def __init__(self, *, pool: KernelPool, reservation: Reservation, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        pool: KernelPool,
+        reservation: Reservation,
+        on_connection_changed: ConnectionChanged | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._pool = pool
         self._claimed: PooledKernel | None = reservation.kernel
@@ -44,6 +55,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._launched = False
         self._pooled_launch: dict[str, Any] | None = None
         self._handout_failure: ColdReason | None = None
+        self._on_connection_changed = on_connection_changed
+        self._previous: dict[str, Any] | None = None  # connection info before a restart
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -76,18 +89,22 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             victim, self._victim = self._victim, None
             self._slot = await self._pool.discard(victim)
         self._launched = True
-        handed = await self._take_from_pool(request, ready_only=restarting)
+        handed = None
+        if not restarting or self._pool.warm_restarts:
+            handed = await self._take_from_pool(request, ready_only=restarting)
         if handed:
             self._report(name, restarting, None, started)
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
         reason = self._handout_failure or self._pool.cold_reason(name, request)
-        if self._inner is not None and (self._adopted or await self._inner.poll() is None):
+        if self._inner is not None and await self._inner.poll() is None:
             await self._finish_inner()  # a process still running keeps its slot till it is gone
         if self._slot is None:
             self._slot = await self._pool.cold_slot(name)
         self._report(name, restarting, reason, started)
         # a cold start reads the kernelspec afresh, as jupyter_client's own would
         self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
+        if self._inner is not None and self._adopted:
+            self._relaunch_adopted()
         if self._inner is None:
             self._inner = self._new_inner()
         await keeper.ensure_running()
@@ -126,6 +143,16 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if reason is not None:
             self.log.debug("hotpot_km: starting a %r kernel cold (%s)", name, reason)
 
+    def _relaunch_adopted(self) -> None:
+        """A cold restart of a handed-out process: its provisioner relaunches it for the host's
+        manager, which holds the same ports and key (as jupyter_client's own restart keeps
+        them), so clients connected before the restart keep working."""
+        assert self._inner is not None
+        self._inner.parent = self.parent
+        self._inner.kernel_id = self.kernel_id
+        self._inner.kernel_spec = self.kernel_spec
+        self._adopted = False
+
     def _new_inner(self) -> KernelProvisionerBase:
         """The kernelspec's own provisioner, as a cold start would use (or the host's own)."""
         host = getattr(self.parent.parent, "new_cold_provisioner", None)
@@ -160,6 +187,18 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def post_launch(self, **kwargs: Any) -> None:
         if self._inner is not None and not self._adopted:
             await self._inner.post_launch(**kwargs)
+        previous, self._previous = self._previous, None
+        if previous is None or self._on_connection_changed is None:
+            return
+        if previous != dict(self.parent.get_connection_info()):
+            try:
+                await self._on_connection_changed(self.kernel_id, previous)
+            except Exception:
+                self.log.warning(
+                    "hotpot_km: could not move the clients of kernel %s to its new ports",
+                    self.kernel_id,
+                    exc_info=True,
+                )
 
     async def _give_back(self) -> None:
         """After a failed launch: release what this start held and no process uses."""
@@ -220,6 +259,8 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             await self._inner.shutdown_requested(restart=restart)
         if not restart or self._request is None or self._inner is None:
             return
+        if not self._pool.warm_restarts:
+            return
         kernel = self._pool.claim(self._request.kernel_name, self._request, ready_only=True)
         if kernel is None:
             return
@@ -231,10 +272,15 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._pool.retire(inner, slot, files, grace)
 
     async def cleanup(self, restart: bool = False) -> None:
-        if self._inner is not None and (self._adopted or not restart):
+        if restart:
+            self._previous = dict(self.parent.get_connection_info())
+        if self._inner is not None and not restart:
             await self._finish_inner()
         elif self._inner is not None:
+            # keep the ports: a cold relaunch reuses them (see _relaunch_adopted)
             await self._inner.cleanup(restart=True)
+            files, self._files = self._files, []
+            remove_files(files)  # the pool's connection file of a handed-out process
         if not restart and self._slot is not None and not self.has_process:
             self._slot.release()
             self._slot = None

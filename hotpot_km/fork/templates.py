@@ -319,4 +319,3 @@ def unsupported() -> str | None:
 def startup_values(env: Mapping[str, str]) -> tuple[tuple[str, str | None], ...]:
     """The variables a Python process reads only at start, as a template fixes them."""
     return tuple((k, env.get(k)) for k in sorted(PYTHON.startup_env))
-
