@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import warnings
 from typing import Any
 
+import jupyter_core.utils
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning import KernelProvisionerBase
@@ -265,6 +267,9 @@ def host_loop() -> asyncio.AbstractEventLoop:
     That is the thread's current loop when the host already has one (jupyter_server
     creates its IOLoop before its kernel manager); making a new one here would leave
     the pool on a loop nobody runs. Only without one do we create it, as jupyter_core does.
+    The loop is also made jupyter_core's loop of this thread: hosts that shut down through
+    jupyter_core's ``run_sync`` once their own loop stopped (Voila's ``stop()``) then run
+    ``shutdown_all`` on the loop the pool's tasks live on, instead of on a new one.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -273,5 +278,8 @@ def host_loop() -> asyncio.AbstractEventLoop:
         except RuntimeError:
             loop = None
     if loop is None or loop.is_closed():
-        loop = ensure_event_loop()
+        return ensure_event_loop()
+    known = getattr(jupyter_core.utils, "_loop", None)  # ensure_event_loop's per-thread loop
+    if isinstance(known, contextvars.ContextVar) and known.get(None) is None:
+        known.set(loop)
     return loop
