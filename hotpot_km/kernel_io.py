@@ -1,7 +1,8 @@
-"""The few shell-channel exchanges the pool has with a kernel.
+"""The few exchanges the pool has with a kernel.
 
-The pool keeps one client per warm kernel, so a handout costs one round trip
-on an already connected socket instead of a new client and a readiness dance.
+The pool keeps one client per warm kernel (shell for the warm-up, control for the
+handout), so a handout is one message on an already connected socket instead of a
+new client and a readiness dance.
 """
 
 from __future__ import annotations
@@ -88,6 +89,13 @@ async def request_reply(
             continue
         if reply.get("parent_header", {}).get("msg_id") in sent:
             return reply
+
+
+def close_client(client: AsyncKernelClient) -> None:
+    """Close the channels the pool opened; ``stop_channels()`` would first create the others."""
+    for channel in (client._shell_channel, client._control_channel, client._iopub_channel):
+        if channel is not None:
+            channel.close()
 
 
 async def run_code(

@@ -22,23 +22,35 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any, Protocol
 
+import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerBase
+from jupyter_client.session import Session
 from jupyter_core.paths import jupyter_config_path
 
+from . import priority
 from .budget import KernelBudget, MaximumKernelsException, Slot
-from .kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
-from .languages import init_file_extension, preparation_for
+from .kernel_io import (
+    METADATA_KEY,
+    KernelCodeError,
+    KernelDiedError,
+    close_client,
+    request_reply,
+    run_code,
+)
+from .languages import HANDOUT_REPLY, HANDOUT_REQUEST, init_file_extension, preparation_for
 from .request import LaunchRequest, absolute_cwd, final_env, fixed_options, mismatch
 
 
@@ -49,6 +61,8 @@ class PoolSettings:
     sizes: Mapping[str, int] = field(default_factory=dict)
     launch_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fill_delay: float = 1.0
+    fill_idle_timeout: float = 10.0
+    idle_priority: bool = True
     initialization_code: Mapping[str, str] = field(default_factory=dict)
     python_imports: tuple[str, ...] = ()
     startup_timeout: float = 60.0
@@ -87,17 +101,27 @@ class PooledKernel:
     launch: LaunchRequest | None = None
     language: str | None = None
     client: AsyncKernelClient | None = None
+    #: subscribed to the kernel's own IOPub topics (status), to see it go idle after handout
+    statuses: zmq.asyncio.Socket | None = None
     claimed: bool = False
     task: asyncio.Task[None] | None = None
+    pid: int | None = None
+    #: threads moved to SCHED_IDLE (None: normal priority)
+    low_threads: list[int] | None = None
+    #: a pending move of every thread back to normal priority
+    restoring: asyncio.Task[None] | None = None
 
     @property
     def is_ready(self) -> bool:
         return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
 
     def close_client(self) -> None:
-        if self.client is not None and self.client._shell_channel is not None:
-            self.client._shell_channel.close()
-        self.client = None
+        client, self.client = self.client, None
+        statuses, self.statuses = self.statuses, None
+        if client is not None:
+            close_client(client)
+        if statuses is not None:
+            statuses.close(linger=0)
 
 
 @dataclass(frozen=True)
@@ -133,6 +157,9 @@ class KernelPool:
         self._idle: dict[str, list[PooledKernel]] = {}  # unclaimed, in launch order
         self._warming: set[PooledKernel] = set()
         self._claimed: set[PooledKernel] = set()  # claimed, not yet handed out or discarded
+        self._settling: set[PooledKernel] = set()  # handed out, refill waits for it to go idle
+        self._settlers: set[asyncio.Task[None]] = set()
+        self._waiters = 0  # callers of wait_full(): warm-ups they wait for get normal priority
         self._tasks: set[asyncio.Task[Any]] = set()
         self._filler: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # the filler's sleep
@@ -173,6 +200,8 @@ class KernelPool:
             filler.cancel()
             if filler.get_loop() is asyncio.get_running_loop():
                 await asyncio.gather(filler, return_exceptions=True)
+        for settler in list(self._settlers):
+            settler.cancel()
         for kernels in list(self._idle.values()):
             for kernel in list(kernels):
                 self._drop(kernel)
@@ -199,16 +228,22 @@ class KernelPool:
         """
         self.start()
         failures = dict(self._failures)
-        while True:
-            for name, count in self._failures.items():
-                if count > failures.get(name, 0):
-                    raise WarmupError(self._last_error[name])
-            if self._is_full():
-                return
-            if self._filler is None or self._filler.done():
-                raise RuntimeError("the kernel pool is not running")
-            self._changed.clear()
-            await self._changed.wait()
+        self._waiters += 1
+        try:
+            while True:
+                for kernel in list(self._warming):  # someone waits for them now
+                    self._normal_priority(kernel)
+                for name, count in self._failures.items():
+                    if count > failures.get(name, 0):
+                        raise WarmupError(self._last_error[name])
+                if self._is_full():
+                    return
+                if self._filler is None or self._filler.done():
+                    raise RuntimeError("the kernel pool is not running")
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._waiters -= 1
 
     def _is_full(self) -> bool:
         for name, size in self._host.pool_settings().sizes.items():
@@ -276,22 +311,25 @@ class KernelPool:
         if self.closed:
             return None
         for name, size in settings.sizes.items():
-            idle = self._idle.setdefault(name, [])
-            # a claimed kernel keeps its place until it is handed out or discarded
-            if len(idle) + sum(k.name == name for k in self._claimed) >= size:
+            self._idle.setdefault(name, [])
+            if self._held(name) >= size:
                 continue
             due = self._not_before.get(name, 0.0)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
-            while len(idle) + sum(k.name == name for k in self._claimed) < size and len(
-                self._warming
-            ) < max(settings.max_warming, 1):
+            while self._held(name) < size and len(self._warming) < max(settings.max_warming, 1):
                 slot = self.budget.try_take()
                 if slot is None:
                     return wait
                 self._launch(name, slot)
         return wait
+
+    def _held(self, name: str) -> int:
+        """Kernels that count toward a pool's size: idle ones, claimed ones (until handed
+        out or discarded) and handed-out ones whose refill waits for them (see _settle)."""
+        held = self._claimed | self._settling
+        return len(self._idle.get(name, [])) + sum(k.name == name for k in held)
 
     def _launch(self, name: str, slot: Slot) -> None:
         manager = self._host.new_pool_manager(name, str(uuid.uuid4()))
@@ -347,9 +385,13 @@ class KernelPool:
                 cwd=cwd, env=dict(os.environ if env is None else env), **kwargs
             )
             await asyncio.wait_for(start, settings.startup_timeout)
+            kernel.pid = getattr(kernel.manager.provisioner, "pid", None)
+            if kernel.pid and not kernel.claimed and await self._may_lower(settings):
+                kernel.low_threads = priority.lower([kernel.pid])  # its threads inherit it
             client = kernel.manager.client(context=self._zmq_context())
-            client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+            client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=True)
             kernel.client = client
+            kernel.statuses = _subscribe_statuses(kernel.manager)
             alive = kernel.manager.is_alive
             reply = await request_reply(
                 client,
@@ -366,6 +408,7 @@ class KernelPool:
                 if left <= 0:
                     raise TimeoutError
                 await run_code(client, code, timeout=left, is_alive=alive, data=data)
+            await self._lower_all(kernel)
         except asyncio.CancelledError:
             kernel.ready.cancel()
             # a claimed kernel's slot now belongs to its claimer (see discard())
@@ -389,6 +432,35 @@ class KernelPool:
             if not kernel.is_ready and kernel in idle:
                 idle.remove(kernel)
             self._wake_filler()
+
+    async def _may_lower(self, settings: PoolSettings) -> bool:
+        """Whether a new warm-up may run at idle CPU priority: nobody waits for it, and it can
+        be brought back before handout."""
+        if not settings.idle_priority or self._waiters:
+            return False
+        return await asyncio.to_thread(priority.can_restore)
+
+    async def _lower_all(self, kernel: PooledKernel) -> None:
+        """At the end of a warm-up, find every thread of a low-priority kernel (libraries
+        start their own while importing), so a handout can restore them without a lookup."""
+        if kernel.low_threads is None or kernel.pid is None:
+            return
+        threads = await asyncio.to_thread(priority.lower_process, kernel.pid)
+        if kernel.low_threads is None:  # claimed or awaited meanwhile
+            await asyncio.to_thread(priority.restore_process, kernel.pid)
+        else:
+            kernel.low_threads = threads
+
+    def _normal_priority(self, kernel: PooledKernel) -> None:
+        """Back to normal CPU priority: someone waits for this kernel, or it is handed out."""
+        threads, kernel.low_threads = kernel.low_threads, None
+        if threads is None:
+            return
+        priority.restore(threads)
+        if kernel.pid is not None and not kernel.ready.done():
+            # still warming: threads it started since launch inherited SCHED_IDLE
+            restore = asyncio.to_thread(priority.restore_process, kernel.pid)
+            kernel.restoring = self._spawn(restore, "hotpot_km restore priority")
 
     async def _warmup_steps(
         self, kernel: PooledKernel, settings: PoolSettings, info: Mapping[str, Any]
@@ -506,6 +578,7 @@ class KernelPool:
         self._idle[name].remove(kernel)
         kernel.claimed = True
         self._claimed.add(kernel)
+        self._normal_priority(kernel)
         settings = self._host.pool_settings()
         loop = asyncio.get_running_loop()
         self._not_before[name] = max(
@@ -538,6 +611,9 @@ class KernelPool:
 
         Returns ``None`` (kernel returned to the pool) if it can't serve this
         request; raises :class:`HandoutError` (kernel discarded) if it failed.
+        The handout is one control message whose reply is not awaited: the kernel's
+        gate holds any other request until it is applied, and a kernel that fails to
+        apply it exits (see :mod:`hotpot_km.languages`).
         """
         try:
             await asyncio.shield(kernel.ready)
@@ -554,33 +630,36 @@ class KernelPool:
             return None
         if not await kernel.manager.is_alive():
             raise HandoutError("it died while waiting in the pool")
-        prep = preparation_for(kernel.language)
-        if prep is not None:
-            try:
-                await run_code(
-                    kernel.client,
-                    prep.handout,
-                    timeout=self._host.pool_settings().startup_timeout,
-                    is_alive=kernel.manager.is_alive,
-                    data={"cwd": request.cwd, "env": dict(request.env)},
-                )
-            except KernelCodeError as error:
-                if error.ename in _CWD_ERRORS:  # raised before anything changed in the kernel
-                    self.unclaim(kernel)
-                    code, reason = _CWD_ERRORS[error.ename]
-                    raise OSError(code, f"kernel working directory {reason}", request.cwd) from None
-                raise HandoutError(f"applying cwd/env failed: {error.summary()}") from None
-            except (KernelDiedError, TimeoutError) as error:
-                raise HandoutError(f"applying cwd/env failed: {error}") from None
-        return self._detach(kernel)
+        handout: str | None = None
+        if preparation_for(kernel.language) is not None:
+            if request.cwd != kernel.launch.cwd:
+                try:
+                    await asyncio.to_thread(check_cwd, request.cwd)
+                except OSError:
+                    self.unclaim(kernel)  # nothing was sent: the kernel is untouched
+                    raise
+            self._normal_priority(kernel)
+            if kernel.restoring is not None:
+                await kernel.restoring
+            changed = request.cwd != kernel.launch.cwd or dict(request.env) != dict(
+                kernel.launch.env
+            )
+            # nothing to apply: the kernel restores its own launch cwd/env (no data to send)
+            data = {"cwd": request.cwd, "env": dict(request.env)} if changed else None
+            msg = kernel.client.session.msg(
+                HANDOUT_REQUEST, {}, metadata={METADATA_KEY: data} if data else None
+            )
+            kernel.client.control_channel.send(msg)
+            handout = msg["header"]["msg_id"]
+        else:
+            self._normal_priority(kernel)
+            if kernel.restoring is not None:
+                await kernel.restoring
+        return self._detach(kernel, handout)
 
-    def _detach(self, kernel: PooledKernel) -> HandedOut:
+    def _detach(self, kernel: PooledKernel, handout: str | None) -> HandedOut:
         """Release the pool's hold on a kernel's process so a provisioner can own it."""
         self._claimed.discard(kernel)
-        self._wake_filler()
-        client, kernel.client = kernel.client, None
-        if client is not None:  # closing sockets takes ms: not on the handout path
-            self._spawn(_close_client(client), "hotpot_km close client")
         manager = kernel.manager
         provisioner = manager.provisioner
         assert provisioner is not None
@@ -596,7 +675,53 @@ class KernelPool:
         manager._close_control_socket()
         manager.provisioner = None
         manager._connection_file_written = False
+        self._settling.add(kernel)
+        settler = self._spawn(self._settle(kernel, provisioner, handout), "hotpot_km settle")
+        self._settlers.add(settler)
+        settler.add_done_callback(self._settlers.discard)
+        self._wake_filler()
         return handed
+
+    async def _settle(
+        self, kernel: PooledKernel, process: KernelProvisionerBase, handout: str | None
+    ) -> None:
+        """After a handout: check its reply, then hold the refill until the kernel went idle.
+
+        Off the start's critical path. The refill waits (at most ``fill_idle_timeout``)
+        until the kernel has run its first execute request from its new owner and then
+        been idle for :data:`SETTLE_QUIET` seconds, so the replacement's warm-up does not
+        compete with the page or notebook being served. ``fill_delay`` 0 refills at once.
+        """
+        settings = self._host.pool_settings()
+        loop = asyncio.get_running_loop()
+        client = kernel.client
+        try:
+            if handout is not None and client is not None:
+                try:
+                    await _handout_reply(client, handout, settings.startup_timeout, process)
+                except KernelDiedError:
+                    self.log.warning(
+                        "hotpot_km: a handed-out %r kernel exited while applying the request's "
+                        "cwd/env (its output says why); its manager restarts it",
+                        kernel.name,
+                    )
+                    return
+                except TimeoutError:
+                    self.log.warning(
+                        "hotpot_km: a handed-out %r kernel did not confirm its cwd/env within %g s",
+                        kernel.name,
+                        settings.startup_timeout,
+                    )
+            wait = settings.fill_idle_timeout if settings.fill_delay > 0 else 0.0
+            if kernel.statuses is not None and wait > 0:
+                session = client.session if client is not None else kernel.manager.session
+                await _until_idle(kernel.statuses, session, loop.time() + wait, process)
+        except Exception:
+            self.log.debug("hotpot_km: watching a handed-out kernel failed", exc_info=True)
+        finally:
+            kernel.close_client()
+            self._settling.discard(kernel)
+            self._wake_filler()
 
     async def discard(self, kernel: PooledKernel) -> Slot:
         """Shut a claimed kernel down and return its slot, free once the process is gone."""
@@ -683,11 +808,83 @@ class KernelPool:
         return [pg for p in provisioners if p is not None and (pg := process_group(p))]
 
 
-_CWD_ERRORS = {
-    "FileNotFoundError": (errno.ENOENT, "does not exist"),
-    "NotADirectoryError": (errno.ENOTDIR, "is not a directory"),
-    "PermissionError": (errno.EACCES, "is not accessible"),
-}
+#: Seconds a handed-out kernel must stay idle after its new owner's first execution
+#: before its replacement starts (cells of a page follow each other much faster).
+SETTLE_QUIET = 0.25
+
+
+def check_cwd(path: str) -> None:
+    """Fail like a cold start's ``Popen(cwd=...)`` would, before anything is sent."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, "kernel working directory does not exist", path) from None
+    except PermissionError:
+        raise OSError(errno.EACCES, "kernel working directory is not accessible", path) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.ENOTDIR, "kernel working directory is not a directory", path)
+    if not os.access(path, os.X_OK):
+        raise OSError(errno.EACCES, "kernel working directory is not accessible", path)
+
+
+def _subscribe_statuses(manager: AsyncKernelManager) -> zmq.asyncio.Socket:
+    """An IOPub socket for the kernel's own topics (``kernel.<ident>.status``...): the pool
+    sees its execution state without receiving anyone's output."""
+    socket = manager.connect_iopub()
+    socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+    socket.setsockopt(zmq.SUBSCRIBE, b"kernel.")
+    return socket
+
+
+async def _handout_reply(
+    client: AsyncKernelClient, msg_id: str, timeout: float, process: KernelProvisionerBase
+) -> None:
+    """Wait for the handout's reply; :class:`KernelDiedError` if the kernel exits instead."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            reply = await client.control_channel.get_msg(timeout=min(left, 0.25))
+        except Empty:
+            if await process.poll() is not None:
+                raise KernelDiedError("the kernel process exited") from None
+            continue
+        if reply["parent_header"].get("msg_id") == msg_id and reply["msg_type"] == HANDOUT_REPLY:
+            return
+
+
+async def _until_idle(
+    statuses: zmq.asyncio.Socket, session: Session, deadline: float, process: KernelProvisionerBase
+) -> None:
+    """Until the kernel ran an execute request of its new owner and then stayed idle for
+    :data:`SETTLE_QUIET` seconds, it exited, or ``deadline`` passed."""
+    loop = asyncio.get_running_loop()
+    quiet_until: float | None = None
+    while True:
+        now = loop.time()
+        end = deadline if quiet_until is None else min(deadline, quiet_until)
+        if now >= end:
+            return
+        if not await statuses.poll(int(min(end - now, 1.0) * 1000) + 1):
+            if await process.poll() is not None:
+                return
+            continue
+        frames = await statuses.recv_multipart()
+        _, parts = session.feed_identities(frames)
+        msg = session.deserialize(parts)
+        parent = msg.get("parent_header") or {}
+        if msg["msg_type"] != "status" or parent.get("msg_type") != "execute_request":
+            continue
+        if parent.get("session") == session.session:
+            continue  # the pool's own warm-up
+        state = msg["content"].get("execution_state")
+        if state == "busy":
+            quiet_until = None
+        elif state == "idle":
+            quiet_until = loop.time() + SETTLE_QUIET
 
 
 def _check_program(format_cmd: Callable[[], list[str]], cwd: str) -> None:
@@ -704,13 +901,6 @@ def _check_program(format_cmd: Callable[[], list[str]], cwd: str) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _close_client(client: AsyncKernelClient) -> None:
-    # Only the shell channel was ever opened; stop_channels() would create the others first.
-    channel = client._shell_channel
-    if channel is not None:
-        channel.close()
 
 
 def process_group(provisioner: KernelProvisionerBase | None) -> int | None:

@@ -16,6 +16,7 @@ from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from .budget import Slot
+from .handout import ready_client_class
 from .pool import LIVE_PROVISIONERS, HandoutError, PooledKernel, process_group, remove_files
 from .request import LaunchRequest, absolute_cwd, final_env, fixed_options
 
@@ -41,6 +42,9 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._request: LaunchRequest | None = None
         self._launched = False
         self._pooled_launch: dict[str, Any] | None = None
+        #: whether the current launch is a handout (read by hotpot_km.handout's start)
+        self.handed_out = False
+        self._host_client_factory: type | None = None  # the manager's own, while replaced
         LIVE_PROVISIONERS.add(self)
 
     # -- launching ---------------------------------------------------------------------------
@@ -70,6 +74,7 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._slot = await self._pool.discard(victim)
         restarting, self._launched = self._launched, True
         handed = await self._take_from_pool(request, ready_only=restarting)
+        self._use_ready_client(bool(handed))
         if handed:
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
         if self._slot is None:
@@ -81,6 +86,18 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self._inner is None:
             self._inner = self._new_inner()
         return await self._inner.pre_launch(**kwargs)
+
+    def _use_ready_client(self, handed_out: bool) -> None:
+        """Clients of a handed-out kernel are ready in one round trip (hotpot_km.handout);
+        after a cold start or cold restart the manager's own client class is back."""
+        km = self.parent
+        self.handed_out = handed_out
+        if handed_out:
+            if self._host_client_factory is None:
+                self._host_client_factory = km.client_factory
+            km.client_factory = ready_client_class(self._host_client_factory)
+        elif self._host_client_factory is not None:
+            km.client_factory, self._host_client_factory = self._host_client_factory, None
 
     async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
         """Hand out a pooled kernel for ``request``; try one more ready one if the first failed."""

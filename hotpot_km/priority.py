@@ -1,0 +1,86 @@
+"""CPU priority of pooled kernel processes: refills yield the CPU to kernels in use.
+
+A kernel that warms up while nobody waits for it runs under Linux's ``SCHED_IDLE``
+policy: it gets a core only when nothing else wants it, so a refill does not slow the
+page being served. The policy is per thread (``/proc/<pid>/task/*``); threads a kernel
+creates inherit it. Before a kernel is handed out, every thread goes back to
+``SCHED_OTHER`` (the kernel's nice value is kept).
+
+An unprivileged process can always lower a policy but can only leave ``SCHED_IDLE``
+when its ``RLIMIT_NICE`` allows nice 0 (or with ``CAP_SYS_NICE``); :func:`can_restore`
+finds out once, on a throwaway thread of this process (kernels inherit its limits). If
+it can't, kernels keep normal priority: a kernel that could not be brought back must
+never be handed out.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Iterable
+
+_IDLE: int | None = getattr(os, "SCHED_IDLE", None)
+_NORMAL: int | None = getattr(os, "SCHED_OTHER", None)
+
+
+@functools.cache
+def can_restore() -> bool:
+    """Whether threads moved to ``SCHED_IDLE`` can be moved back (probed once, blocking)."""
+    if _IDLE is None or _NORMAL is None or not hasattr(os, "sched_setscheduler"):
+        return False
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, _IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, _NORMAL, os.sched_param(0))
+            outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    thread = threading.Thread(target=probe, name="hotpot_km priority probe", daemon=True)
+    thread.start()
+    thread.join()
+    return bool(outcome and outcome[0])
+
+
+def threads(pid: int) -> list[int]:
+    """Thread ids of a process (reads ``/proc``: call it off the event loop)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _set(tids: Iterable[int], policy: int | None) -> list[int]:
+    done = []
+    if policy is None:
+        return done
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+            done.append(tid)
+        except OSError:  # the thread ended, or not ours to change
+            continue
+    return done
+
+
+def lower(tids: Iterable[int]) -> list[int]:
+    """Move threads to ``SCHED_IDLE``; returns those moved. Only system calls."""
+    return _set(tids, _IDLE)
+
+
+def lower_process(pid: int) -> list[int]:
+    """Every thread of ``pid`` to ``SCHED_IDLE`` (reads ``/proc``: off the event loop)."""
+    return lower(threads(pid))
+
+
+def restore(tids: Iterable[int]) -> None:
+    """Threads back to ``SCHED_OTHER``. Only system calls."""
+    _set(tids, _NORMAL)
+
+
+def restore_process(pid: int) -> None:
+    """Every thread of ``pid`` back to ``SCHED_OTHER`` (reads ``/proc``: off the event loop)."""
+    restore(threads(pid))
