@@ -45,6 +45,7 @@ from server_bench import (
     restarts,
     sessions,
     voila_pages,
+    voila_refill_pages,
 )
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
@@ -66,12 +67,21 @@ class Sizes:
     server_pool: int = 2
     voila_reps: int = 8
     voila_pool: int = 3
+    refill_reps: int = 8
     fill_pool: int = 4
 
 
 QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
-              fill_pool=1)
+              refill_reps=1, fill_pool=1)
+
+#: Where a pooled Voila page's time goes (phases.VOILA labels, summed per page).
+BREAKDOWN = {
+    "hand-out": "hand-out: start_kernel()",
+    "readiness": "readiness: nbclient's client, until wait_for_ready() returns",
+    "execution": "execution: the notebook's cells",
+    "templates": "Jinja compiles the page templates",
+}
 
 
 class Names:
@@ -83,10 +93,18 @@ class Names:
         self.start_only = "handout with cwd + env: start_kernel() alone"
         self.heavy = "handout: heavy imports, until imports done"
         self.session = "jupyter_server: POST /api/sessions → 1+1 reply"
-        self.voila = "Voila page (notebook with heavy imports)"
+        self.voila = "Voila page (seed voila.json, notebook with heavy imports)"
+        self.voila_refill = "Voila page while a refill warms up (heavy imports)"
+        self.page_parts = {
+            "hand-out": "Voila page, where it goes: hand-out (start_kernel)",
+            "readiness": "Voila page, where it goes: readiness (nbclient client ready)",
+            "execution": "Voila page, where it goes: execution (the notebook's cells)",
+            "rest": "Voila page, where it goes: rendering, HTTP and the rest",
+            "templates": "Voila page, where it goes: of the rest, Jinja compiling templates",
+        }
         self.burst = f"burst: {sizes.burst} starts on a pool of {sizes.burst_pool}, all ready"
         self.burst_each = f"burst: {sizes.burst} starts on a pool of {sizes.burst_pool}, each"
-        self.restart = "jupyter_server restart → kernel_info reply"
+        self.restart = "jupyter_server restart → first execute_reply with its output (new websocket)"
         self.restart_post = "jupyter_server restart: POST alone"
         self.mem_bare = "memory: idle kernel RSS, bare"
         self.mem_heavy = "memory: idle kernel RSS, heavy imports"
@@ -95,11 +113,13 @@ class Names:
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
-                self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
-                self.mem_bare, self.mem_heavy, self.mem_pool, self.loop]
+                self.voila, self.voila_refill, *self.page_parts.values(), self.burst,
+                self.burst_each, self.restart, self.restart_post, self.mem_bare,
+                self.mem_heavy, self.mem_pool, self.loop]
 
     def latency_panels(self) -> list[str]:
-        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart]
+        return [self.start_only, self.cwd_env, self.heavy, self.voila, self.session,
+                self.restart]
 
 
 def log(message: str) -> None:
@@ -288,16 +308,28 @@ class Bench:
             }, indent=2))
         if system == "preheat":
             args = ["--preheat_kernel=True", f"--pool_size={s.voila_pool}", *args]
+        # this project's server also times the phases of each page (microseconds of cost)
+        timed = system == "new"
         server = Server("voila", self.python(system), dirs, args, cwd=app, token=False,
-                        log=self.logs / f"voila-{system}.log")
+                        log=self.logs / f"voila-{system}.log",
+                        env={"HOTPOT_BENCH_PHASES": "voila"} if timed else None)
+        refill: list[float] = []
         try:
             server.wait_up(timeout=600)
-            samples, failures = voila_pages(server, s.voila_reps, expect="BENCH_OK 2")
+            samples, failures, phases = voila_pages(server, s.voila_reps, expect="BENCH_OK 2",
+                                                    phases=timed)
+            if timed and not failures:
+                refill = voila_refill_pages(server, s.refill_reps, s.voila_pool,
+                                            expect="BENCH_OK 2")
         finally:
             server.stop()
             self.warmup_failures("voila", system, server.warmup_failures)
         if not failures:
-            return [Row(n.voila, system, samples)]
+            rows = [Row(n.voila, system, samples)]
+            if timed:
+                rows.append(Row(n.voila_refill, system, refill))
+                rows += self.page_breakdown(system, phases)
+            return rows
         kinds = ", ".join(sorted(set(failures)))
         note = f"{kinds} ({len(failures)} of {len(failures) + len(samples)})"
         worked = (f"; the {len(samples)} that worked took {statistics.median(samples):.2f} s "
@@ -305,6 +337,17 @@ class Bench:
         self.notes.append(f"Voila page, {SYSTEMS[system]}: {len(failures)} of "
                           f"{len(failures) + len(samples)} requests failed ({kinds}){worked}")
         return [Row(n.voila, system, [], note=note)]
+
+    def page_breakdown(self, system: str, pages: list[dict[str, list[float]]]) -> list[Row]:
+        """Per page: hand-out, readiness, execution, and the rest of the page's time."""
+        parts: dict[str, list[float]] = {key: [] for key in self.names.page_parts}
+        for page in pages:
+            spent = {key: sum(page.get(label, [])) for key, label in BREAKDOWN.items()}
+            for key in ("hand-out", "readiness", "execution", "templates"):
+                parts[key].append(spent[key])
+            parts["rest"].append(page["page"][0] - spent["hand-out"] - spent["readiness"]
+                                 - spent["execution"])
+        return [Row(self.names.page_parts[key], system, values) for key, values in parts.items()]
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -318,7 +361,8 @@ class Bench:
             "heavy": (self.heavy, self.systems(), [n.heavy, n.mem_heavy, n.mem_pool]),
             "burst": (self.burst, self.systems(), [n.burst, n.burst_each]),
             "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
-            "voila": (self.voila, self.systems("preheat"), [n.voila]),
+            "voila": (self.voila, self.systems("preheat"),
+                      [n.voila, n.voila_refill, *n.page_parts.values()]),
             "loop": (self.loop, self.systems(), [n.loop]),
         }
         for group in groups:
@@ -356,12 +400,15 @@ def cpu_model() -> str:
 def write_results(bench: Bench, output: Path, argv: list[str], started: float) -> Path:
     rows = bench.sorted_rows()
     names = bench.names
-    found = targets(rows, {"handout": names.cwd_env, "voila": names.voila, "burst": names.burst,
+    found = targets(rows, {"start_only": names.start_only, "handout": names.cwd_env,
+                           "voila": names.voila, "voila_refill": names.voila_refill,
+                           "session": names.session, "burst": names.burst,
                            "restart": names.restart, "restart_post": names.restart_post,
                            "event_loop": names.loop})
     png = output / "handout.png"
     chart(rows, names.latency_panels(), png,
-          goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05})
+          goals={names.start_only: 0.005, names.cwd_env: 0.010, names.voila: 0.25,
+                 names.session: 0.1, names.restart: 0.1})
     versions = {s: venv_versions(bench.pythons[s]) for s in ("old", "new") if s in bench.pythons}
     packages = ["python", "hotpot_km", "jupyter_client", "jupyter_server", "ipykernel", "voila",
                 "pyzmq", "tornado"]
