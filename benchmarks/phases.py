@@ -51,7 +51,7 @@ SERVER = [
     ("jupyter_client.manager:KernelManager._async_finish_shutdown",
      "    wait for the process (the pool retires it)"),
     ("jupyter_client.manager:KernelManager._async_cleanup_resources", "    cleanup"),
-    ("jupyter_client.manager:KernelManager._async_start_kernel",
+    ("hotpot_km.handout:_HandoutStart._async_start_kernel",
      "  KernelManager start (a handout with a pool)"),
     ("jupyter_server.services.kernels.connection.channels:"
      "ZMQChannelsWebsocketConnection.prepare", "websocket open: kernel_info via the server"),

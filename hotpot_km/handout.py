@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import math
 from typing import Any
 
@@ -105,7 +106,11 @@ def ready_client_class(base: type[KernelClient]) -> type[KernelClient]:
 
 
 #: jupyter_client's start without its ``in_pending_state`` decorator (None if it changed).
-_UNDECORATED_START = getattr(KernelManager._async_start_kernel, "__wrapped__", None)
+_UNDECORATED_START = (
+    inspect.unwrap(KernelManager._async_start_kernel)
+    if hasattr(KernelManager._async_start_kernel, "__wrapped__")
+    else None
+)
 
 
 class _HandoutStart(AsyncKernelManager):  # type: ignore[misc]

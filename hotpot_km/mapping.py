@@ -13,6 +13,7 @@ from typing import Any
 
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
+from .languages import HANDOUT_REPLY, HANDOUT_REQUEST
 from .pooled import PooledKernelManager
 
 __all__ = ["PooledMappingKernelManager"]
@@ -28,3 +29,17 @@ class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager)
         if path is not None and "cwd" not in kwargs:
             kwargs["cwd"] = self.cwd_for_path(path)
         return self._kernel_start_kwargs(**kwargs)
+
+    def start_watching_activity(self, kernel_id: str) -> None:
+        """A handed-out kernel is up and idle, not "starting": a new websocket's nudge then
+        does not poll (every 50 ms) for a state change no message may bring."""
+        super().start_watching_activity(kernel_id)
+        kernel = self._kernels[kernel_id]
+        if getattr(kernel.provisioner, "handed_out", False):
+            kernel.execution_state = "idle"
+
+    def track_message_type(self, message_type: str) -> bool:
+        """The handout's own messages are not activity of the kernel's owner."""
+        if message_type in (HANDOUT_REQUEST, HANDOUT_REPLY):
+            return False
+        return bool(super().track_message_type(message_type))

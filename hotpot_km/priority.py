@@ -46,11 +46,25 @@ def can_restore() -> bool:
 
 
 def threads(pid: int) -> list[int]:
-    """Thread ids of a process (reads ``/proc``: call it off the event loop)."""
-    try:
-        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
+    """Thread ids of a process and of its descendants (a kernelspec may start the kernel
+    through a wrapper process; children inherit the policy). Reads ``/proc``: call it off
+    the event loop."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        process = pending.pop()
+        try:
+            tids = [int(tid) for tid in os.listdir(f"/proc/{process}/task")]
+        except OSError:
+            continue
+        found += tids
+        for tid in tids:
+            try:
+                with open(f"/proc/{process}/task/{tid}/children") as children:
+                    pending += [int(child) for child in children.read().split()]
+            except OSError:
+                continue
+    return found
 
 
 def _set(tids: Iterable[int], policy: int | None) -> list[int]:
@@ -72,7 +86,7 @@ def lower(tids: Iterable[int]) -> list[int]:
 
 
 def lower_process(pid: int) -> list[int]:
-    """Every thread of ``pid`` to ``SCHED_IDLE`` (reads ``/proc``: off the event loop)."""
+    """Every thread of ``pid`` and its descendants to ``SCHED_IDLE`` (off the event loop)."""
     return lower(threads(pid))
 
 
@@ -82,5 +96,5 @@ def restore(tids: Iterable[int]) -> None:
 
 
 def restore_process(pid: int) -> None:
-    """Every thread of ``pid`` back to ``SCHED_OTHER`` (reads ``/proc``: off the event loop)."""
+    """Every thread of ``pid`` and its descendants back to ``SCHED_OTHER`` (off the event loop)."""
     restore(threads(pid))

@@ -239,7 +239,7 @@ def test_the_example_init_file_imports_what_the_dashboard_imports():
             assert f"import {module}" in init, f"{module} is imported by the dashboard only"
 
 
-def test_jupyter_server_still_emits_its_kernel_action_events(jupyter_dirs, tmp_path):
+def test_jupyter_server_events_and_state_of_a_handed_out_kernel(jupyter_dirs, tmp_path):
     """A handout's start skips jupyter_client's pause, not the host's own start_kernel."""
     events = tmp_path / "events.jsonl"
     (jupyter_dirs["config"] / "jupyter_server_config.py").write_text(
@@ -256,6 +256,8 @@ def test_jupyter_server_still_emits_its_kernel_action_events(jupyter_dirs, tmp_p
                  log=tmp_path / "server.log") as server:
         pooled = server.kernel_pids()
         kid = new_session(server, "nb.ipynb")
+        # up and idle, not "starting" (a websocket's nudge would poll for a change)
+        assert api(server, "GET", f"/api/kernels/{kid}").json()["execution_state"] == "idle"
         assert ws_probe(server, kid)["pid"] in pooled
         assert api(server, "POST", f"/api/kernels/{kid}/restart").status_code == 200
         assert ws_probe(server, kid)["pid"] in pooled  # a warm restart, also a handout
