@@ -129,6 +129,11 @@ def __hotpot_km_bootstrap():
         kernel.shell_handlers = handlers
         released.set_result(None)
 
+    # IPython builds these on a kernel's first displayed result (tens of ms): here, in the
+    # pool, rather than in the first request of whoever gets the kernel.
+    shell.display_formatter.formatters
+    getattr(shell, "logger", None)
+
     kernel.shell_handlers = Gated(handlers)
     kernel.control_handlers["hotpot_km_handout_request"] = handout
     module = types.ModuleType("_hotpot_km")
