@@ -1,6 +1,6 @@
 """Cold kernels vs hotpot_km 0.2.2 vs this project vs Voila's preheat, side by side in one run.
 
-    python benchmarks/run.py            # full run, 13-15 minutes; writes results.md + handout.png
+    python benchmarks/run.py            # full run, about 15 minutes; writes results.md + handout.png
     python benchmarks/run.py --quick --output /tmp/x   # smoke run with tiny N (the test suite's)
 
 See benchmarks/README.md for what each scenario measures and how.
@@ -54,7 +54,7 @@ GROUPS = ("handout", "heavy", "burst", "server", "voila", "loop")
 
 @dataclass(frozen=True)
 class Sizes:
-    """Repetitions and pool sizes; the defaults make a full run of 13-15 minutes on 2 cores."""
+    """Repetitions and pool sizes; the defaults make a full run of about 15 minutes on 2 cores."""
 
     handout_reps: int = 25  # each rep: one bare and one cwd/env handout
     heavy_reps: int = 10
