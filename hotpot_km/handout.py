@@ -150,4 +150,7 @@ def handout_start_class(host: type[KernelManager]) -> type[KernelManager]:
         return host
     if issubclass(host, _HandoutStart):
         return host
-    return type(host.__name__, (host, _HandoutStart), {"__module__": host.__module__})
+    try:
+        return type(host.__name__, (host, _HandoutStart), {"__module__": host.__module__})
+    except TypeError:  # a hierarchy with no consistent MRO for it: keep the host's own
+        return host

@@ -759,6 +759,11 @@ class KernelPool:
     async def _shut_down(self, kernel: PooledKernel, release: bool = True) -> None:
         kernel.close_client()
         try:
+            if kernel.low_threads is not None and kernel.pid is not None:
+                # a process exits on its own threads: at idle priority on a busy machine
+                # that could take long, so it dies at normal priority
+                kernel.low_threads = None
+                await asyncio.to_thread(priority.restore_process, kernel.pid)
             if kernel.manager.has_kernel:
                 await kernel.manager.shutdown_kernel(now=True)
             else:
