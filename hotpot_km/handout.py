@@ -27,7 +27,7 @@ from jupyter_core.utils import ensure_async
 
 #: How long after a kernel_info reply its status may still be on its way on IOPub;
 #: past that, the subscription was not established yet and the request is sent again.
-IOPUB_GRACE = 0.05
+IOPUB_GRACE = 0.02
 #: Resend interval while a request has no reply at all (as jupyter_client's own wait).
 RESEND_EVERY = 1.0
 
