@@ -46,6 +46,9 @@ def __hotpot_km_bootstrap():
 
     shell = get_ipython()
     kernel = shell.kernel
+    if getattr(kernel, "control_thread", None) is None:
+        # the handout runs on the control thread while shell requests wait at the gate
+        raise RuntimeError("pooled Python kernels need ipykernel >= 6 (a control thread)")
     parent = kernel.get_parent()
     pool_session = parent["header"]["session"]
     launch_cwd = os.getcwd()
