@@ -22,9 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import phases
 from environment import HERE, MARKER_VAR, JupyterDirs, sweep
@@ -47,27 +45,6 @@ def summary(per_rep: list[dict[str, list[float]]], order: list[str]) -> list[str
     return lines
 
 
-def seconds(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-
-
-def time_kernel_side() -> None:
-    """Record how long the kernel itself took for each request the pool sends."""
-    from hotpot_km import kernel_io
-
-    original = kernel_io.request_reply
-
-    async def request_reply(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        reply = await original(*args, **kwargs)
-        started = reply.get("metadata", {}).get("started")
-        if started and reply["header"].get("date"):
-            took = seconds(reply["header"]["date"]) - seconds(started)
-            phases.record("        of which the kernel runs the code", took.total_seconds())
-        return reply
-
-    kernel_io.request_reply = request_reply
-
-
 async def handout(args: argparse.Namespace, dirs: JupyterDirs) -> list[str]:
     os.environ.update(dirs.env())
     os.chdir(dirs.work)  # a plain manager writes connection files to the current directory
@@ -77,7 +54,6 @@ async def handout(args: argparse.Namespace, dirs: JupyterDirs) -> list[str]:
         import experiments
 
         experiments.apply(args.experiment.split(","))
-    time_kernel_side()
     missing = phases.install(phases.HANDOUT)
     km = kb.new_manager("pooled", 2)
     profiler = None
@@ -119,7 +95,6 @@ async def handout(args: argparse.Namespace, dirs: JupyterDirs) -> list[str]:
         await km.shutdown_all(now=True)
     order = ["handout, start_kernel() to kernel_info reply",
              *(label for _, label in phases.HANDOUT),
-             "        of which the kernel runs the code",
              "probe: a new client for the kernel", "probe: kernel_info round trip",
              "reference: round trip of a silent `pass`"]
     lines = summary(per_rep, order)

@@ -28,7 +28,7 @@ HANDOUT = [
      "  KernelManager pre-start: provisioner.pre_launch"),
     ("hotpot_km.provisioner:final_env", "    final_env(): the request's env as a cold start's"),
     ("hotpot_km.pool:KernelPool.hand_out", "    KernelPool.hand_out"),
-    ("hotpot_km.kernel_io:request_reply", "      round trip of the handout code (cwd/env)"),
+    ("hotpot_km.pool:check_cwd", "      the request's cwd checked (off the loop)"),
     ("hotpot_km.pool:KernelPool._detach", "      _detach: the process changes owner"),
     ("jupyter_client.manager:KernelManager._async_launch_kernel",
      "  KernelManager launch: connection info and file"),
@@ -51,7 +51,7 @@ SERVER = [
     ("jupyter_client.manager:KernelManager._async_finish_shutdown",
      "    wait for the process (the pool retires it)"),
     ("jupyter_client.manager:KernelManager._async_cleanup_resources", "    cleanup"),
-    ("jupyter_client.manager:KernelManager._async_start_kernel",
+    ("hotpot_km.handout:_HandoutStart._async_start_kernel",
      "  KernelManager start (a handout with a pool)"),
     ("jupyter_server.services.kernels.connection.channels:"
      "ZMQChannelsWebsocketConnection.prepare", "websocket open: kernel_info via the server"),
@@ -61,14 +61,11 @@ SERVER = [
 
 VOILA = [
     ("jupyter_server.services.kernels.kernelmanager:MappingKernelManager.start_kernel",
-     "  start_kernel (a handout with a pool)"),
-    ("hotpot_km.kernel_io:request_reply", "    round trip of the handout code (cwd/env)"),
+     "hand-out: start_kernel()"),
     ("nbclient.client:NotebookClient.async_start_new_kernel_client",
-     "  nbclient: new kernel client"),
-    ("jupyter_client.asynchronous.client:AsyncKernelClient.wait_for_ready",
-     "    of which jupyter_client wait_for_ready()"),
-    ("nbclient.client:NotebookClient.async_execute_cell", "  executing the notebook's cells"),
-    ("jinja2.environment:Environment.compile", "  Jinja compiles the page templates"),
+     "readiness: nbclient's client, until wait_for_ready() returns"),
+    ("nbclient.client:NotebookClient.async_execute_cell", "execution: the notebook's cells"),
+    ("jinja2.environment:Environment.compile", "Jinja compiles the page templates"),
 ]
 
 

@@ -47,6 +47,7 @@ from server_bench import (
     restarts,
     sessions,
     voila_pages,
+    voila_refill_pages,
 )
 
 HEAVY_CODE = "import numpy, scipy.signal, matplotlib.pyplot, pandas"
@@ -70,6 +71,7 @@ class Sizes:
     server_pool: int = 2
     voila_reps: int = 8
     voila_pool: int = 3
+    refill_reps: int = 8
     fill_pool: int = 4
     gateway_reps: int = 10
     gateway_slow_reps: int = 5
@@ -79,7 +81,7 @@ class Sizes:
     runner_loop: int = 20  # notebooks in the nbclient loop (and its pool's size)
     nbmake: int = 10  # notebooks in the pytest --nbmake run (and its pool's size)
     nbmake_reps: int = 3
-    refill_reps: int = 10
+    fork_refill_reps: int = 10
     mem_pool: int = 4
 
 
@@ -87,7 +89,15 @@ QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
               fill_pool=1, gateway_reps=1, gateway_slow_reps=1, gateway_slow=2,
               papermill_reps=1, runner_loop=2, nbmake=2, nbmake_reps=1, refill_reps=1,
-              mem_pool=1)
+              fork_refill_reps=1, mem_pool=1)
+
+#: Where a pooled Voila page's time goes (phases.VOILA labels, summed per page).
+BREAKDOWN = {
+    "hand-out": "hand-out: start_kernel()",
+    "readiness": "readiness: nbclient's client, until wait_for_ready() returns",
+    "execution": "execution: the notebook's cells",
+    "templates": "Jinja compiles the page templates",
+}
 
 
 class Names:
@@ -99,10 +109,18 @@ class Names:
         self.start_only = "handout with cwd + env: start_kernel() alone"
         self.heavy = "handout: heavy imports, until imports done"
         self.session = "jupyter_server: POST /api/sessions → 1+1 reply"
-        self.voila = "Voila page (notebook with heavy imports)"
+        self.voila = "Voila page (seed voila.json, notebook with heavy imports)"
+        self.voila_refill = "Voila page while a refill warms up (heavy imports)"
+        self.page_parts = {
+            "hand-out": "Voila page, where it goes: hand-out (start_kernel)",
+            "readiness": "Voila page, where it goes: readiness (nbclient client ready)",
+            "execution": "Voila page, where it goes: execution (the notebook's cells)",
+            "rest": "Voila page, where it goes: rendering, HTTP and the rest",
+            "templates": "Voila page, where it goes: of the rest, Jinja compiling templates",
+        }
         self.burst = f"burst: {sizes.burst} starts on a pool of {sizes.burst_pool}, all ready"
         self.burst_each = f"burst: {sizes.burst} starts on a pool of {sizes.burst_pool}, each"
-        self.restart = "jupyter_server restart → kernel_info reply"
+        self.restart = "jupyter_server restart → first execute_reply with its output (new websocket)"
         self.restart_post = "jupyter_server restart: POST alone"
         self.mem_bare = "memory: idle kernel RSS, bare"
         self.mem_heavy = "memory: idle kernel RSS, heavy imports"
@@ -122,14 +140,15 @@ class Names:
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
-                self.voila, self.burst, self.burst_each, self.restart, self.restart_post,
-                self.gateway, self.gateway_slow, self.mem_bare, self.mem_heavy, self.mem_pool,
-                self.loop, self.papermill, self.runner_each, self.runner_loop, self.nbmake,
-                self.refill, self.pss_idle, self.pss_cell]
+                self.voila, self.voila_refill, *self.page_parts.values(), self.burst,
+                self.burst_each, self.restart, self.restart_post, self.gateway,
+                self.gateway_slow, self.mem_bare, self.mem_heavy, self.mem_pool, self.loop,
+                self.papermill, self.runner_each, self.runner_loop, self.nbmake, self.refill,
+                self.pss_idle, self.pss_cell]
 
     def latency_panels(self) -> list[str]:
-        return [self.bare, self.cwd_env, self.heavy, self.voila, self.session, self.restart,
-                self.gateway_slow, self.papermill, self.runner_each, self.refill]
+        return [self.start_only, self.cwd_env, self.heavy, self.voila, self.session,
+                self.restart, self.gateway_slow, self.papermill, self.runner_each, self.refill]
 
 
 def log(message: str) -> None:
@@ -260,7 +279,7 @@ class Bench:
         common = ["--code", code] if system == "cold" else ["--imports", imports]
         dirs = JupyterDirs(self.scratch, f"refill-{system}")
         refill = self.kernel_bench(system, "refill", dirs, "--scenario", "refill",
-                                   "--reps", str(s.refill_reps), "--pool", "1", *common)
+                                   "--reps", str(s.fork_refill_reps), "--pool", "1", *common)
         dirs = JupyterDirs(self.scratch, f"memory-{system}")
         memory = self.kernel_bench(system, "memory", dirs, "--scenario", "memory",
                                    "--pool", str(s.mem_pool), *common)
@@ -352,16 +371,28 @@ class Bench:
             }, indent=2))
         if system == "preheat":
             args = ["--preheat_kernel=True", f"--pool_size={s.voila_pool}", *args]
+        # this project's server also times the phases of each page (microseconds of cost)
+        timed = system == "new"
         server = Server("voila", self.python(system), dirs, args, cwd=app, token=False,
-                        log=self.logs / f"voila-{system}.log")
+                        log=self.logs / f"voila-{system}.log",
+                        env={"HOTPOT_BENCH_PHASES": "voila"} if timed else None)
+        refill: list[float] = []
         try:
             server.wait_up(timeout=600)
-            samples, failures = voila_pages(server, s.voila_reps, expect="BENCH_OK 2")
+            samples, failures, phases = voila_pages(server, s.voila_reps, expect="BENCH_OK 2",
+                                                    phases=timed)
+            if timed and not failures:
+                refill = voila_refill_pages(server, s.refill_reps, s.voila_pool,
+                                            expect="BENCH_OK 2")
         finally:
             server.stop()
             self.warmup_failures("voila", system, server.warmup_failures)
         if not failures:
-            return [Row(n.voila, system, samples)]
+            rows = [Row(n.voila, system, samples)]
+            if timed:
+                rows.append(Row(n.voila_refill, system, refill))
+                rows += self.page_breakdown(system, phases)
+            return rows
         kinds = ", ".join(sorted(set(failures)))
         note = f"{kinds} ({len(failures)} of {len(failures) + len(samples)})"
         worked = (f"; the {len(samples)} that worked took {statistics.median(samples):.2f} s "
@@ -404,6 +435,16 @@ class Bench:
                 if service is not None:
                     service.stop()
         return rows
+    def page_breakdown(self, system: str, pages: list[dict[str, list[float]]]) -> list[Row]:
+        """Per page: hand-out, readiness, execution, and the rest of the page's time."""
+        parts: dict[str, list[float]] = {key: [] for key in self.names.page_parts}
+        for page in pages:
+            spent = {key: sum(page.get(label, [])) for key, label in BREAKDOWN.items()}
+            for key in ("hand-out", "readiness", "execution", "templates"):
+                parts[key].append(spent[key])
+            parts["rest"].append(page["page"][0] - spent["hand-out"] - spent["readiness"]
+                                 - spent["execution"])
+        return [Row(self.names.page_parts[key], system, values) for key, values in parts.items()]
 
     # -- the whole run ---------------------------------------------------------------------
 
@@ -417,7 +458,8 @@ class Bench:
             "heavy": (self.heavy, self.systems("fork"), [n.heavy, n.mem_heavy, n.mem_pool]),
             "burst": (self.burst, self.systems("fork"), [n.burst, n.burst_each]),
             "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
-            "voila": (self.voila, self.systems("preheat"), [n.voila]),
+            "voila": (self.voila, self.systems("preheat"),
+                      [n.voila, n.voila_refill, *n.page_parts.values()]),
             "loop": (self.loop, self.systems(), [n.loop]),
             "gateway": (self.gateway, [s for s in self.systems() if s != "old"],
                         [n.gateway, n.gateway_slow]),
@@ -461,7 +503,9 @@ def cpu_model() -> str:
 def write_results(bench: Bench, output: Path, argv: list[str], started: float) -> Path:
     rows = bench.sorted_rows()
     names = bench.names
-    found = targets(rows, {"handout": names.cwd_env, "voila": names.voila, "burst": names.burst,
+    found = targets(rows, {"start_only": names.start_only, "handout": names.cwd_env,
+                           "voila": names.voila, "voila_refill": names.voila_refill,
+                           "session": names.session, "burst": names.burst,
                            "restart": names.restart, "restart_post": names.restart_post,
                            "event_loop": names.loop, "gateway_slow": names.gateway_slow,
                            "papermill": names.papermill, "runner_loop": names.runner_loop,
@@ -469,8 +513,8 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
                            "pss_idle": names.pss_idle, "pss_cell": names.pss_cell})
     png = output / "handout.png"
     chart(rows, names.latency_panels(), png,
-          goals={names.cwd_env: 0.005, names.voila: 0.15, names.restart: 0.05,
-                 names.refill: 0.15})
+          goals={names.start_only: 0.005, names.cwd_env: 0.010, names.voila: 0.25,
+                 names.session: 0.1, names.restart: 0.1, names.refill: 0.15})
     versions = {s: venv_versions(bench.pythons[s]) for s in ("old", "new") if s in bench.pythons}
     packages = ["python", "hotpot_km", "jupyter_client", "jupyter_server", "ipykernel", "voila",
                 "pyzmq", "tornado"]

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 import websocket
 from environment import HERE, JupyterDirs, Process, free_port
@@ -31,7 +32,8 @@ class Server:
     """A jupyter_server or Voila subprocess on 127.0.0.1 with the ``/bench/pool`` endpoint."""
 
     def __init__(self, kind: str, python: Path | str, dirs: JupyterDirs, args: Sequence[str],
-                 *, cwd: Path, log: Path, token: bool = True) -> None:
+                 *, cwd: Path, log: Path, token: bool = True,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = requests.Session()
@@ -47,7 +49,7 @@ class Server:
                     "--Voila.port_retries=0", *args]
         self.warmup_failures: list[str] = []
         self.process = Process([str(python), str(HERE / "apps.py"), kind, *argv],
-                               env=dirs.env(), cwd=cwd, log=log)
+                               env={**dirs.env(), **(env or {})}, cwd=cwd, log=log)
 
     def wait_up(self, timeout: float = 180) -> float:
         """Wait until the server answers; returns when (perf_counter) it first did."""
@@ -108,6 +110,33 @@ class KernelSocket:
             raise ServerError(f"execution failed: {reply['content']}")
         return reply
 
+    def execute_with_output(self, code: str) -> str:
+        """Run ``code``; return its stdout once both its execute_reply and its idle status
+        arrived (the output comes between its busy and idle status)."""
+        msg_id = uuid.uuid4().hex
+        header = {"msg_id": msg_id, "msg_type": "execute_request", "session": self.session,
+                  "username": "bench", "version": "5.3", "date": ""}
+        self.ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {},
+                                 "channel": "shell", "content": {
+                                     "code": code, "silent": False, "store_history": True,
+                                     "user_expressions": {}, "allow_stdin": False,
+                                     "stop_on_error": True}}))
+        out, replied, idle = [], False, False
+        while not (replied and idle):
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg.get("msg_type") or msg["header"]["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "execute_reply":
+                if msg["content"]["status"] != "ok":
+                    raise ServerError(f"execution failed: {msg['content']}")
+                replied = True
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+        return "".join(out)
+
     def close(self) -> None:
         self.ws.close()
 
@@ -139,11 +168,11 @@ def sessions(server: Server, reps: int, kernel_name: str = "python3") -> list[fl
 
 
 def restarts(server: Server, reps: int) -> dict[str, list[float]]:
-    """POST /api/kernels/<id>/restart → kernel_info_reply over a new websocket (JupyterLab
-    reconnects after a restart); the POST alone is kept as a breakdown."""
+    """POST /api/kernels/<id>/restart → a new websocket (JupyterLab reconnects after a
+    restart) → the first execute_reply, with its output; the POST alone is a breakdown."""
     session_id, kernel_id = new_session(server, "notebooks/restarted.ipynb")
     ready, post = [], []
-    for _ in range(reps):
+    for rep in range(reps):
         server.wait_pool()
         t0 = time.perf_counter()
         response = server.api("POST", f"/api/kernels/{kernel_id}/restart")
@@ -151,10 +180,12 @@ def restarts(server: Server, reps: int) -> dict[str, list[float]]:
         if response.status_code != 200:
             raise ServerError(f"restart: HTTP {response.status_code} {response.text[:300]}")
         sock = KernelSocket(server, kernel_id)
-        sock.request("kernel_info_request", {})
+        out = sock.execute_with_output(f"print('restarted', {rep})")
         ready.append(time.perf_counter() - t0)
         post.append(posted - t0)
         sock.close()
+        if out != f"restarted {rep}\n":
+            raise ServerError(f"the first request after a restart lost its output: {out!r}")
     server.api("DELETE", f"/api/sessions/{session_id}")
     return {"ready": ready, "post": post}
 
@@ -217,29 +248,94 @@ def cold_fill(server: Server, count: int, code: str) -> None:
 KERNEL_ID = re.compile(r'"kernelId"\s*:\s*"([0-9a-f-]{36})"')
 
 
-def voila_pages(server: Server, reps: int, expect: str) -> tuple[list[float], list[str]]:
-    """GET of the rendered page (whole body), then the kernel is shut down as on page unload.
+def voila_page(server: Server, expect: str) -> tuple[float, str | None, str | None]:
+    """GET of the rendered page (whole body): seconds, its kernel id, and why it failed."""
+    t0 = time.perf_counter()
+    page = server.http.get(server.url + "/", timeout=300)
+    elapsed = time.perf_counter() - t0
+    if page.status_code != 200:
+        return elapsed, None, f"HTTP {page.status_code}"
+    if expect not in page.text:
+        return elapsed, None, "page without the notebook's output"
+    match = KERNEL_ID.search(page.text)
+    return elapsed, match.group(1) if match else None, None
 
-    Returns the times of successful pages and a note per failed one (``HTTP 500``...).
+
+#: Tornado compares the X-XSRFToken header with the _xsrf cookie; a browser has both.
+XSRF = uuid.uuid4().hex
+
+
+def close_page(server: Server, kernel_id: str | None) -> None:
+    """What the page's unload handler does: shut its kernel down."""
+    if kernel_id:
+        response = server.api("POST", f"/voila/api/shutdown/{kernel_id}",
+                              headers={"X-XSRFToken": XSRF, "Cookie": f"_xsrf={XSRF}"})
+        if response.status_code != 204:
+            raise ServerError(f"page kernel shutdown: HTTP {response.status_code}")
+
+
+def voila_pages(server: Server, reps: int, expect: str, phases: bool = False,
+                ) -> tuple[list[float], list[str], list[dict[str, list[float]]]]:
+    """Pages against a full, quiet pool; each page's kernel is shut down as on page unload.
+
+    Returns the times of successful pages, a note per failed one (``HTTP 500``...), and
+    with ``phases`` the server's phase timings of each page (see phases.py).
     """
     samples: list[float] = []
     failures: list[str] = []
+    timings: list[dict[str, list[float]]] = []
     for _ in range(reps):
         server.wait_pool()
-        t0 = time.perf_counter()
-        page = server.http.get(server.url + "/", timeout=300)
-        elapsed = time.perf_counter() - t0
-        if page.status_code != 200 or expect not in page.text:
-            failures.append(f"HTTP {page.status_code}" if page.status_code != 200
-                            else "page without the notebook's output")
+        if phases:
+            server.api("GET", "/bench/phases")
+        elapsed, kernel_id, failed = voila_page(server, expect)
+        if failed:
+            failures.append(failed)
             continue
         samples.append(elapsed)
-        match = KERNEL_ID.search(page.text)
-        if match:
-            xsrf = server.http.cookies.get("_xsrf", "")
-            server.api("POST", f"/voila/api/shutdown/{match.group(1)}",
-                       headers={"X-XSRFToken": xsrf})
-    return samples, failures
+        if phases:
+            timings.append({**server.api("GET", "/bench/phases").json(), "page": [elapsed]})
+        close_page(server, kernel_id)
+    return samples, failures, timings
+
+
+def kernel_processes(server: Server) -> int:
+    """Kernel processes the server runs (pooled, warming and handed out)."""
+    try:
+        children = psutil.Process(server.process.proc.pid).children()
+    except psutil.Error:
+        return 0
+    count = 0
+    for child in children:
+        try:
+            if "ipykernel" in " ".join(child.cmdline()) and child.status() != "zombie":
+                count += 1
+        except psutil.Error:
+            continue
+    return count
+
+
+def voila_refill_pages(server: Server, reps: int, pool: int, expect: str) -> list[float]:
+    """Pages served while a refill warms up: page A takes a pooled kernel (and keeps it, as
+    an open tab does); once its replacement has started, page B is timed."""
+    samples = []
+    for _ in range(reps):
+        server.wait_pool()
+        _, first, failed = voila_page(server, expect)
+        if failed:
+            raise ServerError(f"Voila page: {failed}")
+        deadline = time.monotonic() + 120
+        while kernel_processes(server) < pool + 1:  # page A's kernel + the pool, refilling
+            if time.monotonic() > deadline:
+                raise ServerError("no refill started after a page")
+            time.sleep(0.01)
+        elapsed, second, failed = voila_page(server, expect)
+        if failed:
+            raise ServerError(f"Voila page during a refill: {failed}")
+        samples.append(elapsed)
+        close_page(server, first)
+        close_page(server, second)
+    return samples
 
 
 def notebook(path: Path, *cells: str) -> None:

@@ -41,7 +41,9 @@ from traitlets import Bool, Float, List, Unicode, default
 from .budget import Slot
 from .kernel_io import request_reply, run_code
 from .languages import preparation_for
+from .pool import handout_reply, send_handout
 from .pooled import PooledKernelManager
+from .priority import ProcessPriority
 from .request import LaunchRequest, plain_env
 
 __all__ = ["GatewayKernelAdapter", "PooledGatewayMappingKernelManager"]
@@ -99,9 +101,28 @@ def gateway_env(env: Mapping[str, str] | None, cwd: str | None) -> dict[str, str
     return plain_env(out)
 
 
+class GatewayChannel:
+    """The shell or control channel of a gateway websocket, as :mod:`hotpot_km.kernel_io`
+    uses a channel: ``send`` a message, ``get_msg`` the next reply."""
+
+    def __init__(self, channels: GatewayChannels, name: str) -> None:
+        self._channels = channels
+        self.name = name
+        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self._channels.send({**msg, "channel": self.name})
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self.replies.get(), timeout)
+        except asyncio.TimeoutError:
+            raise queue.Empty from None
+
+
 class GatewayChannels:
-    """The pool's connection to one kernel on a gateway: its websocket, with only the
-    shell channel read (a ``ShellClient`` for :mod:`hotpot_km.kernel_io`).
+    """The pool's connection to one kernel on a gateway: its websocket, with the shell and
+    control channels read (a ``ShellClient`` for :mod:`hotpot_km.kernel_io`).
 
     The iopub status messages the gateway sends are watched: ``restarting`` or ``dead``
     mean the kernel the pool prepared is gone, even if its id lives on.
@@ -110,10 +131,10 @@ class GatewayChannels:
     def __init__(self, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
         self.log = log
         self.session = Session(username="hotpot_km")
-        self.shell_channel = self
+        self.shell_channel = GatewayChannel(self, "shell")
+        self.control_channel = GatewayChannel(self, "control")
         self.lost: str | None = None
         self._ws: WebSocketClientConnection | None = None
-        self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._ignored: set[str] = set()  # keep-alive requests whose replies nobody reads
 
     async def connect(self, kernel_id: str, timeout: float) -> None:
@@ -136,33 +157,25 @@ class GatewayChannels:
         except ValueError:
             return  # a binary frame (buffers); the pool never asks for those
         channel = msg.get("channel")
-        if channel == "shell":
+        if channel in ("shell", "control"):
             if msg.get("parent_header", {}).get("msg_id") in self._ignored:
                 self._ignored.discard(msg["parent_header"]["msg_id"])
                 return
-            self._replies.put_nowait(msg)
+            getattr(self, f"{channel}_channel").replies.put_nowait(msg)
         elif channel == "iopub" and msg.get("msg_type") == "status":
             state = msg.get("content", {}).get("execution_state")
             if state in _LOST_STATES:
                 self.lost = state
 
-    # -- the shell channel, as kernel_io uses it --------------------------------------------
-
     def send(self, msg: dict[str, Any]) -> None:
+        """Send ``msg`` (with its ``channel``) over the websocket."""
         if self._ws is None or self.lost == "disconnected":
             raise ConnectionError("the gateway websocket is closed")
-        msg = {**msg, "channel": "shell"}
         try:
             self._ws.write_message(json.dumps(msg, default=json_default))
         except WebSocketClosedError:
             self.lost = self.lost or "disconnected"
             raise ConnectionError("the gateway websocket is closed") from None
-
-    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
-        try:
-            return await asyncio.wait_for(self._replies.get(), timeout)
-        except asyncio.TimeoutError:
-            raise queue.Empty from None
 
     def ping(self) -> None:
         """Activity for the gateway's culler, nothing else: a silent execute of no code
@@ -177,7 +190,7 @@ class GatewayChannels:
         }
         msg = self.session.msg("execute_request", content)
         self._ignored.add(msg["header"]["msg_id"])
-        self.send(msg)
+        self.shell_channel.send(msg)
 
     def close(self) -> None:
         ws, self._ws = self._ws, None
@@ -216,6 +229,7 @@ class GatewayKernelAdapter:
         self._channels: GatewayChannels | None = None
         self._last_ping = 0.0
         self._gone = False
+        self.priority: ProcessPriority | None = None  # nothing of it runs here
 
     @property
     def url(self) -> str:
@@ -257,6 +271,12 @@ class GatewayKernelAdapter:
         self._last_ping = loop.time()
         return channels
 
+    def watch_statuses(self) -> None:
+        return None  # the refill does not wait for a remote kernel to go idle
+
+    async def check_cwd(self, cwd: str) -> None:
+        """The cwd is a directory on the gateway's side: the kernel finds out."""
+
     async def is_alive(self) -> bool:
         if self._gone or (self._channels is not None and self._channels.lost):
             return False
@@ -287,7 +307,6 @@ class GatewayKernelAdapter:
     def detach(self, slot: Slot) -> RemoteHandout:
         """The kernel now belongs to jupyter_server's gateway manager, by its id."""
         slot.release()  # kernels the gateway runs for users are the gateway's to limit
-        self.close_client()
         assert self.launch is not None
         return RemoteHandout(self.kernel_id, self.launch, self.language)
 
@@ -457,14 +476,15 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
                 is_alive=alive,
                 resend_every=1.0,
             )
-            steps = [
-                (prep.bootstrap, {"launch_env": dict(launch.env)}),
-                (prep.handout, {"cwd": request.cwd, "env": dict(request.env)}),
-            ]
-            for code, data in steps:
-                await run_code(
-                    channels, code, timeout=settings.startup_timeout, is_alive=alive, data=data
-                )
+            await run_code(
+                channels,
+                prep.bootstrap,
+                timeout=settings.startup_timeout,
+                is_alive=alive,
+                data={"launch_env": dict(launch.env)},
+            )
+            handout = send_handout(channels, launch, request)
+            await handout_reply(channels, handout, settings.startup_timeout, alive)
         except Exception:
             self.log.warning(
                 "hotpot_km: restarted kernel %s could not get its env and cwd again",

@@ -1,7 +1,8 @@
-"""The few shell-channel exchanges the pool has with a kernel.
+"""The few exchanges the pool has with a kernel.
 
-The pool keeps one client per warm kernel, so a handout costs one round trip
-on an already connected socket instead of a new client and a readiness dance.
+The pool keeps one client per warm kernel (shell for the warm-up, control for the
+handout), so a handout is one message on an already connected socket instead of a
+new client and a readiness dance.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from queue import Empty
 from typing import Any, Protocol
 
+from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.session import Session
 
 #: Key under which the pool sends its data in a request's ``metadata``.
@@ -20,7 +22,9 @@ METADATA_KEY = "hotpot_km"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-class ShellChannel(Protocol):
+class Channel(Protocol):
+    """One channel of a kernel (shell or control), as the pool uses it."""
+
     def send(self, msg: dict[str, Any]) -> None: ...
 
     async def get_msg(self, timeout: float | None = None) -> dict[str, Any]: ...
@@ -33,7 +37,10 @@ class ShellClient(Protocol):
     session: Session
 
     @property
-    def shell_channel(self) -> ShellChannel: ...
+    def shell_channel(self) -> Channel: ...
+
+    @property
+    def control_channel(self) -> Channel: ...
 
 
 class KernelDiedError(RuntimeError):
@@ -104,6 +111,13 @@ async def request_reply(
             continue
         if reply.get("parent_header", {}).get("msg_id") in sent:
             return reply
+
+
+def close_client(client: AsyncKernelClient) -> None:
+    """Close the channels the pool opened; ``stop_channels()`` would first create the others."""
+    for channel in (client._shell_channel, client._control_channel, client._iopub_channel):
+        if channel is not None:
+            channel.close()
 
 
 async def run_code(

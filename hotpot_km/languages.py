@@ -11,15 +11,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Message type of the handout, sent on the control channel (see :class:`Preparation`).
+HANDOUT_REQUEST = "hotpot_km_handout_request"
+HANDOUT_REPLY = "hotpot_km_handout_reply"
+
 
 @dataclass(frozen=True)
 class Preparation:
     """How the pool prepares and hands out kernels of one language.
 
     ``bootstrap`` runs first in every pooled kernel and receives
-    ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}``;
-    ``handout`` receives ``{"cwd": ..., "env": ...}`` and must make the kernel
-    look as if it had been started with them (``cwd`` ``None``: where it started).
+    ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}``.
+    The bootstrap must also install, in the kernel, a handler for
+    :data:`HANDOUT_REQUEST` control messages and a gate on the shell channel: until
+    the handout is applied, shell requests of anyone but the pool wait. The handout
+    carries ``{"cwd": ..., "env": ...}`` (or nothing, meaning the launch's own values;
+    ``cwd`` ``None``: where the kernel started) and must make the kernel look as if it
+    had been started with them; if applying fails, the kernel must exit at once.
     ``startup_env`` lists variables read only while the process starts (or while the
     warm-up imports run): a request that changes one of them cannot be served by a
     pooled kernel.
@@ -29,37 +37,56 @@ class Preparation:
     file_extension: str
     bootstrap: str
     import_modules: str
-    handout: str
     startup_env: frozenset[str] = field(default_factory=frozenset)
 
 
 _PYTHON_BOOTSTRAP = """\
 def __hotpot_km_bootstrap():
-    import os, pathlib, sys, time, types
+    import asyncio, inspect, os, pathlib, sys, time, types
+    from concurrent.futures import Future
 
     shell = get_ipython()
-
-    def data():
-        return shell.kernel.get_parent()["metadata"]["hotpot_km"]
-
-    launch = dict(data()["launch_env"])
+    kernel = shell.kernel
+    if getattr(kernel, "control_thread", None) is None:
+        # the handout runs on the control thread while shell requests wait at the gate
+        raise RuntimeError("pooled Python kernels need ipykernel >= 6 (a control thread)")
+    parent = kernel.get_parent()
+    pool_session = parent["header"]["session"]
+    launch_cwd = os.getcwd()
+    launch = dict(parent["metadata"]["hotpot_km"]["launch_env"])
     started = dict(os.environ)
-    start_dir = os.getcwd()
     # What the kernel changed in its own environment while starting up; a cold
     # start with the request's env would do the same on top of that env.
     own = {k: v for k, v in started.items() if launch.get(k) != v}
     dropped = [k for k in launch if k not in started]
+    handlers = kernel.shell_handlers
+    released = Future()
 
     def import_modules():
         import importlib
 
-        for name in data()["modules"]:
+        for name in kernel.get_parent()["metadata"]["hotpot_km"]["modules"]:
             importlib.import_module(name)
 
-    def handout():
-        request = data()
-        os.chdir(start_dir if request["cwd"] is None else request["cwd"])
-        env = dict(request["env"])
+    def gated(handler):
+        async def gate(stream, idents, msg):
+            # Nobody but the pool runs anything before the request's cwd/env are in place.
+            if msg["header"].get("session") != pool_session:
+                await asyncio.wrap_future(released)
+            result = handler(stream, idents, msg)
+            if inspect.isawaitable(result):
+                await result
+
+        return gate
+
+    class Gated(dict):
+        def get(self, msg_type, default=None):
+            handler = dict.get(self, msg_type)
+            return default if handler is None else gated(handler)
+
+    def apply(cwd, request_env):
+        os.chdir(cwd)
+        env = dict(request_env)
         for key, value in own.items():
             # A value the kernel overwrote is overwritten again; a value it only
             # added as a default gives way to the request's own.
@@ -79,11 +106,43 @@ def __hotpot_km_bootstrap():
             shell.user_ns["__session__"] = session
         else:
             shell.user_ns.pop("__session__", None)
-        sys.modules.pop("_hotpot_km", None)
 
+    def handout(stream, idents, msg):
+        # Runs on the control thread; the shell is idle or waiting at the gate.
+        request = msg["metadata"].get("hotpot_km") or {}
+        try:
+            cwd = request.get("cwd")  # None: stay where the kernel started
+            apply(launch_cwd if cwd is None else cwd, request.get("env", launch))
+            kernel.control_handlers.pop("hotpot_km_handout_request", None)
+            sys.modules.pop("_hotpot_km", None)
+        except BaseException as error:
+            # Never run a request's code half set up: exit now, the host restarts the kernel.
+            try:
+                print(f"hotpot_km: applying the request's cwd/env failed: {error!r}; "
+                      "the kernel exits", file=sys.__stderr__, flush=True)
+            finally:
+                os._exit(1)
+        kernel.session.send(stream, "hotpot_km_handout_reply", {"status": "ok"}, msg, idents)
+        try:
+            # open the gate once this message's idle status is published, so a client's
+            # first request never sees a status of the handout after its own
+            asyncio.get_running_loop().call_soon(release)
+        except RuntimeError:
+            release()
+
+    def release():
+        kernel.shell_handlers = handlers
+        released.set_result(None)
+
+    # IPython builds these on a kernel's first displayed result (tens of ms): here, in the
+    # pool, rather than in the first request of whoever gets the kernel.
+    shell.display_formatter.formatters
+    getattr(shell, "logger", None)
+
+    kernel.shell_handlers = Gated(handlers)
+    kernel.control_handlers["hotpot_km_handout_request"] = handout
     module = types.ModuleType("_hotpot_km")
     module.import_modules = import_modules
-    module.handout = handout
     sys.modules["_hotpot_km"] = module
 
 
@@ -96,7 +155,6 @@ PYTHON = Preparation(
     file_extension=".py",
     bootstrap=_PYTHON_BOOTSTRAP,
     import_modules='__import__("_hotpot_km").import_modules()',
-    handout='__import__("_hotpot_km").handout()',
     startup_env=frozenset(
         {
             # read by the interpreter at startup

@@ -16,6 +16,7 @@ from traitlets import Integer
 
 from . import metrics
 from .budget import MaximumKernelsException
+from .handout import handout_start_class
 from .pool import KernelPool, LocalKernelAdapter, PoolProcessManager, PoolSettings
 from .provisioner import PooledProvisioner
 
@@ -101,6 +102,8 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
     ) -> tuple[KernelManager, str, str]:
         km, kernel_name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
         reservation = self._pool.reserve(kernel_name, kwargs)
+        # the host's own class, whose starts skip jupyter_client's fixed pause after a handout
+        km.__class__ = handout_start_class(type(km))
         km.provisioner = PooledProvisioner(
             pool=self._pool,
             reservation=reservation,

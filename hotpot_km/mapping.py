@@ -24,6 +24,7 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from zmq.eventloop.zmqstream import ZMQStream
 
 from .kernel_io import KernelDiedError, request_reply
+from .languages import HANDOUT_REPLY, HANDOUT_REQUEST
 from .pooled import PooledKernelManager
 from .server_extension import attach_to_voila
 
@@ -244,3 +245,17 @@ def _resign(parts: list[bytes], old: Session, new: Session) -> bool:
 
 def _as_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
+
+    def start_watching_activity(self, kernel_id: str) -> None:
+        """A handed-out kernel is up and idle, not "starting": a new websocket's nudge then
+        does not poll (every 50 ms) for a state change no message may bring."""
+        super().start_watching_activity(kernel_id)
+        kernel = self._kernels[kernel_id]
+        if getattr(kernel.provisioner, "handed_out", False):
+            kernel.execution_state = "idle"
+
+    def track_message_type(self, message_type: str) -> bool:
+        """The handout's own messages are not activity of the kernel's owner."""
+        if message_type in (HANDOUT_REQUEST, HANDOUT_REPLY):
+            return False
+        return bool(super().track_message_type(message_type))

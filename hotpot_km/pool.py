@@ -20,25 +20,38 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any, Protocol
 
+import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning import KernelProvisionerBase
+from jupyter_client.session import Session
 from jupyter_core.paths import jupyter_config_path
 
-from . import keeper
+from . import keeper, priority
 from .budget import KernelBudget, MaximumKernelsException, Slot
 from .events import Observers, PoolLog, PoolStats
-from .kernel_io import KernelCodeError, KernelDiedError, ShellClient, request_reply, run_code
-from .languages import init_file_extension, preparation_for
+from .kernel_io import (
+    METADATA_KEY,
+    KernelCodeError,
+    KernelDiedError,
+    ShellClient,
+    close_client,
+    request_reply,
+    run_code,
+)
+from .languages import HANDOUT_REPLY, HANDOUT_REQUEST, init_file_extension, preparation_for
+from .priority import ProcessPriority
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options, mismatch
 from .snapshot import KernelView, PoolSnapshot, PoolView
 
@@ -50,6 +63,8 @@ class PoolSettings:
     sizes: Mapping[str, int] = field(default_factory=dict)
     launch_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fill_delay: float = 1.0
+    fill_idle_timeout: float = 10.0
+    idle_priority: bool = True
     initialization_code: Mapping[str, str] = field(default_factory=dict)
     python_imports: tuple[str, ...] = ()
     startup_timeout: float = 60.0
@@ -85,11 +100,22 @@ class KernelAdapter(Protocol):
 
     async def start(self, timeout: float, slot: Slot) -> ShellClient:
         """Start the kernel (``slot`` is its place under ``max_kernels``, which a local
-        process binds to its process group); return a client whose shell channel reaches it."""
+        process binds to its process group); return a client whose shell and control
+        channels reach it."""
+        ...
+
+    def watch_statuses(self) -> zmq.asyncio.Socket | None:
+        """A socket subscribed to the kernel's status messages, to see it go idle after
+        its handout (``None``: the refill does not wait for that)."""
         ...
 
     async def is_alive(self) -> bool:
-        """Whether the kernel still runs (polled every second while it waits)."""
+        """Whether the kernel still runs (polled every second while it waits, and while a
+        handed-out kernel settles)."""
+        ...
+
+    async def check_cwd(self, cwd: str) -> None:
+        """Raise ``OSError`` as a cold start would if the kernel can't work in ``cwd``."""
         ...
 
     def close_client(self) -> None:
@@ -97,7 +123,13 @@ class KernelAdapter(Protocol):
         ...
 
     def detach(self, slot: Slot) -> Any:
-        """Give up the pool's hold on the kernel; return what the host takes over."""
+        """Give up the pool's hold on the kernel; return what the host takes over. The
+        pool's client stays open until the kernel settled (the engine closes it)."""
+        ...
+
+    @property
+    def priority(self) -> ProcessPriority | None:
+        """The kernel's CPU priority, if the pool can lower it while it warms up."""
         ...
 
     async def shutdown(self) -> None:
@@ -144,9 +176,13 @@ class PooledKernel:
     launch: LaunchRequest | None = None
     language: str | None = None
     client: ShellClient | None = None
+    #: the kernel's own IOPub topics (status), to see it go idle after handout (local kernels)
+    statuses: zmq.asyncio.Socket | None = None
     claimed: bool = False
     task: asyncio.Task[None] | None = None  # the warm-up
     ending: asyncio.Task[None] | None = None  # the shutdown, once started (see _end)
+    #: a pending move of every thread back to normal priority (see _normal_priority)
+    restoring: asyncio.Task[None] | None = None
     launched: float = field(default_factory=time.monotonic)
     ready_since: float | None = None
 
@@ -155,9 +191,12 @@ class PooledKernel:
         return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
 
     def close_client(self) -> None:
-        if self.client is not None:
+        client, self.client = self.client, None
+        statuses, self.statuses = self.statuses, None
+        if client is not None:
             self.adapter.close_client()
-        self.client = None
+        if statuses is not None:
+            statuses.close(linger=0)
 
 
 @dataclass(frozen=True)
@@ -193,6 +232,9 @@ class KernelPool:
         self._idle: dict[str, list[PooledKernel]] = {}  # unclaimed, in launch order
         self._warming: set[PooledKernel] = set()
         self._claimed: set[PooledKernel] = set()  # claimed, not yet handed out or discarded
+        self._settling: set[PooledKernel] = set()  # handed out, refill waits for it to go idle
+        self._settlers: set[asyncio.Task[None]] = set()
+        self._waiters = 0  # callers of wait_full(): warm-ups they wait for get normal priority
         self._tasks: set[asyncio.Task[Any]] = set()
         self._filler: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None  # the filler's sleep
@@ -239,6 +281,8 @@ class KernelPool:
             filler.cancel()
             if filler.get_loop() is asyncio.get_running_loop():
                 await asyncio.gather(filler, return_exceptions=True)
+        for settler in list(self._settlers):
+            settler.cancel()
         for kernels in list(self._idle.values()):
             for kernel in list(kernels):
                 self._drop(kernel)
@@ -284,16 +328,22 @@ class KernelPool:
         """
         self.start()
         failures = dict(self._failures)
-        while True:
-            for name, count in self._failures.items():
-                if count > failures.get(name, 0):
-                    raise WarmupError(self._last_error[name])
-            if self._is_full():
-                return
-            if self._filler is None or self._filler.done():
-                raise RuntimeError("the kernel pool is not running")
-            self._changed.clear()
-            await self._changed.wait()
+        self._waiters += 1
+        try:
+            while True:
+                for kernel in list(self._warming):  # someone waits for them now
+                    self._normal_priority(kernel)
+                for name, count in self._failures.items():
+                    if count > failures.get(name, 0):
+                        raise WarmupError(self._last_error[name])
+                if self._is_full():
+                    return
+                if self._filler is None or self._filler.done():
+                    raise RuntimeError("the kernel pool is not running")
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._waiters -= 1
 
     def _is_full(self) -> bool:
         for name, size in self._host.pool_settings().sizes.items():
@@ -362,22 +412,25 @@ class KernelPool:
         if self.closed:
             return None
         for name, size in settings.sizes.items():
-            idle = self._idle.setdefault(name, [])
-            # a claimed kernel keeps its place until it is handed out or discarded
-            if len(idle) + sum(k.name == name for k in self._claimed) >= size:
+            self._idle.setdefault(name, [])
+            if self._held(name) >= size:
                 continue
             due = self._not_before.get(name, 0.0)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
-            while len(idle) + sum(k.name == name for k in self._claimed) < size and len(
-                self._warming
-            ) < max(settings.max_warming, 1):
+            while self._held(name) < size and len(self._warming) < max(settings.max_warming, 1):
                 slot = self.budget.try_take()
                 if slot is None:
                     return wait
                 self._launch(name, slot)
         return wait
+
+    def _held(self, name: str) -> int:
+        """Kernels that count toward a pool's size: idle ones, claimed ones (until handed
+        out or discarded) and handed-out ones whose refill waits for them (see _settle)."""
+        held = self._claimed | self._settling
+        return len(self._idle.get(name, [])) + sum(k.name == name for k in held)
 
     def _launch(self, name: str, slot: Slot) -> None:
         adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))
@@ -419,6 +472,10 @@ class KernelPool:
             self._templates[kernel.name] = (kernel.launch, kernel.language)
             client = await kernel.adapter.start(settings.startup_timeout, kernel.slot)
             kernel.client = client
+            prio = kernel.adapter.priority
+            if prio is not None and not kernel.claimed and await self._may_lower(settings):
+                prio.lower()  # threads it starts from now on inherit it
+            kernel.statuses = kernel.adapter.watch_statuses()
             alive = kernel.adapter.is_alive
             reply = await request_reply(
                 client,
@@ -435,6 +492,8 @@ class KernelPool:
                 if left <= 0:
                     raise TimeoutError
                 await run_code(client, code, timeout=left, is_alive=alive, data=data)
+            if prio is not None:
+                await prio.lower_all()
         except asyncio.CancelledError:
             kernel.ready.cancel()
             await asyncio.shield(self._end(kernel))
@@ -458,6 +517,29 @@ class KernelPool:
             if not kernel.is_ready and kernel in idle:
                 idle.remove(kernel)
             self._wake_filler()
+
+    async def _may_lower(self, settings: PoolSettings) -> bool:
+        """Whether a new warm-up may run at idle CPU priority: nobody waits for it, and it can
+        be brought back before handout."""
+        if not settings.idle_priority or self._waiters:
+            return False
+        return await asyncio.to_thread(priority.can_restore)
+
+    def _normal_priority(self, kernel: PooledKernel) -> None:
+        """Back to normal CPU priority: someone waits for this kernel, or it is handed out."""
+        prio = kernel.adapter.priority
+        if prio is None or not prio.restore():
+            return
+        if not kernel.ready.done():
+            # still warming: threads it started since launch inherited SCHED_IDLE
+            restore = asyncio.to_thread(priority.restore_process, prio.pid)
+            kernel.restoring = self._spawn(restore, "hotpot_km restore priority")
+
+    async def _at_normal_priority(self, kernel: PooledKernel) -> None:
+        """:meth:`_normal_priority`, and wait until every thread of the kernel is back."""
+        self._normal_priority(kernel)
+        if kernel.restoring is not None:
+            await kernel.restoring
 
     async def _warmup_steps(
         self, kernel: PooledKernel, settings: PoolSettings, info: Mapping[str, Any]
@@ -577,6 +659,7 @@ class KernelPool:
         self._idle[name].remove(kernel)
         kernel.claimed = True
         self._claimed.add(kernel)
+        self._normal_priority(kernel)
         settings = self._host.pool_settings()
         loop = asyncio.get_running_loop()
         self._not_before[name] = max(
@@ -611,6 +694,9 @@ class KernelPool:
         Returns what its adapter hands over (:class:`HandedOut` for a local process),
         or ``None`` (kernel returned to the pool) if it can't serve this request;
         raises :class:`HandoutError` (kernel discarded) if it failed.
+        The handout is one control message whose reply is not awaited: the kernel's
+        gate holds any other request until it is applied, and a kernel that fails to
+        apply it exits (see :mod:`hotpot_km.languages`).
         """
         waiting = None if kernel.ready.done() else time.monotonic()
         try:
@@ -630,27 +716,19 @@ class KernelPool:
             return None
         if not await kernel.adapter.is_alive():
             raise HandoutError("it died while waiting in the pool", ColdReason.DEAD_KERNEL)
-        prep = preparation_for(kernel.language)
-        if prep is not None:
-            try:
-                await run_code(
-                    kernel.client,
-                    prep.handout,
-                    timeout=self._host.pool_settings().startup_timeout,
-                    is_alive=kernel.adapter.is_alive,
-                    data={"cwd": request.cwd, "env": dict(request.env)},
-                )
-            except KernelCodeError as error:
-                if error.ename in _CWD_ERRORS:  # raised before anything changed in the kernel
-                    self.unclaim(kernel)
-                    code, reason = _CWD_ERRORS[error.ename]
-                    raise OSError(code, f"kernel working directory {reason}", request.cwd) from None
-                raise HandoutError(f"applying cwd/env failed: {error.summary()}") from None
-            except (KernelDiedError, TimeoutError) as error:
-                died = isinstance(error, KernelDiedError)
-                reason = ColdReason.DEAD_KERNEL if died else ColdReason.HANDOUT_FAILED
-                raise HandoutError(f"applying cwd/env failed: {error}", reason) from None
-        return self._detach(kernel)
+        handout: str | None = None
+        if preparation_for(kernel.language) is not None:
+            if request.cwd is not None and request.cwd != kernel.launch.cwd:
+                try:
+                    await kernel.adapter.check_cwd(request.cwd)
+                except OSError:
+                    self.unclaim(kernel)  # nothing was sent: the kernel is untouched
+                    raise
+            await self._at_normal_priority(kernel)
+            handout = send_handout(kernel.client, kernel.launch, request)
+        else:
+            await self._at_normal_priority(kernel)
+        return self._detach(kernel, handout)
 
     async def take(
         self, request: LaunchRequest, *, ready_only: bool, kernel: PooledKernel | None = None
@@ -695,12 +773,56 @@ class KernelPool:
         if slot is not None:
             slot.release()
 
-    def _detach(self, kernel: PooledKernel) -> Any:
-        """Release the pool's hold on a kernel so the host's own code can own it."""
+    def _detach(self, kernel: PooledKernel, handout: str | None) -> Any:
+        """Release the pool's hold on a kernel so the host's own code can own it; watch it
+        settle in the background (see :meth:`_settle`)."""
         self._claimed.discard(kernel)
+        handed = kernel.adapter.detach(kernel.slot)
+        self._settling.add(kernel)
+        settler = self._spawn(self._settle(kernel, handout), "hotpot_km settle")
+        self._settlers.add(settler)
+        settler.add_done_callback(self._settlers.discard)
         self._wake_filler()
-        kernel.client = None
-        return kernel.adapter.detach(kernel.slot)
+        return handed
+
+    async def _settle(self, kernel: PooledKernel, handout: str | None) -> None:
+        """After a handout: check its reply, then hold the refill until the kernel went idle.
+
+        Off the start's critical path. The refill waits (at most ``fill_idle_timeout``)
+        until the kernel has run its first execute request from its new owner and then
+        been idle for :data:`SETTLE_QUIET` seconds, so the replacement's warm-up does not
+        compete with the page or notebook being served. ``fill_delay`` 0 refills at once.
+        """
+        settings = self._host.pool_settings()
+        loop = asyncio.get_running_loop()
+        client = kernel.client
+        alive = kernel.adapter.is_alive
+        try:
+            if handout is not None and client is not None:
+                try:
+                    await handout_reply(client, handout, settings.startup_timeout, alive)
+                except KernelDiedError:
+                    self.log.warning(
+                        "hotpot_km: a handed-out %r kernel exited while applying the request's "
+                        "cwd/env (its output says why); its manager restarts it",
+                        kernel.name,
+                    )
+                    return
+                except TimeoutError:
+                    self.log.warning(
+                        "hotpot_km: a handed-out %r kernel did not confirm its cwd/env within %g s",
+                        kernel.name,
+                        settings.startup_timeout,
+                    )
+            wait = settings.fill_idle_timeout if settings.fill_delay > 0 else 0.0
+            if kernel.statuses is not None and client is not None and wait > 0:
+                await _until_idle(kernel.statuses, client.session, loop.time() + wait, alive)
+        except Exception:
+            self.log.debug("hotpot_km: watching a handed-out kernel failed", exc_info=True)
+        finally:
+            kernel.close_client()
+            self._settling.discard(kernel)
+            self._wake_filler()
 
     async def discard(self, kernel: PooledKernel) -> Slot | None:
         """Shut a claimed kernel down; its slot comes back once the process is gone.
@@ -919,8 +1041,10 @@ class LocalKernelAdapter:
         self.pool = pool
         self.manager = manager
         manager.context = pool._zmq_context()  # one context for all pooled kernels
+        self.priority: ProcessPriority | None = None
         self._start_kwargs: dict[str, Any] = {}
         self._client: AsyncKernelClient | None = None
+        self._handed: KernelProvisionerBase | None = None  # the process's, once handed out
 
     async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
         spec = await self.pool.spec(self.manager.kernel_name)
@@ -943,23 +1067,31 @@ class LocalKernelAdapter:
         await keeper.ensure_running()
         self.manager.slot = slot  # bound to the process group in the launch step itself
         await asyncio.wait_for(self.manager.start_kernel(**self._start_kwargs), timeout)
+        pid = self.pid
+        if pid is not None:
+            self.priority = ProcessPriority(pid)
         client = self.manager.client(context=self.pool._zmq_context())
-        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
+        client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=True)
         self._client = client
         return client
 
+    def watch_statuses(self) -> zmq.asyncio.Socket:
+        return subscribe_statuses(self.manager)
+
     async def is_alive(self) -> bool:
+        if self._handed is not None:  # the host's manager owns it now: ask its process
+            return await self._handed.poll() is None
         return bool(await self.manager.is_alive())
+
+    async def check_cwd(self, cwd: str) -> None:
+        await asyncio.to_thread(check_cwd, cwd)
 
     def close_client(self) -> None:
         client, self._client = self._client, None
-        if client is not None and client._shell_channel is not None:
-            client._shell_channel.close()
+        if client is not None:
+            close_client(client)
 
     def detach(self, slot: Slot) -> HandedOut:
-        client, self._client = self._client, None
-        if client is not None:  # closing sockets takes ms: not on the handout path
-            self.pool._spawn(_close_client(client), "hotpot_km close client")
         manager = self.manager
         provisioner = manager.provisioner
         assert provisioner is not None
@@ -975,10 +1107,15 @@ class LocalKernelAdapter:
         manager._close_control_socket()
         manager.provisioner = None
         manager._connection_file_written = False
+        self._handed = provisioner
         return handed
 
     async def shutdown(self) -> None:
         provisioner = self.manager.provisioner
+        if self.priority is not None and self.priority.restore():
+            # a process exits on its own threads: at idle priority on a busy machine that
+            # could take long, so it dies at normal priority
+            await asyncio.to_thread(priority.restore_process, self.priority.pid)
         try:
             if self.manager.has_kernel:
                 await self.manager.shutdown_kernel(now=True)
@@ -989,7 +1126,7 @@ class LocalKernelAdapter:
 
     @property
     def pid(self) -> int | None:
-        return getattr(self.manager.provisioner, "pid", None)
+        return getattr(self.manager.provisioner or self._handed, "pid", None)
 
 
 #: How long a start waits for an evicted pooled kernel's process to be gone.
@@ -997,11 +1134,98 @@ _GONE_WAIT = 10.0
 #: How long ``aclose`` waits for shutdowns before giving up on processes that survive SIGKILL.
 _CLOSE_WAIT = 60.0
 
-_CWD_ERRORS = {
-    "FileNotFoundError": (errno.ENOENT, "does not exist"),
-    "NotADirectoryError": (errno.ENOTDIR, "is not a directory"),
-    "PermissionError": (errno.EACCES, "is not accessible"),
-}
+#: Seconds a handed-out kernel must stay idle after its new owner's first execution
+#: before its replacement starts (cells of a page follow each other much faster).
+SETTLE_QUIET = 0.25
+
+
+def check_cwd(path: str) -> None:
+    """Fail like a cold start's ``Popen(cwd=...)`` would, before anything is sent."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, "kernel working directory does not exist", path) from None
+    except PermissionError:
+        raise OSError(errno.EACCES, "kernel working directory is not accessible", path) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.ENOTDIR, "kernel working directory is not a directory", path)
+    if not os.access(path, os.X_OK):
+        raise OSError(errno.EACCES, "kernel working directory is not accessible", path)
+
+
+def subscribe_statuses(manager: AsyncKernelManager) -> zmq.asyncio.Socket:
+    """An IOPub socket for the kernel's own topics (``kernel.<ident>.status``...): the pool
+    sees its execution state without receiving anyone's output."""
+    socket = manager.connect_iopub()
+    socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+    socket.setsockopt(zmq.SUBSCRIBE, b"kernel.")
+    return socket
+
+
+def send_handout(client: ShellClient, launch: LaunchRequest, request: LaunchRequest) -> str:
+    """Send the handout control message that applies ``request`` to a kernel prepared for
+    ``launch`` (see :mod:`hotpot_km.languages`); returns its message id. The values travel
+    as JSON metadata; with nothing to apply no data is sent, and the kernel just opens its
+    gate. ``cwd`` ``None`` leaves the kernel where it started."""
+    changed = request.cwd != launch.cwd or dict(request.env) != dict(launch.env)
+    data = {"cwd": request.cwd, "env": dict(request.env)} if changed else None
+    msg = client.session.msg(HANDOUT_REQUEST, {}, metadata={METADATA_KEY: data} if data else None)
+    client.control_channel.send(msg)
+    return str(msg["header"]["msg_id"])
+
+
+async def handout_reply(
+    client: ShellClient, msg_id: str, timeout: float, is_alive: Callable[[], Awaitable[bool]]
+) -> None:
+    """Wait for the handout's reply; :class:`KernelDiedError` if the kernel exits instead."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            reply = await client.control_channel.get_msg(timeout=min(left, 0.25))
+        except Empty:
+            if not await is_alive():
+                raise KernelDiedError("the kernel process exited") from None
+            continue
+        if reply["parent_header"].get("msg_id") == msg_id and reply["msg_type"] == HANDOUT_REPLY:
+            return
+
+
+async def _until_idle(
+    statuses: zmq.asyncio.Socket,
+    session: Session,
+    deadline: float,
+    is_alive: Callable[[], Awaitable[bool]],
+) -> None:
+    """Until the kernel ran an execute request of its new owner and then stayed idle for
+    :data:`SETTLE_QUIET` seconds, it exited, or ``deadline`` passed."""
+    loop = asyncio.get_running_loop()
+    quiet_until: float | None = None
+    while True:
+        now = loop.time()
+        end = deadline if quiet_until is None else min(deadline, quiet_until)
+        if now >= end:
+            return
+        if not await statuses.poll(int(min(end - now, 1.0) * 1000) + 1):
+            if not await is_alive():
+                return
+            continue
+        frames = await statuses.recv_multipart()
+        _, parts = session.feed_identities(frames)
+        msg = session.deserialize(parts)
+        parent = msg.get("parent_header") or {}
+        if msg["msg_type"] != "status" or parent.get("msg_type") != "execute_request":
+            continue
+        if parent.get("session") == session.session:
+            continue  # the pool's own warm-up
+        state = msg["content"].get("execution_state")
+        if state == "busy":
+            quiet_until = None
+        elif state == "idle":
+            quiet_until = loop.time() + SETTLE_QUIET
 
 
 def _check_program(format_cmd: Callable[[], list[str]], cwd: str) -> None:
@@ -1068,13 +1292,6 @@ async def until_gone(
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _close_client(client: AsyncKernelClient) -> None:
-    # Only the shell channel was ever opened; stop_channels() would create the others first.
-    channel = client._shell_channel
-    if channel is not None:
-        channel.close()
 
 
 def process_group(provisioner: KernelProvisionerBase | None) -> int | None:

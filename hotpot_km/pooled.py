@@ -64,7 +64,26 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
     fill_delay = Float(
         1.0,
         config=True,
-        help="Wait time (seconds) before re-filling the pool after a kernel is used.",
+        help="""Wait time (seconds) before re-filling the pool after a kernel is used
+        (0: refill at once, without waiting for fill_idle_timeout either).""",
+    )
+
+    fill_idle_timeout = Float(
+        10.0,
+        config=True,
+        help="""After fill_delay, the replacement of a handed-out kernel also waits until that
+        kernel has run its new owner's first execute request and gone idle, so the refill
+        does not compete with the page being served; but no longer than this many seconds
+        (0: don't wait).""",
+    )
+
+    idle_priority = Bool(
+        True,
+        config=True,
+        help="""Warm up kernels nobody waits for (refills) under the SCHED_IDLE CPU policy, so
+        they only use otherwise idle CPU, where this process can bring them back to normal
+        priority before handout (Linux; root, CAP_SYS_NICE or an RLIMIT_NICE that allows
+        it). Otherwise, or when False, pooled kernels run at normal priority.""",
     )
 
     initialization_code = Dict(
@@ -173,6 +192,8 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             sizes={name: max(size, 0) for name, size in self.kernel_pools.items()},
             launch_kwargs={name: self.pool_launch_kwargs(name) for name in self.kernel_pools},
             fill_delay=max(self.fill_delay, 0.0),
+            fill_idle_timeout=max(self.fill_idle_timeout, 0.0),
+            idle_priority=self.idle_priority,
             initialization_code=dict(self.initialization_code),
             python_imports=tuple(self.python_imports),
             startup_timeout=self.startup_timeout,

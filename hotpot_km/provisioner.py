@@ -19,6 +19,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from . import keeper
 from .budget import Slot
+from .handout import ready_client_class
 from .pool import PooledKernel, process_group, remove_files
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
 
@@ -57,6 +58,9 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._handout_failure: ColdReason | None = None
         self._on_connection_changed = on_connection_changed
         self._previous: dict[str, Any] | None = None  # connection info before a restart
+        #: whether the current launch is a handout (read by hotpot_km.handout's start)
+        self.handed_out = False
+        self._host_client_factory: type | None = None  # the manager's own, while replaced
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -92,6 +96,7 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         handed = None
         if not restarting or self._pool.warm_restarts:
             handed = await self._take_from_pool(request, ready_only=restarting)
+        self._use_ready_client(bool(handed))
         if handed:
             self._report(name, restarting, None, started)
             return {**kwargs, "cwd": request.cwd, "cmd": handed}
@@ -109,6 +114,18 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._inner = self._new_inner()
         await keeper.ensure_running()
         return await self._inner.pre_launch(**kwargs)
+
+    def _use_ready_client(self, handed_out: bool) -> None:
+        """Clients of a handed-out kernel are ready in one round trip (hotpot_km.handout);
+        after a cold start or cold restart the manager's own client class is back."""
+        km = self.parent
+        self.handed_out = handed_out
+        if handed_out:
+            if self._host_client_factory is None:
+                self._host_client_factory = km.client_factory
+            km.client_factory = ready_client_class(self._host_client_factory)
+        elif self._host_client_factory is not None:
+            km.client_factory, self._host_client_factory = self._host_client_factory, None
 
     async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
         """Hand out a pooled kernel for ``request``; try one more ready one if the first failed."""

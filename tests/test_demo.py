@@ -27,4 +27,6 @@ def test_demo_measures_cold_and_pooled_pages(jupyter_dirs):
     assert re.search(r"cold Voila\s+\d+\.\d+s", result.stdout)
     assert re.search(r"Voila \+ hotpot_km\s+\d+\.\d+s", result.stdout)
     assert re.search(r"loads \d+\.\dx faster", result.stdout)
+    for part in ("hand-out", "readiness", "execution", "rendering"):
+        assert re.search(rf"{part}.*\s\d+\.\d+\s+\d+\.\d+$", result.stdout, re.M), part
     assert not marked_kernels()

@@ -101,6 +101,8 @@ async def test_killed_pooled_kernels_are_replaced_and_never_handed_out(
         killed = {min(pooled)} if victims == "one" else set(pooled)
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
+        # dead, not dying: a kernel dying during its handout is its new owner's to restart
+        await wait_until(lambda: not any(alive(pid) for pid in killed), what="the kill")
 
         # requests right away (two at once, then one more): each gets a live kernel
         kids = list(await asyncio.gather(km.start_kernel(), km.start_kernel()))

@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import kernel_children, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
@@ -30,6 +31,14 @@ async def wait_until(predicate, timeout: float = 60.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.1)
+
+
+def dead(pid: int) -> bool:
+    """SIGKILL takes effect when the process next runs; a zombie is dead."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def make_kernelspec(data_dir: Path, name: str, language: str = "python", **extra) -> None:
@@ -174,6 +183,8 @@ async def test_a_killed_pooled_kernel_is_never_handed_out(jupyter_dirs, log):
         killed = pool_pids()
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
+        # dead, not dying: a kernel dying during its handout is its new owner's to restart
+        await wait_until(lambda: all(dead(pid) for pid in killed))
         kid = await km.start_kernel()
         seen = await probe(km, kid)
         assert seen["pid"] not in killed

@@ -1,0 +1,156 @@
+"""What a host's ``KernelManager`` gets while its kernel is a handed-out pooled one.
+
+* :func:`ready_client_class`: its ``client()`` returns a client whose ``wait_for_ready()``
+  proves readiness in one round trip instead of jupyter_client's 0.2 s quiet-IOPub wait.
+* :func:`handout_start_class`: its start skips jupyter_client's fixed 10 ms pause when the
+  launch was a handout, and keeps every override of the host's own class (jupyter_server's
+  kernel action events, for one).
+
+Cold starts and cold restarts of the same manager keep jupyter_client's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import math
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.client import KernelClient
+from jupyter_client.manager import AsyncKernelManager, KernelManager
+from jupyter_client.utils import run_sync
+from jupyter_core.utils import ensure_async
+
+#: How long after a kernel_info reply its status may still be on its way on IOPub;
+#: past that, the subscription was not established yet and the request is sent again.
+IOPUB_GRACE = 0.02
+#: Resend interval while a request has no reply at all (as jupyter_client's own wait).
+RESEND_EVERY = 1.0
+
+
+class _ReadyInOneRoundTrip:
+    """``wait_for_ready()`` for a kernel the pool handed out.
+
+    jupyter_client's version waits for a ``kernel_info`` reply and then reads IOPub
+    until it has been quiet for 0.2 s, to be sure the subscription works and to drop
+    a starting kernel's stale output. A handed-out kernel has no start-up output for
+    this client, so one request proves both: its reply on shell, and a status message
+    of that same request on IOPub (the subscription is established; everything
+    published later arrives). IOPub is consumed up to that request's ``idle``, so no
+    message of it is left for the caller's first request to trip over.
+    """
+
+    async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
+        client: Any = self
+        loop = asyncio.get_running_loop()
+        deadline = math.inf if timeout is None else loop.time() + timeout
+        shell, iopub = client.shell_channel, client.iopub_channel
+        poller = zmq.asyncio.Poller()
+        poller.register(shell.socket, zmq.POLLIN)
+        poller.register(iopub.socket, zmq.POLLIN)
+        sent: set[str] = set()
+        last = ""
+        reply: dict[str, Any] | None = None
+        replied_at = 0.0
+        subscribed = False  # a status of one of our requests arrived on IOPub
+        idle = False  # the status ``idle`` of the last request arrived
+        next_send = loop.time()
+        next_alive = loop.time() + RESEND_EVERY
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+            resend = not subscribed and reply is not None and now >= replied_at + IOPUB_GRACE
+            if now >= next_send or resend:
+                last = client.kernel_info()
+                sent.add(last)
+                reply, idle = None, False
+                next_send = now + RESEND_EVERY
+            if now >= next_alive:
+                if not await client._async_is_alive():
+                    raise RuntimeError("Kernel died before replying to kernel_info")
+                next_alive = now + RESEND_EVERY
+            wake = min(next_send, next_alive, deadline)
+            if reply is not None and not subscribed:
+                wake = min(wake, replied_at + IOPUB_GRACE)
+            events = dict(await poller.poll(max(int((wake - now) * 1000), 1)))
+            if shell.socket in events:
+                msg = await ensure_async(shell.get_msg(timeout=0))
+                if msg["parent_header"].get("msg_id") == last:
+                    reply, replied_at = msg, loop.time()
+            if iopub.socket in events:
+                msg = await ensure_async(iopub.get_msg(timeout=0))
+                parent = msg["parent_header"].get("msg_id")
+                if parent in sent and msg["msg_type"] == "status":
+                    subscribed = True
+                    if parent == last and msg["content"]["execution_state"] == "idle":
+                        idle = True
+            if reply is not None and idle:
+                client._handle_kernel_info_reply(reply)
+                return
+
+
+@functools.cache
+def ready_client_class(base: type[KernelClient]) -> type[KernelClient]:
+    """``base`` (the host's client class) with readiness in one round trip."""
+    namespace: dict[str, Any] = {"__module__": __name__, "__doc__": _ReadyInOneRoundTrip.__doc__}
+    if issubclass(base, BlockingKernelClient):
+        namespace["wait_for_ready"] = run_sync(_ReadyInOneRoundTrip._async_wait_for_ready)
+    else:
+        namespace["wait_for_ready"] = _ReadyInOneRoundTrip._async_wait_for_ready
+    return type(f"Pooled{base.__name__}", (_ReadyInOneRoundTrip, base), namespace)
+
+
+#: jupyter_client's start without its ``in_pending_state`` decorator (None if it changed).
+_UNDECORATED_START = (
+    inspect.unwrap(KernelManager._async_start_kernel)
+    if hasattr(KernelManager._async_start_kernel, "__wrapped__")
+    else None
+)
+
+
+class _HandoutStart(AsyncKernelManager):  # type: ignore[misc]
+    """``start_kernel`` without jupyter_client's fixed pause after a handout.
+
+    jupyter_client's ``in_pending_state`` decorator renews the ``ready`` future, awaits
+    the start, sleeps 10 ms ("to ensure tests can capture the state") and resolves the
+    future. This does the same bookkeeping and keeps the pause for cold starts only.
+    Placed right before ``AsyncKernelManager`` in the host class's MRO, so the host's own
+    ``start_kernel``/``restart_kernel`` overrides still run and reach it through ``super()``.
+    """
+
+    async def _async_start_kernel(self, **kw: Any) -> None:
+        if getattr(self, "_attempted_start", True) or not getattr(self, "_ready", None):
+            self._ready = asyncio.get_running_loop().create_future()
+        try:
+            assert _UNDECORATED_START is not None
+            await _UNDECORATED_START(self, **kw)
+            if not getattr(self.provisioner, "handed_out", False):
+                await asyncio.sleep(0.01)  # jupyter_client's own pause, for cold starts
+        except Exception as error:
+            self._ready.set_exception(error)
+            self.log.exception(error)
+            raise
+        if self.owns_kernel:
+            self._ready.set_result(None)
+
+    start_kernel = _async_start_kernel
+
+
+@functools.cache
+def handout_start_class(host: type[KernelManager]) -> type[KernelManager]:
+    """A subclass of the host's kernel manager class whose starts skip the fixed pause after
+    a handout; ``host`` itself when that can't be done safely (not async, or jupyter_client's
+    start changed shape)."""
+    if not issubclass(host, AsyncKernelManager) or _UNDECORATED_START is None:
+        return host
+    if issubclass(host, _HandoutStart):
+        return host
+    try:
+        return type(host.__name__, (host, _HandoutStart), {"__module__": host.__module__})
+    except TypeError:  # a hierarchy with no consistent MRO for it: keep the host's own
+        return host
