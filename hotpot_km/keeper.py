@@ -213,14 +213,17 @@ def _serve(fd: int) -> None:
                 groups[group] = _start_time(group)
             elif line[:1] == b"-":
                 groups.pop(int(line[1:]), None)
-    for group, started in groups.items():
-        now = _start_time(group)
-        if now is not None and now != started:
-            continue  # that id is another process now
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except OSError:
-            pass
+    # Twice: a process that left one registered group for a group of its own between the
+    # two kills (a forked kernel's setsid()) is caught by the second pass.
+    for _ in range(2):
+        for group, started in groups.items():
+            now = _start_time(group)
+            if now is not None and now != started:
+                continue  # that id is another process now
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":

@@ -97,6 +97,20 @@ class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager)
 
     restart_kernel = _async_restart_kernel
 
+    def start_watching_activity(self, kernel_id: str) -> None:
+        """A handed-out kernel is up and idle, not "starting": a new websocket's nudge then
+        does not poll (every 50 ms) for a state change no message may bring."""
+        super().start_watching_activity(kernel_id)
+        kernel = self._kernels[kernel_id]
+        if getattr(kernel.provisioner, "handed_out", False):
+            kernel.execution_state = "idle"
+
+    def track_message_type(self, message_type: str) -> bool:
+        """The handout's own messages are not activity of the kernel's owner."""
+        if message_type in (HANDOUT_REQUEST, HANDOUT_REPLY):
+            return False
+        return bool(super().track_message_type(message_type))
+
     def stop_buffering(self, kernel_id: str) -> None:
         """jupyter_server's, but the buffer's streams close only after the callbacks pyzmq
         queued for them: a session reconnecting while the kernel still sends (e.g. the statuses
@@ -245,17 +259,3 @@ def _resign(parts: list[bytes], old: Session, new: Session) -> bool:
 
 def _as_bytes(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-    def start_watching_activity(self, kernel_id: str) -> None:
-        """A handed-out kernel is up and idle, not "starting": a new websocket's nudge then
-        does not poll (every 50 ms) for a state change no message may bring."""
-        super().start_watching_activity(kernel_id)
-        kernel = self._kernels[kernel_id]
-        if getattr(kernel.provisioner, "handed_out", False):
-            kernel.execution_state = "idle"
-
-    def track_message_type(self, message_type: str) -> bool:
-        """The handout's own messages are not activity of the kernel's owner."""
-        if message_type in (HANDOUT_REQUEST, HANDOUT_REPLY):
-            return False
-        return bool(super().track_message_type(message_type))

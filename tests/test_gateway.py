@@ -29,7 +29,9 @@ OUTPUTS = (
 
 
 def outputs(server: Server, kernel_id: str, code: str) -> list[tuple[str, Any]]:
-    """Every iopub output of one execution, in order, with the reply's status and count."""
+    """Every iopub output of one execution with the reply's status and count: the text of
+    each stream, then the other outputs in order (a kernel flushes stdout and stderr on
+    their own schedules, so how the two interleave differs from run to run)."""
     sock = KernelSocket(server, kernel_id)
     msg_id = uuid.uuid4().hex
     header = {"msg_id": msg_id, "msg_type": "execute_request", "session": sock.session,
@@ -39,6 +41,7 @@ def outputs(server: Server, kernel_id: str, code: str) -> list[tuple[str, Any]]:
                              "content": {"code": code, "silent": False, "store_history": True,
                                          "user_expressions": {}, "allow_stdin": False}}))
     seen: list[tuple[str, Any]] = []
+    streams = {"stdout": "", "stderr": ""}
     reply = idle = None
     deadline = time.monotonic() + 60
     try:
@@ -52,11 +55,13 @@ def outputs(server: Server, kernel_id: str, code: str) -> list[tuple[str, Any]]:
                 reply = (kind, content["status"], content["execution_count"])
             elif kind == "status":
                 idle = content["execution_state"] == "idle" or None
-            elif kind in ("stream", "display_data", "execute_result", "error"):
+            elif kind == "stream":
+                streams[content["name"]] += content["text"]
+            elif kind in ("display_data", "execute_result", "error"):
                 seen.append((kind, {k: v for k, v in content.items() if k != "transient"}))
     finally:
         sock.close()
-    return [*seen, reply]
+    return [*streams.items(), *seen, reply]
 
 
 def comparable(seen: dict[str, Any], kernel_id: str) -> dict[str, Any]:
@@ -80,6 +85,7 @@ def test_sessions_through_a_gateway_get_pooled_kernels_that_look_cold(kind, jupy
             cold_id = new_session(cold, "sub/nb.ipynb")
             cold_seen = comparable(ws_probe(cold, cold_id), cold_id)
             cold_outputs = outputs(cold, cold_id, OUTPUTS)
+        assert cold_outputs[:2] == [("stdout", "out 1\nout 2\n"), ("stderr", "err\n")]
         assert cold_seen["session"] == str(root / "sub" / "nb.ipynb")  # the gateway passes it
 
         with local_server(gw, tmp_path / "pooled", root, pooled=True) as server:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import keeper
 from .template import STATUS_UNKNOWN, Framer, encode
 
 #: The template program, run with the kernelspec's own interpreter.
@@ -333,6 +334,10 @@ class TemplateProcess:
                 self._ready.set_exception(TemplateError(f"it refused to fork: {message['reason']}"))
         elif op == "forked":
             child = ForkedProcess(message["pid"], self._fds.popleft(), self)
+            # Registered at once, not when its slot binds it after its sockets are bound:
+            # the keeper SIGKILLs the template too, which then cannot kill it on the host's
+            # death. Until the child's setsid() it is in the template's group, then in its own.
+            keeper.register(child.pid)
             channel = socket.socket(fileno=self._fds.popleft())
             channel.setblocking(False)
             self._children[child.pid] = child
@@ -344,6 +349,7 @@ class TemplateProcess:
             else:
                 future.set_result((child, channel))
         elif op == "exited":
+            keeper.unregister(message["pid"])
             child = self._children.pop(message["pid"], None)
             if child is not None:
                 child._report(message["status"])
