@@ -6,11 +6,13 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 
 PROBE = """
@@ -67,6 +69,22 @@ def write_kernelspec(
     path.mkdir(parents=True, exist_ok=True)
     (path / "kernel.json").write_text(json.dumps(spec))
     return path / "kernel.json"
+
+
+def exited(pid: int) -> bool:
+    """Whether child process ``pid`` exited with every thread of it: it can be reaped, or was.
+
+    A SIGKILLed process shows as a zombie once its main thread is gone, but until its other
+    threads are (slow at idle CPU priority on a busy machine) its parent cannot collect it
+    and jupyter_client rightly calls it alive."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped, or not ours (a forked kernel is its template's child)
+        try:
+            process = psutil.Process(pid)
+            return process.status() == psutil.STATUS_ZOMBIE and process.num_threads() <= 1
+        except psutil.NoSuchProcess:
+            return True
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> None:

@@ -12,11 +12,10 @@ import logging
 import os
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import kernel_children
 from jupyter_client.asynchronous.client import AsyncKernelClient
-from kernel_helpers import probe, run, shut_down, wait_until
+from kernel_helpers import exited, probe, run, shut_down, wait_until
 from servers import TOKEN, api, jupyter_server, new_session, port_of, running, ws_probe
 from servers import write_notebook as notebook
 from traitlets.utils.importstring import import_item
@@ -47,13 +46,6 @@ def new_manager(log: logging.Logger, **traits) -> PooledKernelManager:
     km = PooledKernelManager(**traits)
     km.log = log
     return km
-
-
-def dead(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def pids() -> set[int]:
@@ -92,7 +84,7 @@ async def test_a_kernel_failing_halfway_through_its_handout_exits_and_is_restart
         client = km.get_kernel(kid).client()
         client.start_channels(hb=False)
         client.execute(RECORD.format(path=str(record)))
-        await wait_until(lambda: dead(broken), what="the broken kernel exited")
+        await wait_until(lambda: exited(broken), what="the broken kernel exited")
         client.stop_channels()
 
         # the host's own restarter (jupyter_client's KernelRestarter) brings up a new kernel
@@ -105,7 +97,11 @@ async def test_a_kernel_failing_halfway_through_its_handout_exits_and_is_restart
         assert seen["pid"] != broken
         assert seen["cwd"] == str(cwd)
         assert seen["env"]["APPLIED"] == "yes"
-        ran = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+        ran = (
+            [json.loads(line) for line in record.read_text().splitlines()]
+            if record.exists()
+            else []
+        )
         assert all(pid != broken for pid, _, _ in ran), ran
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any("exited while applying" in w for w in warnings), warnings
@@ -194,9 +190,7 @@ print(json.dumps(sorted({os.sched_getscheduler(int(t)) for t in os.listdir('/pro
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
-async def test_refills_warm_at_idle_priority_and_handouts_run_at_normal_priority(
-    jupyter_dirs, log
-):
+async def test_refills_warm_at_idle_priority_and_handouts_run_at_normal_priority(jupyter_dirs, log):
     warmed = jupyter_dirs["work"] / "warmed"
     (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text(
         f"import os\nopen({str(warmed)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
@@ -252,8 +246,13 @@ def test_jupyter_server_events_and_state_of_a_handed_out_kernel(jupyter_dirs, tm
     root = tmp_path / "root"
     notebook(root / "nb.ipynb", "1+1")
     argv = jupyter_server(tmp_path, root)
-    with running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
-                 log=tmp_path / "server.log") as server:
+    with running(
+        argv,
+        cwd=root,
+        port=port_of(argv),
+        ready_path=f"/api/status?token={TOKEN}",
+        log=tmp_path / "server.log",
+    ) as server:
         pooled = server.kernel_pids()
         kid = new_session(server, "nb.ipynb")
         # up and idle, not "starting" (a websocket's nudge would poll for a change)

@@ -10,11 +10,10 @@ import signal
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import kernel_children, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
-from kernel_helpers import probe, run
+from kernel_helpers import exited, probe, run
 
 from hotpot_km import PooledKernelManager, WarmupError
 
@@ -31,14 +30,6 @@ async def wait_until(predicate, timeout: float = 60.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.1)
-
-
-def dead(pid: int) -> bool:
-    """SIGKILL takes effect when the process next runs; a zombie is dead."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def make_kernelspec(data_dir: Path, name: str, language: str = "python", **extra) -> None:
@@ -105,7 +96,9 @@ async def test_warmup_order_imports_then_code_then_init_files(jupyter_dirs, log)
         log,
         kernel_pools={"python3": 1},
         python_imports=["colorsys"],
-        initialization_code={"python3": "import sys\norder = [('code', 'colorsys' in sys.modules)]"},
+        initialization_code={
+            "python3": "import sys\norder = [('code', 'colorsys' in sys.modules)]"
+        },
     )
     try:
         await km.wait_for_pool()
@@ -184,7 +177,7 @@ async def test_a_killed_pooled_kernel_is_never_handed_out(jupyter_dirs, log):
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
         # dead, not dying: a kernel dying during its handout is its new owner's to restart
-        await wait_until(lambda: all(dead(pid) for pid in killed))
+        await wait_until(lambda: all(exited(pid) for pid in killed))
         kid = await km.start_kernel()
         seen = await probe(km, kid)
         assert seen["pid"] not in killed
