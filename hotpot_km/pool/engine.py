@@ -59,8 +59,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
         self._last_error: dict[str, str] = {}
-        #: (wall-clock time, kernel name, message) of the latest warm-up failures
-        self._specs: dict[str, KernelSpec] = {}
+        self._specs: dict[str, KernelSpec] = {}  # read off the loop, per kernel name
         self._context: zmq.asyncio.Context | None = None
         self._retiring = 0  # replaced processes still being seen out (see retire)
         self._templates: dict[str, tuple[LaunchRequest, str | None]] = {}  # last launch per name
