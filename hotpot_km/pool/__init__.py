@@ -1,0 +1,46 @@
+"""The pool engine: keeps warm kernels per kernel name and hands them out.
+
+One :class:`KernelPool` serves one host manager and owns every task and kernel process it
+starts (see :mod:`hotpot_km.pool.engine`). Its modules, one per concern:
+
+- :mod:`~hotpot_km.pool.model`: settings, the host and kernel interfaces, the pool's data
+- :mod:`~hotpot_km.pool.engine`: :class:`KernelPool`, composed of the concerns below
+- :mod:`~hotpot_km.pool.filling`: keeping pools full
+- :mod:`~hotpot_km.pool.warmup`: a new kernel's warm-up
+- :mod:`~hotpot_km.pool.claiming`: the hand-out path
+- :mod:`~hotpot_km.pool.settling`: after a handout, until the refill may start
+- :mod:`~hotpot_km.pool.ownership`: ending kernels and freeing their slots
+- :mod:`~hotpot_km.pool.local`: kernels as processes on this machine
+"""
+
+from .engine import KernelPool
+from .local import LocalKernelAdapter, PoolProcessManager, process_group, remove_files
+from .model import (
+    HandedOut,
+    HandoutError,
+    KernelAdapter,
+    PooledKernel,
+    PoolHost,
+    PoolSettings,
+    Reservation,
+    WarmupError,
+)
+from .settling import handout_reply, send_handout
+
+__all__ = [
+    "HandedOut",
+    "HandoutError",
+    "KernelAdapter",
+    "KernelPool",
+    "LocalKernelAdapter",
+    "PoolHost",
+    "PoolProcessManager",
+    "PoolSettings",
+    "PooledKernel",
+    "Reservation",
+    "WarmupError",
+    "handout_reply",
+    "process_group",
+    "remove_files",
+    "send_handout",
+]

@@ -1,0 +1,248 @@
+"""The hand-out path: room for a start (a pooled kernel, a free slot or a victim), the
+claim of a kernel that matches the request, the handout itself, or why there is none."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..budget import MaximumKernelsException, Slot
+from ..languages import preparation_for
+from ..request import ColdReason, LaunchRequest, fixed_options, mismatch
+from .model import HandedOut, HandoutError, PooledKernel, PoolState, Reservation, WarmupError
+from .settling import send_handout
+
+
+class Claiming(PoolState):
+    """Gives pooled kernels to starts, or says why it can't."""
+
+    def reserve(self, name: str, kwargs: Mapping[str, Any]) -> Reservation:
+        """Room for one start, synchronously: a pooled kernel, a free slot, or a victim.
+
+        Raises :class:`MaximumKernelsException` when none is left.
+        """
+        self._ensure_started()
+        kernel = self.claim(name, None, ready_only=False, options=fixed_options(kwargs))
+        if kernel is not None:
+            return Reservation(kernel=kernel)
+        slot = self.budget.try_take()
+        if slot is not None:
+            return Reservation(slot=slot)
+        victim = self._claim_victim(prefer_not=name)
+        if victim is not None:
+            return Reservation(victim=victim)
+        self.observer.start_refused(name)
+        raise MaximumKernelsException(
+            f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel processes "
+            f"(max_kernels) is reached by running, starting and pooled kernels."
+        )
+
+    def _ensure_started(self) -> None:
+        try:
+            self.start()
+        except RuntimeError:  # no running loop: the host starts us when it runs one
+            pass
+
+    def claim(
+        self,
+        name: str,
+        request: LaunchRequest | None,
+        *,
+        ready_only: bool,
+        options: Mapping[str, Any] | None = None,
+    ) -> PooledKernel | None:
+        """Take an idle kernel able to serve ``request``: the longest-ready one, else the
+        warming one that started first (it will be ready first)."""
+        if self.closed:
+            return None
+        candidates = []
+        for kernel in self._idle.get(name, ()):
+            if kernel.ready.done() and not kernel.is_ready:
+                continue
+            if not kernel.is_ready and ready_only:
+                continue
+            if kernel.launch is not None:
+                if request is not None and mismatch(kernel.launch, kernel.language, request):
+                    continue
+                if options is not None and dict(kernel.launch.options) != dict(options):
+                    continue
+            candidates.append(kernel)
+        if not candidates:
+            return None
+        kernel = next((k for k in candidates if k.is_ready), candidates[0])
+        self._idle[name].remove(kernel)
+        kernel.claimed = True
+        self._claimed.add(kernel)
+        self._normal_priority(kernel)
+        settings = self._host.pool_settings()
+        loop = asyncio.get_running_loop()
+        self._not_before[name] = max(
+            self._not_before.get(name, 0.0), loop.time() + settings.fill_delay
+        )
+        self._wake_filler()
+        return kernel
+
+    def _claim_victim(self, prefer_not: str) -> PooledKernel | None:
+        """An idle kernel to discard for its slot: failed or warming ones first."""
+        idle = [k for ks in self._idle.values() for k in ks]
+        if not idle:
+            return None
+        victim = sorted(idle, key=lambda k: (k.name == prefer_not, k.is_ready))[0]
+        self._idle[victim.name].remove(victim)
+        victim.claimed = True
+        return victim
+
+    def unclaim(self, kernel: PooledKernel) -> None:
+        """Put a claimed, untouched kernel back at the front of its pool."""
+        kernel.claimed = False
+        self._claimed.discard(kernel)
+        if self.closed or (kernel.ready.done() and not kernel.is_ready):
+            self._drop(kernel)
+            return
+        self._idle.setdefault(kernel.name, []).insert(0, kernel)
+        self.resize()  # a replacement may have started meanwhile
+
+    async def hand_out(self, kernel: PooledKernel, request: LaunchRequest) -> Any:
+        """Apply ``request`` to a claimed kernel and detach it from the pool.
+
+        Returns what its adapter hands over (:class:`HandedOut` for a local process),
+        or ``None`` (kernel returned to the pool) if it can't serve this request;
+        raises :class:`HandoutError` (kernel discarded) if it failed.
+        The handout is one control message whose reply is not awaited: the kernel's
+        gate holds any other request until it is applied, and a kernel that fails to
+        apply it exits (see :mod:`hotpot_km.languages`).
+        """
+        waiting = None if kernel.ready.done() else time.monotonic()
+        try:
+            await asyncio.shield(kernel.ready)
+        except asyncio.CancelledError:
+            if not kernel.ready.done():  # our caller was cancelled, not the warm-up
+                self.unclaim(kernel)
+                raise
+            raise HandoutError("its warm-up was cancelled") from None
+        except WarmupError as error:
+            raise HandoutError(str(error), ColdReason.WARMUP_FAILING) from None
+        if waiting is not None:
+            self.observer.waited_for_warmup(kernel.name, time.monotonic() - waiting)
+        assert kernel.launch is not None and kernel.client is not None
+        if mismatch(kernel.launch, kernel.language, request):
+            self.unclaim(kernel)
+            return None
+        if not await kernel.adapter.is_alive():
+            raise HandoutError("it died while waiting in the pool", ColdReason.DEAD_KERNEL)
+        handout: str | None = None
+        if preparation_for(kernel.language) is not None:
+            if request.cwd is not None and request.cwd != kernel.launch.cwd:
+                try:
+                    await kernel.adapter.check_cwd(request.cwd)
+                except OSError:
+                    self.unclaim(kernel)  # nothing was sent: the kernel is untouched
+                    raise
+            await self._at_normal_priority(kernel)
+            handout = send_handout(kernel.client, kernel.launch, request)
+        else:
+            await self._at_normal_priority(kernel)
+        return self._detach(kernel, handout)
+
+    async def take(
+        self, request: LaunchRequest, *, ready_only: bool, kernel: PooledKernel | None = None
+    ) -> tuple[Any, Slot | None, ColdReason | None]:
+        """Hand out a pooled kernel for ``request``: ``kernel`` (already claimed) or one
+        claimed here. A kernel whose handout fails is discarded and one more ready kernel
+        is tried. Returns what was handed out (``None``: no pooled kernel can serve the
+        request), the slot of the first discarded kernel, for the caller's cold start, and
+        why the last failed handout failed (the cold start's reason)."""
+        spare: Slot | None = None
+        failure: ColdReason | None = None
+        for _attempt in range(3):
+            if kernel is None:
+                kernel = self.claim(request.kernel_name, request, ready_only=ready_only)
+            if kernel is None:
+                break
+            try:
+                return await self.hand_out(kernel, request), spare, None
+            except asyncio.CancelledError:
+                if kernel in self._claimed:  # cancelled while applying: nobody can use it
+                    self._spawn(self._discard_unowned(kernel), "hotpot_km discard")
+                raise
+            except HandoutError as error:
+                self.log.warning(
+                    "hotpot_km: a pooled %r kernel was not handed out: %s",
+                    request.kernel_name,
+                    error,
+                )
+                failure = error.reason
+                if error.reason is ColdReason.DEAD_KERNEL:
+                    self.observer.pooled_kernel_died(request.kernel_name)
+                slot = await self.discard(kernel)
+                if spare is None:
+                    spare = slot
+                elif slot is not None:
+                    slot.release()
+                kernel, ready_only = None, True
+        return None, spare, failure
+
+    async def _discard_unowned(self, kernel: PooledKernel) -> None:
+        slot = await self.discard(kernel)
+        if slot is not None:
+            slot.release()
+
+    def _detach(self, kernel: PooledKernel, handout: str | None) -> Any:
+        """Release the pool's hold on a kernel so the host's own code can own it; watch it
+        settle in the background (see :meth:`~hotpot_km.pool.settling.Settling._settle`)."""
+        self._claimed.discard(kernel)
+        handed = kernel.adapter.detach(kernel.slot)
+        self._settling.add(kernel)
+        settler = self._spawn(self._settle(kernel, handout), "hotpot_km settle")
+        self._settlers.add(settler)
+        settler.add_done_callback(self._settlers.discard)
+        self._wake_filler()
+        return handed
+
+    async def cold_slot(self, name: str) -> Slot:
+        """A slot for a cold start, discarding an idle pooled kernel if the limit demands it."""
+        slot = self.budget.try_take()
+        if slot is None:
+            victim = self._claim_victim(prefer_not=name)
+            if victim is not None:
+                slot = await self.discard(victim) or self.budget.try_take()
+        if slot is None:
+            self.observer.start_refused(name)
+            raise MaximumKernelsException(
+                f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel "
+                f"processes (max_kernels) is reached."
+            )
+        return slot
+
+    async def serve(self, request: LaunchRequest) -> HandedOut | str:
+        """Hand out a pooled kernel for ``request`` of another process, or say why not.
+
+        For hosts that never start kernels themselves (the pool service): a refusal
+        is the caller's cue to start a cold kernel its own way, so no slot is kept
+        for one. The handed-out process keeps its slot until the host releases it.
+        """
+        self._ensure_started()
+        handed, spare, _failure = await self.take(request, ready_only=False)
+        if spare is not None:
+            spare.release()
+        return handed if handed is not None else self.refusal(request)
+
+    def refusal(self, request: LaunchRequest) -> str:
+        """Why no pooled kernel can serve ``request`` right now, in a few words."""
+        name = request.kernel_name
+        if self.closed:
+            return "the pool is shutting down"
+        if not self._host.pool_settings().sizes.get(name):
+            return f"no pool for kernel {name!r}"
+        for kernel in self._idle.get(name, ()):
+            if kernel.launch is not None:
+                why = mismatch(kernel.launch, kernel.language, request)
+                if why:
+                    return f"the request has {why}"
+        if name in self._last_error:
+            return f"no ready kernel in the pool ({self._last_error[name]})"
+        if self.budget.free() == 0:
+            return f"no ready kernel in the pool (max_kernels={self.budget.limit} is reached)"
+        return "no ready kernel in the pool (all taken; it is refilling)"

@@ -1,0 +1,220 @@
+"""The pool engine: starts, warms, hands out and discards kernel processes.
+
+One :class:`KernelPool` serves one host manager (see :mod:`hotpot_km.limited`).
+It owns every task it starts: the filler, each warm-up, each discard and each
+retiring process; :meth:`KernelPool.aclose` cancels and awaits all of them and
+leaves no kernel process behind. A pooled kernel goes through::
+
+    warming --(warm-up done)--> ready --(claimed, cwd/env applied)--> handed out
+        \\                         \\
+         `--(error, timeout, death, shrink)--> discarded (process shut down)
+
+Handed-out processes leave the pool entirely: from then on they belong to the
+host's own ``KernelManager`` through :class:`hotpot_km.provisioner.PooledProvisioner`.
+
+:class:`KernelPool` is composed of one class per concern (filling, warm-up, claiming,
+settling, ownership; see :mod:`hotpot_km.pool`); this module ties them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpec
+
+from ..budget import KernelBudget
+from ..events import Observers, PoolLog, PoolStats
+from ..request import ColdReason, LaunchRequest, mismatch
+from ..snapshot import KernelView, PoolSnapshot, PoolView
+from .claiming import Claiming
+from .filling import Filling
+from .model import PooledKernel, PoolHost
+from .ownership import _CLOSE_WAIT, Ownership
+from .settling import Settling
+from .warmup import Warmup
+
+
+class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
+    """Keeps warm kernels per kernel name and hands them out; see the module docstring."""
+
+    def __init__(self, host: PoolHost, budget_limit: Callable[[], int]) -> None:
+        self._host = host
+        self.budget = KernelBudget(budget_limit, on_release=self._wake_filler)
+        self._idle: dict[str, list[PooledKernel]] = {}  # unclaimed, in launch order
+        self._warming: set[PooledKernel] = set()
+        self._claimed: set[PooledKernel] = set()  # claimed, not yet handed out or discarded
+        self._settling: set[PooledKernel] = set()  # handed out, refill waits for it to go idle
+        self._settlers: set[asyncio.Task[None]] = set()
+        self._waiters = 0  # callers of wait_full(): warm-ups they wait for get normal priority
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._filler: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # the filler's sleep
+        self._woken = False
+        self._changed = asyncio.Event()  # for wait_full()
+        self._not_before: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        self._last_error: dict[str, str] = {}
+        self._specs: dict[str, KernelSpec] = {}  # read off the loop, per kernel name
+        self._context: zmq.asyncio.Context | None = None
+        self._retiring = 0  # replaced processes still being seen out (see retire)
+        self._templates: dict[str, tuple[LaunchRequest, str | None]] = {}  # last launch per name
+        self.closed = False
+        #: what the pool reports (see hotpot_km.events); hosts add their own observers
+        self.stats = PoolStats()
+        self.observer = Observers(
+            [self.stats, PoolLog(lambda: self.log, self._fill_level)], lambda: self.log
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[Any]:
+        return self._host.log
+
+    def start(self) -> None:
+        """Start the filler on the running loop (idempotent; a no-op once closed)."""
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self._filler is not None and not self._filler.done():
+            if self._filler.get_loop() is loop:
+                return
+            self.log.warning("hotpot_km: the event loop changed; restarting the kernel pool on it")
+            self._filler.cancel()
+        self._filler = loop.create_task(self._fill(), name="hotpot_km pool filler")
+
+    async def aclose(self) -> None:
+        """Stop filling, shut down every pooled and warming kernel, await every task. Idempotent."""
+        self.closed = True
+        filler, self._filler = self._filler, None
+        if filler is not None:
+            filler.cancel()
+            if filler.get_loop() is asyncio.get_running_loop():
+                await asyncio.gather(filler, return_exceptions=True)
+        for settler in list(self._settlers):
+            settler.cancel()
+        for kernels in list(self._idle.values()):
+            for kernel in list(kernels):
+                self._drop(kernel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_WAIT
+        while self._tasks:
+            left = deadline - loop.time()
+            if left <= 0:  # a process that survives SIGKILL: stop waiting for it
+                stuck = list(self._tasks)
+                self.log.error(
+                    "hotpot_km: %d kernel shutdowns did not finish in %g s; giving up on them",
+                    len(stuck),
+                    _CLOSE_WAIT,
+                )
+                for task in stuck:
+                    task.cancel()
+                await asyncio.gather(*stuck, return_exceptions=True)
+                break
+            await asyncio.wait(list(self._tasks), timeout=left)
+        if self._context is not None:
+            self._context.destroy(linger=0)
+            self._context = None
+
+    @property
+    def warm_restarts(self) -> bool:
+        """Whether a restart may take a ready pooled kernel (the host's ``warm_restarts``)."""
+        return self._host.pool_settings().warm_restarts
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def spec(self, name: str) -> KernelSpec:
+        """The kernelspec, looked up off the event loop; cached for the handout path."""
+        ksm = self._host.kernel_spec_manager
+        assert ksm is not None
+        spec = await asyncio.to_thread(ksm.get_kernel_spec, name)
+        self._specs[name] = spec
+        return spec
+
+    def cached_spec(self, name: str) -> KernelSpec | None:
+        """The spec last read by a warm-up of a pooled name (kept fresh by its refills)."""
+        if not self._host.pool_settings().sizes.get(name):
+            return None  # cold starts re-read it, as jupyter_client does
+        return self._specs.get(name)
+
+    def _zmq_context(self) -> zmq.asyncio.Context:
+        if self._context is None:
+            self._context = zmq.asyncio.Context()
+        return self._context
+
+    # -- observation -------------------------------------------------------------------------
+
+    def cold_reason(self, name: str, request: LaunchRequest | None) -> ColdReason:
+        """Why a start of ``name`` gets no pooled kernel, once :meth:`claim` found none."""
+        if not self._host.pool_settings().sizes.get(name):
+            return ColdReason.NO_POOL
+        template = self._templates.get(name)  # what this pool's kernels are launched with
+        if request is not None and template is not None:
+            found = mismatch(template[0], template[1], request)
+            if found is not None:
+                return found.reason
+        if self._failures.get(name):
+            return ColdReason.WARMUP_FAILING
+        return ColdReason.POOL_EMPTY
+
+    def _fill_level(self, name: str) -> tuple[int, int]:
+        """(ready kernels, configured size) of one pool."""
+        ready = sum(k.is_ready for k in self._idle.get(name, ()))
+        return ready, self._host.pool_settings().sizes.get(name, 0)
+
+    def snapshot(self) -> PoolSnapshot:
+        """The pools as they are now: kernels per state with ages, failures, slots, counts.
+
+        Safe to call from another thread (a metrics server's): it only copies.
+        """
+        now = time.monotonic()  # the clock of loop.time() too
+        settings = self._host.pool_settings()
+        found: dict[str, list[KernelView]] = {}
+
+        def add(kernel: PooledKernel, state: str) -> None:
+            since = kernel.ready_since
+            pid = kernel.adapter.pid
+            view = KernelView(
+                state, pid, now - kernel.launched, None if since is None else now - since
+            )
+            found.setdefault(kernel.name, []).append(view)
+
+        for idle in list(self._idle.values()):
+            for kernel in list(idle):
+                add(kernel, "ready" if kernel.is_ready else "warming")
+        for kernel in list(self._claimed):
+            add(kernel, "claimed")
+        names = [*settings.sizes, *sorted(set(found) - set(settings.sizes))]
+        pools = []
+        for name in names:
+            failures = self._failures.get(name, 0)
+            due = self._not_before.get(name, 0.0) - now
+            pools.append(
+                PoolView(
+                    kernel_name=name,
+                    size=settings.sizes.get(name, 0),
+                    kernels=tuple(found.get(name, ())),
+                    consecutive_failures=failures,
+                    last_error=self._last_error.get(name),
+                    next_warmup_in=max(due, 0.0) if failures else None,
+                )
+            )
+        return PoolSnapshot(
+            pools=tuple(pools),
+            processes=self.budget.used,
+            max_kernels=self.budget.limit,
+            retiring=self._retiring,
+            settings=settings,
+            stats={n: self.stats.for_name(n) for n in sorted(set(names) | self.stats.names())},
+            recent_errors=tuple(self.stats.recent_errors),
+            closed=self.closed,
+        )

@@ -1,0 +1,232 @@
+"""The pool's data and interfaces: its settings, what it needs from a host and from a
+kernel, the kernels it holds, and the state its concerns share.
+
+It imports no other pool module, so every one of them can import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import zmq.asyncio
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.provisioning import KernelProvisionerBase
+
+from ..budget import KernelBudget, Slot
+from ..events import Observers, PoolStats
+from ..kernel_io import ShellClient
+from ..priority import ProcessPriority
+from ..request import ColdReason, LaunchRequest
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """A snapshot of the host's pool configuration (see the traits of ``PooledKernelManager``)."""
+
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    launch_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    fill_delay: float = 1.0
+    fill_idle_timeout: float = 10.0
+    idle_priority: bool = True
+    initialization_code: Mapping[str, str] = field(default_factory=dict)
+    python_imports: tuple[str, ...] = ()
+    startup_timeout: float = 60.0
+    init_timeout: float = 120.0
+    max_warming: int = 1
+    max_retry_delay: float = 60.0
+    warm_restarts: bool = True
+
+
+class KernelAdapter(Protocol):
+    """One pooled kernel as the engine drives it: launched, talked to, checked, handed
+    over and stopped. :class:`~hotpot_km.pool.local.LocalKernelAdapter` runs a process on
+    this machine; :mod:`hotpot_km.gateway` runs one on a remote gateway. Everything else
+    (filling, warm-up steps, claiming, back-off, ``max_kernels``) is the engine's, for both."""
+
+    async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
+        """What the kernel will be started with, as requests are compared with it, and its
+        language; called before :meth:`start` so claims can be checked meanwhile."""
+        ...
+
+    async def start(self, timeout: float, slot: Slot) -> ShellClient:
+        """Start the kernel (``slot`` is its place under ``max_kernels``, which a local
+        process binds to its process group); return a client whose shell and control
+        channels reach it."""
+        ...
+
+    def watch_statuses(self) -> zmq.asyncio.Socket | None:
+        """A socket subscribed to the kernel's status messages, to see it go idle after
+        its handout (``None``: the refill does not wait for that)."""
+        ...
+
+    async def is_alive(self) -> bool:
+        """Whether the kernel still runs (polled every second while it waits, and while a
+        handed-out kernel settles)."""
+        ...
+
+    async def check_cwd(self, cwd: str) -> None:
+        """Raise ``OSError`` as a cold start would if the kernel can't work in ``cwd``."""
+        ...
+
+    def close_client(self) -> None:
+        """Close the pool's client (the kernel keeps running)."""
+        ...
+
+    def detach(self, slot: Slot) -> Any:
+        """Give up the pool's hold on the kernel; return what the host takes over. The
+        pool's client stays open until the kernel settled (the engine closes it)."""
+        ...
+
+    @property
+    def priority(self) -> ProcessPriority | None:
+        """The kernel's CPU priority, if the pool can lower it while it warms up."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop the kernel and wait until it is gone."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """The local process id, for status pages (``None`` for a remote kernel)."""
+        ...
+
+
+class PoolHost(Protocol):
+    """What the engine needs from the manager that owns it."""
+
+    log: logging.Logger | logging.LoggerAdapter[Any]
+    kernel_spec_manager: KernelSpecManager | None
+
+    def pool_settings(self) -> PoolSettings: ...
+
+    def new_pool_kernel(self, kernel_name: str, kernel_id: str) -> KernelAdapter: ...
+
+
+class WarmupError(RuntimeError):
+    """A pooled kernel failed before it became ready; the message names the source."""
+
+
+class HandoutError(RuntimeError):
+    """A claimed kernel could not be handed out (it died or the handout code failed)."""
+
+    def __init__(self, message: str, reason: ColdReason = ColdReason.HANDOUT_FAILED) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class PooledKernel:
+    """One kernel process owned by the pool, from launch until handout or discard."""
+
+    name: str
+    adapter: KernelAdapter
+    slot: Slot
+    ready: asyncio.Future[None]
+    launch: LaunchRequest | None = None
+    language: str | None = None
+    client: ShellClient | None = None
+    #: the kernel's own IOPub topics (status), to see it go idle after handout (local kernels)
+    statuses: zmq.asyncio.Socket | None = None
+    claimed: bool = False
+    task: asyncio.Task[None] | None = None  # the warm-up
+    ending: asyncio.Task[None] | None = None  # the shutdown, once started (see _end)
+    #: a pending move of every thread back to normal priority (see _normal_priority)
+    restoring: asyncio.Task[None] | None = None
+    launched: float = field(default_factory=time.monotonic)
+    ready_since: float | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+
+    def close_client(self) -> None:
+        client, self.client = self.client, None
+        statuses, self.statuses = self.statuses, None
+        if client is not None:
+            self.adapter.close_client()
+        if statuses is not None:
+            statuses.close(linger=0)
+
+
+@dataclass(frozen=True)
+class HandedOut:
+    """What a provisioner takes over from the pool at handout."""
+
+    provisioner: KernelProvisionerBase
+    connection_info: dict[str, Any]
+    connection_file: str
+    cmd: list[str]
+    slot: Slot
+
+
+@dataclass(eq=False)
+class Reservation:
+    """Room for one kernel start, taken synchronously so concurrent starts can't overshoot.
+
+    Exactly one of: a claimed pooled kernel of the requested name, a free slot,
+    or a pooled kernel of another name to discard for its slot.
+    """
+
+    kernel: PooledKernel | None = None
+    slot: Slot | None = None
+    victim: PooledKernel | None = None
+
+
+class PoolState:
+    """The state every concern of :class:`~hotpot_km.pool.KernelPool` shares, as its
+    ``__init__`` sets it up, and the few methods one concern calls on another (each is
+    defined by its own concern; declared here for type checkers only)."""
+
+    _host: PoolHost
+    budget: KernelBudget
+    _idle: dict[str, list[PooledKernel]]  # unclaimed, in launch order
+    _warming: set[PooledKernel]
+    _claimed: set[PooledKernel]  # claimed, not yet handed out or discarded
+    _settling: set[PooledKernel]  # handed out, refill waits for it to go idle
+    _settlers: set[asyncio.Task[None]]
+    _waiters: int  # callers of wait_full(): warm-ups they wait for get normal priority
+    _tasks: set[asyncio.Task[Any]]
+    _filler: asyncio.Task[None] | None
+    _waiter: asyncio.Future[None] | None  # the filler's sleep
+    _woken: bool
+    _changed: asyncio.Event  # for wait_full()
+    _not_before: dict[str, float]
+    _failures: dict[str, int]
+    _last_error: dict[str, str]
+    _specs: dict[str, KernelSpec]
+    _context: zmq.asyncio.Context | None
+    _retiring: int  # replaced processes still being seen out (see retire)
+    _templates: dict[str, tuple[LaunchRequest, str | None]]  # last launch per name
+    closed: bool
+    stats: PoolStats
+    observer: Observers
+
+    if TYPE_CHECKING:
+        # engine.KernelPool
+        @property
+        def log(self) -> logging.Logger | logging.LoggerAdapter[Any]: ...
+        def start(self) -> None: ...
+        def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+
+        # filling.Filling
+        def resize(self) -> None: ...
+        def _wake_filler(self) -> None: ...
+
+        # warmup.Warmup
+        async def _warm(self, kernel: PooledKernel) -> None: ...
+        def _normal_priority(self, kernel: PooledKernel) -> None: ...
+        async def _at_normal_priority(self, kernel: PooledKernel) -> None: ...
+
+        # settling.Settling
+        async def _settle(self, kernel: PooledKernel, handout: str | None) -> None: ...
+
+        # ownership.Ownership
+        async def discard(self, kernel: PooledKernel) -> Slot | None: ...
+        def _drop(self, kernel: PooledKernel) -> None: ...
+        def _end(self, kernel: PooledKernel) -> asyncio.Task[None]: ...

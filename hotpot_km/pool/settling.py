@@ -1,0 +1,141 @@
+"""After a handout: the handout's control message and its reply, and a watch that holds
+the refill until the kernel's new owner ran its first cell and the kernel went idle, so
+the replacement's warm-up does not compete with the page or notebook being served."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from queue import Empty
+
+import zmq
+import zmq.asyncio
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.session import Session
+
+from ..kernel_io import METADATA_KEY, KernelDiedError, ShellClient
+from ..languages import HANDOUT_REPLY, HANDOUT_REQUEST
+from ..request import LaunchRequest
+from .model import PooledKernel, PoolState
+
+#: Seconds a handed-out kernel must stay idle after its new owner's first execution
+#: before its replacement starts (cells of a page follow each other much faster).
+SETTLE_QUIET = 0.25
+
+
+class Settling(PoolState):
+    """Watches handed-out kernels until their refill may start."""
+
+    async def _settle(self, kernel: PooledKernel, handout: str | None) -> None:
+        """After a handout: check its reply, then hold the refill until the kernel went idle.
+
+        Off the start's critical path. The refill waits (at most ``fill_idle_timeout``)
+        until the kernel has run its first execute request from its new owner and then
+        been idle for :data:`SETTLE_QUIET` seconds, so the replacement's warm-up does not
+        compete with the page or notebook being served. ``fill_delay`` 0 refills at once.
+        """
+        settings = self._host.pool_settings()
+        loop = asyncio.get_running_loop()
+        client = kernel.client
+        alive = kernel.adapter.is_alive
+        try:
+            if handout is not None and client is not None:
+                try:
+                    await handout_reply(client, handout, settings.startup_timeout, alive)
+                except KernelDiedError:
+                    self.log.warning(
+                        "hotpot_km: a handed-out %r kernel exited while applying the request's "
+                        "cwd/env (its output says why); its manager restarts it",
+                        kernel.name,
+                    )
+                    return
+                except TimeoutError:
+                    self.log.warning(
+                        "hotpot_km: a handed-out %r kernel did not confirm its cwd/env within %g s",
+                        kernel.name,
+                        settings.startup_timeout,
+                    )
+            wait = settings.fill_idle_timeout if settings.fill_delay > 0 else 0.0
+            if kernel.statuses is not None and client is not None and wait > 0:
+                await _until_idle(kernel.statuses, client.session, loop.time() + wait, alive)
+        except Exception:
+            self.log.debug("hotpot_km: watching a handed-out kernel failed", exc_info=True)
+        finally:
+            kernel.close_client()
+            self._settling.discard(kernel)
+            self._wake_filler()
+
+
+def subscribe_statuses(manager: AsyncKernelManager) -> zmq.asyncio.Socket:
+    """An IOPub socket for the kernel's own topics (``kernel.<ident>.status``...): the pool
+    sees its execution state without receiving anyone's output."""
+    socket = manager.connect_iopub()
+    socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+    socket.setsockopt(zmq.SUBSCRIBE, b"kernel.")
+    return socket
+
+
+def send_handout(client: ShellClient, launch: LaunchRequest, request: LaunchRequest) -> str:
+    """Send the handout control message that applies ``request`` to a kernel prepared for
+    ``launch`` (see :mod:`hotpot_km.languages`); returns its message id. The values travel
+    as JSON metadata; with nothing to apply no data is sent, and the kernel just opens its
+    gate. ``cwd`` ``None`` leaves the kernel where it started."""
+    changed = request.cwd != launch.cwd or dict(request.env) != dict(launch.env)
+    data = {"cwd": request.cwd, "env": dict(request.env)} if changed else None
+    msg = client.session.msg(HANDOUT_REQUEST, {}, metadata={METADATA_KEY: data} if data else None)
+    client.control_channel.send(msg)
+    return str(msg["header"]["msg_id"])
+
+
+async def handout_reply(
+    client: ShellClient, msg_id: str, timeout: float, is_alive: Callable[[], Awaitable[bool]]
+) -> None:
+    """Wait for the handout's reply; :class:`KernelDiedError` if the kernel exits instead."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            reply = await client.control_channel.get_msg(timeout=min(left, 0.25))
+        except Empty:
+            if not await is_alive():
+                raise KernelDiedError("the kernel process exited") from None
+            continue
+        if reply["parent_header"].get("msg_id") == msg_id and reply["msg_type"] == HANDOUT_REPLY:
+            return
+
+
+async def _until_idle(
+    statuses: zmq.asyncio.Socket,
+    session: Session,
+    deadline: float,
+    is_alive: Callable[[], Awaitable[bool]],
+) -> None:
+    """Until the kernel ran an execute request of its new owner and then stayed idle for
+    :data:`SETTLE_QUIET` seconds, it exited, or ``deadline`` passed."""
+    loop = asyncio.get_running_loop()
+    quiet_until: float | None = None
+    while True:
+        now = loop.time()
+        end = deadline if quiet_until is None else min(deadline, quiet_until)
+        if now >= end:
+            return
+        if not await statuses.poll(int(min(end - now, 1.0) * 1000) + 1):
+            if not await is_alive():
+                return
+            continue
+        frames = await statuses.recv_multipart()
+        _, parts = session.feed_identities(frames)
+        msg = session.deserialize(parts)
+        parent = msg.get("parent_header") or {}
+        if msg["msg_type"] != "status" or parent.get("msg_type") != "execute_request":
+            continue
+        if parent.get("session") == session.session:
+            continue  # the pool's own warm-up
+        state = msg["content"].get("execution_state")
+        if state == "busy":
+            quiet_until = None
+        elif state == "idle":
+            quiet_until = loop.time() + SETTLE_QUIET

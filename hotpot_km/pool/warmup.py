@@ -1,0 +1,177 @@
+"""A new kernel's warm-up: start it and run the bootstrap, imports, configured code and
+init files, at idle CPU priority while nobody waits for it; back off after failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_config_path
+
+from .. import priority
+from ..kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
+from ..languages import init_file_extension, preparation_for
+from .model import PooledKernel, PoolSettings, PoolState, WarmupError
+
+
+class Warmup(PoolState):
+    """Brings a launched kernel to ready, or ends it and records why not."""
+
+    async def _warm(self, kernel: PooledKernel) -> None:
+        settings = self._host.pool_settings()
+        loop = asyncio.get_running_loop()
+        source = "kernel start"
+        try:
+            kwargs = dict(settings.launch_kwargs.get(kernel.name, {}))
+            kernel.launch, kernel.language = await kernel.adapter.prepare(kwargs)
+            self._templates[kernel.name] = (kernel.launch, kernel.language)
+            client = await kernel.adapter.start(settings.startup_timeout, kernel.slot)
+            kernel.client = client
+            prio = kernel.adapter.priority
+            if prio is not None and not kernel.claimed and await self._may_lower(settings):
+                prio.lower()  # threads it starts from now on inherit it
+            kernel.statuses = kernel.adapter.watch_statuses()
+            alive = kernel.adapter.is_alive
+            reply = await request_reply(
+                client,
+                "kernel_info_request",
+                {},
+                timeout=settings.startup_timeout,
+                is_alive=alive,
+                resend_every=1.0,
+            )
+            deadline = loop.time() + settings.init_timeout
+            for step, code, data in await self._warmup_steps(kernel, settings, reply["content"]):
+                source = step
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                await run_code(client, code, timeout=left, is_alive=alive, data=data)
+            if prio is not None:
+                await prio.lower_all()
+        except asyncio.CancelledError:
+            kernel.ready.cancel()
+            await asyncio.shield(self._end(kernel))
+            raise
+        except Exception as error:
+            self._warmup_failed(kernel, source, error, settings)
+            kernel.ready.set_exception(WarmupError(self._last_error[kernel.name]))
+            kernel.ready.exception()  # retrieved: waiters re-raise it their own way
+            await asyncio.shield(self._end(kernel))
+        else:
+            if self._failures.pop(kernel.name, 0):
+                self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
+            self._last_error.pop(kernel.name, None)
+            kernel.ready_since = time.monotonic()
+            kernel.ready.set_result(None)
+            self.observer.warmup_succeeded(kernel.name, kernel.ready_since - kernel.launched)
+            self.log.debug("hotpot_km: pooled %r kernel ready", kernel.name)
+        finally:
+            self._warming.discard(kernel)
+            idle = self._idle.get(kernel.name, [])
+            if not kernel.is_ready and kernel in idle:
+                idle.remove(kernel)
+            self._wake_filler()
+
+    async def _may_lower(self, settings: PoolSettings) -> bool:
+        """Whether a new warm-up may run at idle CPU priority: nobody waits for it, and it can
+        be brought back before handout."""
+        if not settings.idle_priority or self._waiters:
+            return False
+        return await asyncio.to_thread(priority.can_restore)
+
+    def _normal_priority(self, kernel: PooledKernel) -> None:
+        """Back to normal CPU priority: someone waits for this kernel, or it is handed out."""
+        prio = kernel.adapter.priority
+        if prio is None or not prio.restore():
+            return
+        if not kernel.ready.done():
+            # still warming: threads it started since launch inherited SCHED_IDLE
+            restore = asyncio.to_thread(priority.restore_process, prio.pid)
+            kernel.restoring = self._spawn(restore, "hotpot_km restore priority")
+
+    async def _at_normal_priority(self, kernel: PooledKernel) -> None:
+        """:meth:`_normal_priority`, and wait until every thread of the kernel is back."""
+        self._normal_priority(kernel)
+        if kernel.restoring is not None:
+            await kernel.restoring
+
+    async def _warmup_steps(
+        self, kernel: PooledKernel, settings: PoolSettings, info: Mapping[str, Any]
+    ) -> list[tuple[str, str, Any]]:
+        """(source, code, data) in the documented order: imports, configured code, init files."""
+        assert kernel.launch is not None
+        steps: list[tuple[str, str, Any]] = []
+        prep = preparation_for(kernel.language)
+        if prep is not None:
+            steps.append(
+                ("hotpot_km bootstrap", prep.bootstrap, {"launch_env": dict(kernel.launch.env)})
+            )
+            if settings.python_imports:
+                modules = list(settings.python_imports)
+                steps.append(("python_imports", prep.import_modules, {"modules": modules}))
+        code = settings.initialization_code.get(kernel.name)
+        if code:
+            steps.append((f"initialization_code[{kernel.name!r}]", code, None))
+        reported = (info.get("language_info") or {}).get("file_extension")
+        extension = init_file_extension(kernel.language, reported)
+        if extension:
+            for path, text in await asyncio.to_thread(_read_init_files, kernel.name, extension):
+                steps.append((path, text, None))
+        return steps
+
+    def _warmup_failed(
+        self, kernel: PooledKernel, source: str, error: Exception, settings: PoolSettings
+    ) -> None:
+        """Log a failure once per cause and push the next warm-up of this name back."""
+        if isinstance(error, KernelCodeError):
+            cause = error.summary()
+        elif isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+            limit = settings.init_timeout if source != "kernel start" else settings.startup_timeout
+            cause = f"timed out after {limit:g} s"
+        elif isinstance(error, KernelDiedError):
+            cause = "the kernel process exited"
+        else:
+            cause = f"{type(error).__name__}: {error}"
+        failures = self._failures.get(kernel.name, 0) + 1
+        self._failures[kernel.name] = failures
+        delay = min(0.5 * 2 ** (failures - 1), max(settings.max_retry_delay, 0.5))
+        self._not_before[kernel.name] = asyncio.get_running_loop().time() + delay
+        message = f"warm-up of a pooled {kernel.name!r} kernel failed in {source}: {cause}"
+        if self._last_error.get(kernel.name) != message:
+            self.log.error(
+                "hotpot_km: %s. The kernel was shut down and is never handed out; "
+                "retrying with back-off (next in %.1f s).",
+                message,
+                delay,
+            )
+        else:
+            self.log.debug("hotpot_km: %s (again, attempt %d)", message, failures)
+        self._last_error[kernel.name] = message
+        self.observer.warmup_failed(kernel.name, warmup_step(source), message)
+
+
+def warmup_step(source: str) -> str:
+    """The step (one of ``hotpot_km.events.WARMUP_STEPS``) a warm-up source belongs to."""
+    if source == "kernel start":
+        return "kernel_start"
+    if source == "hotpot_km bootstrap":
+        return "bootstrap"
+    if source == "python_imports":
+        return "python_imports"
+    if source.startswith("initialization_code["):
+        return "initialization_code"
+    return "init_file"
+
+
+def _read_init_files(kernel_name: str, extension: str) -> list[tuple[str, str]]:
+    """``kernel_pool_init_<name><ext>`` files in the Jupyter config path, in path order."""
+    found = []
+    for directory in jupyter_config_path():
+        path = Path(directory) / f"kernel_pool_init_{kernel_name}{extension}"
+        if path.is_file():
+            found.append((str(path), path.read_text(encoding="utf-8")))
+    return found
