@@ -1,7 +1,9 @@
 """What a host's ``KernelManager`` gets while its kernel is a handed-out pooled one.
 
 * :func:`ready_client_class`: its ``client()`` returns a client whose ``wait_for_ready()``
-  proves readiness in one round trip instead of jupyter_client's 0.2 s quiet-IOPub wait.
+  proves readiness in one round trip instead of jupyter_client's 0.2 s quiet-IOPub wait
+  (a provisioner switches it with :class:`ReadyClients`: the in-process pool's and the
+  pool service's).
 * :func:`handout_start_class`: its start skips jupyter_client's fixed 10 ms pause when the
   launch was a handout, and keeps every override of the host's own class (jupyter_server's
   kernel action events, for one).
@@ -103,6 +105,27 @@ def ready_client_class(base: type[KernelClient]) -> type[KernelClient]:
     else:
         namespace["wait_for_ready"] = _ReadyInOneRoundTrip._async_wait_for_ready
     return type(f"Pooled{base.__name__}", (_ReadyInOneRoundTrip, base), namespace)
+
+
+class ReadyClients:
+    """For a provisioner whose launch may be a handout: while it is, its manager's
+    ``client()`` gives clients ready in one round trip (:func:`ready_client_class`);
+    after a cold start or cold restart, the manager's own class is back."""
+
+    parent: Any
+    #: whether the current launch is a handout (read by :class:`_HandoutStart`)
+    handed_out: bool = False
+    _host_client_factory: type | None = None  # the manager's own, while replaced
+
+    def _use_ready_client(self, handed_out: bool) -> None:
+        km = self.parent
+        self.handed_out = handed_out
+        if handed_out:
+            if self._host_client_factory is None:
+                self._host_client_factory = km.client_factory
+            km.client_factory = ready_client_class(self._host_client_factory)
+        elif self._host_client_factory is not None:
+            km.client_factory, self._host_client_factory = self._host_client_factory, None
 
 
 #: jupyter_client's start without its ``in_pending_state`` decorator (None if it changed).

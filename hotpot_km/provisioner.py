@@ -19,7 +19,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from . import keeper
 from .budget import Slot
-from .handout import ready_client_class
+from .handout import ReadyClients
 from .pool import PooledKernel, process_group, remove_files
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 ConnectionChanged = Callable[[str, "KernelConnectionInfo"], Awaitable[None]]
 
 
-class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+class PooledProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[misc]
     """Serves launches from a :class:`~hotpot_km.pool.KernelPool`, else through the
     kernelspec's own provisioner (a cold start, counted against ``max_kernels``)."""
 
@@ -58,9 +58,6 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._handout_failure: ColdReason | None = None
         self._on_connection_changed = on_connection_changed
         self._previous: dict[str, Any] | None = None  # connection info before a restart
-        #: whether the current launch is a handout (read by hotpot_km.handout's start)
-        self.handed_out = False
-        self._host_client_factory: type | None = None  # the manager's own, while replaced
 
     # -- launching ---------------------------------------------------------------------------
 
@@ -114,18 +111,6 @@ class PooledProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._inner = self._new_inner()
         await keeper.ensure_running()
         return await self._inner.pre_launch(**kwargs)
-
-    def _use_ready_client(self, handed_out: bool) -> None:
-        """Clients of a handed-out kernel are ready in one round trip (hotpot_km.handout);
-        after a cold start or cold restart the manager's own client class is back."""
-        km = self.parent
-        self.handed_out = handed_out
-        if handed_out:
-            if self._host_client_factory is None:
-                self._host_client_factory = km.client_factory
-            km.client_factory = ready_client_class(self._host_client_factory)
-        elif self._host_client_factory is not None:
-            km.client_factory, self._host_client_factory = self._host_client_factory, None
 
     async def _take_from_pool(self, request: LaunchRequest, ready_only: bool) -> list[str] | None:
         """Hand out a pooled kernel for ``request``; try one more ready one if the first failed."""

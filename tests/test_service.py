@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import marked_kernels
+from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from kernel_helpers import wait_until, write_kernelspec
@@ -34,6 +35,7 @@ from service_helpers import (
 )
 
 from hotpot_km import PooledKernelManager
+from hotpot_km.handout import ready_client_class
 from hotpot_km.service.paths import ServicePaths
 from hotpot_km.service.provisioner import ServiceProvisioner
 
@@ -100,6 +102,8 @@ async def test_the_owner_controls_its_kernel_and_a_restart_stays_in_place(setup,
         try:
             assert isinstance(km.provisioner, ServiceProvisioner)
             assert km.kernel_spec.interrupt_mode == mode
+            # a leased kernel's clients are ready in one round trip; a cold one's are not
+            assert type(km.client()) is ready_client_class(AsyncKernelClient)
             info = km.get_connection_info()
             pid, ppid, cwd = await pid_of(km)
             assert pid in pooled and ppid == svc.pid and cwd == str(setup["data"])
@@ -122,6 +126,7 @@ async def test_the_owner_controls_its_kernel_and_a_restart_stays_in_place(setup,
             assert {k: km.get_connection_info()[k] for k in PORTS} == {k: info[k] for k in PORTS}
             new_pid, new_ppid, new_cwd = await pid_of(km)
             assert new_pid != pid and new_ppid == os.getpid() and new_cwd == cwd
+            assert type(km.client()) is AsyncKernelClient
             wait_gone(pid)
             [lease] = status()["leases"]  # only its ports stay reserved
             assert lease["state"] == "restarted by its owner"
@@ -184,6 +189,7 @@ async def test_a_request_the_pool_cant_serve_starts_cold_saying_why(setup, caplo
         try:
             pid, ppid, _ = await pid_of(km)
             assert ppid == os.getpid() and pid not in svc.kernel_pids()
+            assert type(km.client()) is AsyncKernelClient
         finally:
             await km.shutdown_kernel(now=True)
     lines = [r.getMessage() for r in caplog.records if "kernel cold" in r.getMessage()]

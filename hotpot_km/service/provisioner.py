@@ -28,6 +28,7 @@ from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from traitlets import Bool, Dict, Float
 
+from ..handout import ReadyClients
 from ..request import absolute_cwd, final_env, fixed_options
 from .autostart import start_service
 from .client import ServiceError, ServiceUnavailable, call
@@ -40,8 +41,12 @@ from .protocol import info_from_wire
 LAUNCH_TIMEOUT = 300.0
 
 
-class ServiceProvisioner(KernelProvisionerBase):  # type: ignore[misc]
-    """A warm kernel from the pool service, else a cold start (see the module docstring)."""
+class ServiceProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[misc]
+    """A warm kernel from the pool service, else a cold start (see the module docstring).
+
+    Clients of a leased kernel are ready in one round trip, as in-process
+    (:mod:`hotpot_km.handout`): nbclient, papermill, nbconvert and nbmake then skip
+    jupyter_client's 0.2 s quiet-IOPub wait per notebook."""
 
     inner = Dict(
         config=True,
@@ -84,12 +89,14 @@ class ServiceProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         restarting, self._launched = self._launched, True
+        self._use_ready_client(False)
         if restarting:
             return await self._cold(kwargs, keep_ports=self._kept_ports is not None)
         if self._in_process_pool():
             return await self._cold(kwargs)
         reason = await self._from_service(kwargs)
         if reason is None:
+            self._use_ready_client(True)
             return {**kwargs, "cwd": self._cwd, "cmd": self._handed_cmd}
         self.log.warning(
             "hotpot_km: starting the %r kernel cold: %s", self.parent.kernel_name, reason
