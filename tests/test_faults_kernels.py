@@ -19,7 +19,7 @@ import pytest
 from children import ChildSampler
 from conftest import kernel_children, marked_processes, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
-from kernel_helpers import probe, shut_down, tracebacks, wait_until, write_kernelspec
+from kernel_helpers import exited, probe, shut_down, tracebacks, wait_until, write_kernelspec
 from servers import TOKEN, api, jupyter_server, port_of, running
 
 from hotpot_km import PooledKernelManager, WarmupError
@@ -102,7 +102,7 @@ async def test_killed_pooled_kernels_are_replaced_and_never_handed_out(
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
         # dead, not dying: a kernel dying during its handout is its new owner's to restart
-        await wait_until(lambda: not any(alive(pid) for pid in killed), what="the kill")
+        await wait_until(lambda: all(exited(pid) for pid in killed), what="the kill")
 
         # requests right away (two at once, then one more): each gets a live kernel
         kids = list(await asyncio.gather(km.start_kernel(), km.start_kernel()))
