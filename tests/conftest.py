@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import uuid
@@ -17,6 +18,12 @@ import pytest
 from hotpot_km import PooledKernelManager
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# A shell without job control starts background commands with SIGINT ignored, and an
+# ignored signal stays ignored in every child: the servers these tests stop with SIGINT
+# would never see it. Run them as a terminal or a service manager would.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 MARKER = "HOTPOT_KM_TEST_MARKER"
 

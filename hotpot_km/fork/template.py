@@ -448,11 +448,12 @@ def become_kernel(birth: Birth) -> None:
 
     from ipykernel.kernelapp import IPKernelApp
 
-    # defaults ipykernel read from the template's env when it was imported
-    traits = IPKernelApp.class_traits()
-    traits["parent_handle"].default_value = int(os.environ.get("JPY_PARENT_PID") or 0)
-    traits["interrupt"].default_value = int(os.environ.get("JPY_INTERRUPT_EVENT") or 0)
     app = IPKernelApp.instance()
+    # ipykernel's defaults for these come from the env it was imported in, the template's
+    # (traitlets keeps them from class creation); the kernel's own env decides, and its
+    # command line still overrides (``--IPKernelApp.parent_handle=0``)
+    app.parent_handle = int(os.environ.get("JPY_PARENT_PID") or 0)
+    app.interrupt = int(os.environ.get("JPY_INTERRUPT_EVENT") or 0)
     app.initialize(args)
     # ipykernel lists the modules loaded when it starts as its own, for the debugger to skip;
     # python_imports are loaded already here, but not yet in a launched kernel
