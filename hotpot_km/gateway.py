@@ -39,9 +39,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 from traitlets import Bool, Float, List, Unicode, default
 
 from .budget import Slot
-from .kernel_io import request_reply, run_code
-from .languages import preparation_for
-from .pool import handout_reply, send_handout
+from .pool import reapply
 from .pooled import PooledKernelManager
 from .priority import ProcessPriority
 from .request import LaunchRequest, plain_env
@@ -456,39 +454,19 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
             await self._reapply(*handed)
 
     async def _reapply(self, handed: RemoteHandout, request: LaunchRequest) -> None:
-        kernel_id, launch = handed.kernel_id, handed.launch
-        prep = preparation_for(handed.language)
-        if prep is None:
-            return
-        settings = self.pool_settings()
+        timeout = self.pool_settings().startup_timeout
         channels = GatewayChannels(self.log)
         try:
-            await channels.connect(kernel_id, settings.startup_timeout)
+            await channels.connect(handed.kernel_id, timeout)
 
             async def alive() -> bool:
                 return not channels.lost
 
-            await request_reply(
-                channels,
-                "kernel_info_request",
-                {},
-                timeout=settings.startup_timeout,
-                is_alive=alive,
-                resend_every=1.0,
-            )
-            await run_code(
-                channels,
-                prep.bootstrap,
-                timeout=settings.startup_timeout,
-                is_alive=alive,
-                data={"launch_env": dict(launch.env)},
-            )
-            handout = send_handout(channels, launch, request)
-            await handout_reply(channels, handout, settings.startup_timeout, alive)
+            await reapply(channels, handed.language, handed.launch, request, timeout, alive)
         except Exception:
             self.log.warning(
                 "hotpot_km: restarted kernel %s could not get its env and cwd again",
-                kernel_id,
+                handed.kernel_id,
                 exc_info=True,
             )
         finally:

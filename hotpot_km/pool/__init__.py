@@ -25,7 +25,7 @@ from .model import (
     Reservation,
     WarmupError,
 )
-from .settling import handout_reply, send_handout
+from .settling import handout_reply, reapply, send_handout
 
 __all__ = [
     "HandedOut",
@@ -41,6 +41,7 @@ __all__ = [
     "WarmupError",
     "handout_reply",
     "process_group",
+    "reapply",
     "remove_files",
     "send_handout",
 ]

@@ -1,20 +1,22 @@
 """After a handout: the handout's control message and its reply, and a watch that holds
 the refill until the kernel's new owner ran its first cell and the kernel went idle, so
-the replacement's warm-up does not compete with the page or notebook being served."""
+the replacement's warm-up does not compete with the page or notebook being served; and
+the same handout again for a kernel a remote gateway relaunched (:func:`reapply`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
 from queue import Empty
+from typing import Any
 
 import zmq
 import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import Session
 
-from ..kernel_io import METADATA_KEY, KernelDiedError, ShellClient
-from ..languages import HANDOUT_REPLY, HANDOUT_REQUEST
+from ..kernel_io import METADATA_KEY, KernelDiedError, ShellClient, request_reply, run_code
+from ..languages import HANDOUT_REPLY, HANDOUT_REQUEST, preparation_for
 from ..request import LaunchRequest
 from .model import PooledKernel, PoolState
 
@@ -105,6 +107,35 @@ async def handout_reply(
             continue
         if reply["parent_header"].get("msg_id") == msg_id and reply["msg_type"] == HANDOUT_REPLY:
             return
+
+
+def bootstrap_data(launch: LaunchRequest) -> dict[str, Any]:
+    """What the language's bootstrap receives: the env the kernel was launched with, so the
+    handout can tell the kernel's own additions from the launch's values."""
+    return {"launch_env": dict(launch.env)}
+
+
+async def reapply(
+    client: ShellClient,
+    language: str | None,
+    launch: LaunchRequest,
+    request: LaunchRequest,
+    timeout: float,
+    is_alive: Callable[[], Awaitable[bool]],
+) -> None:
+    """Give a kernel that was relaunched with ``launch``'s arguments (a restart done by a
+    remote gateway, outside the pool) ``request``'s cwd and env again: the bootstrap, then
+    the handout, as for a pooled kernel."""
+    prep = preparation_for(language)
+    if prep is None:
+        return
+    await request_reply(
+        client, "kernel_info_request", {}, timeout=timeout, is_alive=is_alive, resend_every=1.0
+    )
+    await run_code(
+        client, prep.bootstrap, timeout=timeout, is_alive=is_alive, data=bootstrap_data(launch)
+    )
+    await handout_reply(client, send_handout(client, launch, request), timeout, is_alive)
 
 
 async def _until_idle(

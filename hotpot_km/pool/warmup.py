@@ -15,6 +15,7 @@ from .. import priority
 from ..kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
 from ..languages import init_file_extension, preparation_for
 from .model import PooledKernel, PoolSettings, PoolState, WarmupError
+from .settling import bootstrap_data
 
 
 class Warmup(PoolState):
@@ -107,9 +108,7 @@ class Warmup(PoolState):
         steps: list[tuple[str, str, Any]] = []
         prep = preparation_for(kernel.language)
         if prep is not None:
-            steps.append(
-                ("hotpot_km bootstrap", prep.bootstrap, {"launch_env": dict(kernel.launch.env)})
-            )
+            steps.append(("hotpot_km bootstrap", prep.bootstrap, bootstrap_data(kernel.launch)))
             if settings.python_imports:
                 modules = list(settings.python_imports)
                 steps.append(("python_imports", prep.import_modules, {"modules": modules}))
