@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,9 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from ports import free_port  # noqa: E402, F401  (shared with the tests; the benchmarks import it from here)
+
 OLD_RELEASE = "hotpot_km==0.2.2"
 #: Installed in the 0.2.2 venv at the exact versions the project's venv has.
 PINNED = ("jupyter_client", "jupyter_server", "ipykernel", "voila",
@@ -117,24 +118,6 @@ def shown(path: Path) -> str:
         return str(path.resolve().relative_to(HERE.parent))
     except ValueError:
         return str(path)
-
-
-def free_port() -> int:
-    """A free port below the OS's ephemeral range: a port from ``bind(0)`` could be taken
-    by a pooled kernel (kernels get theirs from that range) before the server listens."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(100):
-        port = random.randrange(10000, max(low, 10001))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Process:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,32 +17,9 @@ from typing import Any
 import requests
 import websocket
 from conftest import kernel_children
+from ports import free_port
 
 TOKEN = "hotpot-test-token"
-
-
-def free_port() -> int:
-    """A free port for a server, below the OS's ephemeral range.
-
-    A port from ``bind(0)`` is only free until someone binds it: a pooled kernel started
-    before its server listens (``wait_at_startup``) takes its ports from the ephemeral
-    range and may take exactly that one. The OS never hands out ports below the range,
-    so only another explicit choice can collide: the port is checked free, and chosen at
-    random so parallel runs rarely meet.
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default
-    for _ in range(100):
-        port = random.randrange(10000, max(low, 10001))
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Server:
