@@ -57,6 +57,8 @@ async def test_100_concurrent_starts_never_exceed_max_kernels(jupyter_dirs, capl
     with ChildSampler(os.getpid(), interval=0.002) as counter:
         try:
             await km.wait_for_pool()
+            # /proc can show a fork template's new child a moment after the pool counts it
+            await wait_until(lambda: live_kernels() == POOL, 10, "the pool's processes seen")
             assert live_kernels() == POOL
             room = LIMIT - len(templates())  # a fork template holds a slot of its own
 
@@ -74,6 +76,8 @@ async def test_100_concurrent_starts_never_exceed_max_kernels(jupyter_dirs, capl
             await wait_until(lambda: live_kernels() == POOL, what="back to the pool size")
             await km.wait_for_pool()
             await asyncio.sleep(1)
+            # /proc can show a fork template's new child a moment after the pool counts it
+            await wait_until(lambda: live_kernels() == POOL, 10, "the pool's processes seen")
             assert live_kernels() == POOL
             assert not set(pids) & {c.pid for c in live_children(os.getpid())}
 
