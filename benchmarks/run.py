@@ -71,7 +71,7 @@ class Sizes:
     server_pool: int = 2
     voila_reps: int = 8
     voila_pool: int = 3
-    refill_reps: int = 8
+    refill_reps: int = 16
     fill_pool: int = 4
     gateway_reps: int = 10
     gateway_slow_reps: int = 5
@@ -111,6 +111,7 @@ class Names:
         self.session = "jupyter_server: POST /api/sessions → 1+1 reply"
         self.voila = "Voila page (seed voila.json, notebook with heavy imports)"
         self.voila_refill = "Voila page while a refill warms up (heavy imports)"
+        self.voila_paired = "Voila page, idle pool, paired with each refill page"
         self.page_parts = {
             "hand-out": "Voila page, where it goes: hand-out (start_kernel)",
             "readiness": "Voila page, where it goes: readiness (nbclient client ready)",
@@ -140,8 +141,8 @@ class Names:
 
     def order(self) -> list[str]:
         return [self.bare, self.cwd_env, self.start_only, self.heavy, self.session,
-                self.voila, self.voila_refill, *self.page_parts.values(), self.burst,
-                self.burst_each, self.restart, self.restart_post, self.gateway,
+                self.voila, self.voila_paired, self.voila_refill, *self.page_parts.values(),
+                self.burst, self.burst_each, self.restart, self.restart_post, self.gateway,
                 self.gateway_slow, self.mem_bare, self.mem_heavy, self.mem_pool, self.loop,
                 self.papermill, self.runner_each, self.runner_loop, self.nbmake, self.refill,
                 self.pss_idle, self.pss_cell]
@@ -297,8 +298,12 @@ class Bench:
     def server_config(self, dirs: JupyterDirs, system: str, pool: int, wait: bool) -> None:
         if system == "cold":
             return
+        app = {"kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"}
+        if system == "new":  # the README's config, with its optional websocket class
+            app["kernel_websocket_connection_class"] = (
+                "hotpot_km.websocket.NoDelayWebsocketConnection")
         (dirs.config / "jupyter_server_config.json").write_text(json.dumps({
-            "ServerApp": {"kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"},
+            "ServerApp": app,
             "PooledKernelManager": {"kernel_pools": {"python3": pool}, "_wait_at_startup": wait},
         }))
 
@@ -376,20 +381,22 @@ class Bench:
         server = Server("voila", self.python(system), dirs, args, cwd=app, token=False,
                         log=self.logs / f"voila-{system}.log",
                         env={"HOTPOT_BENCH_PHASES": "voila"} if timed else None)
+        paired: list[float] = []
         refill: list[float] = []
         try:
             server.wait_up(timeout=600)
             samples, failures, phases = voila_pages(server, s.voila_reps, expect="BENCH_OK 2",
                                                     phases=timed)
             if timed and not failures:
-                refill = voila_refill_pages(server, s.refill_reps, s.voila_pool,
-                                            expect="BENCH_OK 2")
+                paired, refill = voila_refill_pages(server, s.refill_reps, s.voila_pool,
+                                                    expect="BENCH_OK 2")
         finally:
             server.stop()
             self.warmup_failures("voila", system, server.warmup_failures)
         if not failures:
             rows = [Row(n.voila, system, samples)]
             if timed:
+                rows.append(Row(n.voila_paired, system, paired))
                 rows.append(Row(n.voila_refill, system, refill))
                 rows += self.page_breakdown(system, phases)
             return rows
@@ -459,7 +466,7 @@ class Bench:
             "burst": (self.burst, self.systems("fork"), [n.burst, n.burst_each]),
             "server": (self.server, self.systems(), [n.session, n.restart, n.restart_post]),
             "voila": (self.voila, self.systems("preheat"),
-                      [n.voila, n.voila_refill, *n.page_parts.values()]),
+                      [n.voila, n.voila_paired, n.voila_refill, *n.page_parts.values()]),
             "loop": (self.loop, self.systems(), [n.loop]),
             "gateway": (self.gateway, [s for s in self.systems() if s != "old"],
                         [n.gateway, n.gateway_slow]),
@@ -505,6 +512,7 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
     names = bench.names
     found = targets(rows, {"start_only": names.start_only, "handout": names.cwd_env,
                            "voila": names.voila, "voila_refill": names.voila_refill,
+                           "voila_paired": names.voila_paired,
                            "session": names.session, "burst": names.burst,
                            "restart": names.restart, "restart_post": names.restart_post,
                            "event_loop": names.loop, "gateway_slow": names.gateway_slow,

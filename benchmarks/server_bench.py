@@ -315,11 +315,24 @@ def kernel_processes(server: Server) -> int:
     return count
 
 
-def voila_refill_pages(server: Server, reps: int, pool: int, expect: str) -> list[float]:
-    """Pages served while a refill warms up: page A takes a pooled kernel (and keeps it, as
-    an open tab does); once its replacement has started, page B is timed."""
-    samples = []
+def voila_refill_pages(server: Server, reps: int, pool: int, expect: str,
+                       ) -> tuple[list[float], list[float]]:
+    """Pages served while a refill warms up, each paired with a page of an idle pool.
+
+    Each repetition times a page against the full, quiet pool (its kernel shut down as on
+    page unload), waits for the pool to be full again, then page A takes a pooled kernel
+    (and keeps it, as an open tab does) and, once its replacement has started, page B is
+    timed. The two pages of a pair are seconds apart, so a drift of the machine's speed
+    between repetitions or scenarios weighs on both alike. Returns (idle, refill) times.
+    """
+    idle, refill = [], []
     for _ in range(reps):
+        server.wait_pool()
+        elapsed, quiet, failed = voila_page(server, expect)
+        if failed:
+            raise ServerError(f"Voila page: {failed}")
+        idle.append(elapsed)
+        close_page(server, quiet)
         server.wait_pool()
         _, first, failed = voila_page(server, expect)
         if failed:
@@ -332,10 +345,10 @@ def voila_refill_pages(server: Server, reps: int, pool: int, expect: str) -> lis
         elapsed, second, failed = voila_page(server, expect)
         if failed:
             raise ServerError(f"Voila page during a refill: {failed}")
-        samples.append(elapsed)
+        refill.append(elapsed)
         close_page(server, first)
         close_page(server, second)
-    return samples
+    return idle, refill
 
 
 def notebook(path: Path, *cells: str) -> None:

@@ -5,8 +5,9 @@
   (a provisioner switches it with :class:`ReadyClients`: the in-process pool's and the
   pool service's).
 * :func:`handout_start_class`: its start skips jupyter_client's fixed 10 ms pause when the
-  launch was a handout, and keeps every override of the host's own class (jupyter_server's
-  kernel action events, for one).
+  launch was a handout, and so does the shutdown half of a restart onto a ready pooled
+  kernel; every override of the host's own class (jupyter_server's kernel action events,
+  for one) is kept.
 
 Cold starts and cold restarts of the same manager keep jupyter_client's behaviour.
 """
@@ -17,6 +18,7 @@ import asyncio
 import functools
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -128,32 +130,38 @@ class ReadyClients:
             km.client_factory, self._host_client_factory = self._host_client_factory, None
 
 
-#: jupyter_client's start without its ``in_pending_state`` decorator (None if it changed).
-_UNDECORATED_START = (
-    inspect.unwrap(KernelManager._async_start_kernel)
-    if hasattr(KernelManager._async_start_kernel, "__wrapped__")
-    else None
-)
+def _undecorated(method: Any) -> Any:
+    """jupyter_client's ``method`` without its ``in_pending_state`` decorator (None if that
+    changed)."""
+    return inspect.unwrap(method) if hasattr(method, "__wrapped__") else None
+
+
+_UNDECORATED_START = _undecorated(KernelManager._async_start_kernel)
+_UNDECORATED_SHUTDOWN = _undecorated(KernelManager._async_shutdown_kernel)
 
 
 class _HandoutStart(AsyncKernelManager):  # type: ignore[misc]
-    """``start_kernel`` without jupyter_client's fixed pause after a handout.
+    """``start_kernel`` (and the shutdown of a warm restart) without jupyter_client's fixed
+    pause.
 
     jupyter_client's ``in_pending_state`` decorator renews the ``ready`` future, awaits
-    the start, sleeps 10 ms ("to ensure tests can capture the state") and resolves the
-    future. This does the same bookkeeping and keeps the pause for cold starts only.
+    the method, sleeps 10 ms ("to ensure tests can capture the state") and resolves the
+    future. This does the same bookkeeping and keeps the pause where no pooled kernel is
+    involved: cold starts, and shutdowns that are not a restart onto a ready pooled kernel.
     Placed right before ``AsyncKernelManager`` in the host class's MRO, so the host's own
-    ``start_kernel``/``restart_kernel`` overrides still run and reach it through ``super()``.
+    ``start_kernel``/``shutdown_kernel``/``restart_kernel`` overrides still run and reach
+    it through ``super()``.
     """
 
-    async def _async_start_kernel(self, **kw: Any) -> None:
+    async def _pending(self, method: Any, pause: Callable[[], bool], **kw: Any) -> None:
+        """``method`` as ``in_pending_state`` runs it; the pause only if ``pause()`` says so
+        once the method returned."""
         if getattr(self, "_attempted_start", True) or not getattr(self, "_ready", None):
             self._ready = asyncio.get_running_loop().create_future()
         try:
-            assert _UNDECORATED_START is not None
-            await _UNDECORATED_START(self, **kw)
-            if not getattr(self.provisioner, "handed_out", False):
-                await asyncio.sleep(0.01)  # jupyter_client's own pause, for cold starts
+            await method(self, **kw)
+            if pause():
+                await asyncio.sleep(0.01)  # jupyter_client's own pause
         except Exception as error:
             self._ready.set_exception(error)
             self.log.exception(error)
@@ -161,15 +169,31 @@ class _HandoutStart(AsyncKernelManager):  # type: ignore[misc]
         if self.owns_kernel:
             self._ready.set_result(None)
 
+    async def _async_start_kernel(self, **kw: Any) -> None:
+        def cold() -> bool:
+            return not getattr(self.provisioner, "handed_out", False)
+
+        await self._pending(_UNDECORATED_START, cold, **kw)
+
+    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        def not_warm() -> bool:  # the provisioner claimed a ready pooled kernel for the restart
+            return not (restart and getattr(self.provisioner, "restarts_warm", False))
+
+        await self._pending(_UNDECORATED_SHUTDOWN, not_warm, now=now, restart=restart)
+
     start_kernel = _async_start_kernel
+    shutdown_kernel = _async_shutdown_kernel
 
 
 @functools.cache
 def handout_start_class(host: type[KernelManager]) -> type[KernelManager]:
-    """A subclass of the host's kernel manager class whose starts skip the fixed pause after
-    a handout; ``host`` itself when that can't be done safely (not async, or jupyter_client's
-    start changed shape)."""
-    if not issubclass(host, AsyncKernelManager) or _UNDECORATED_START is None:
+    """A subclass of the host's kernel manager class whose handouts and warm restarts skip
+    the fixed pause; ``host`` itself when that can't be done safely (not async, or
+    jupyter_client's start or shutdown changed shape)."""
+    if not issubclass(host, AsyncKernelManager) or None in (
+        _UNDECORATED_START,
+        _UNDECORATED_SHUTDOWN,
+    ):
         return host
     if issubclass(host, _HandoutStart):
         return host

@@ -219,6 +219,12 @@ class PooledProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[mi
     # -- the running process -----------------------------------------------------------------
 
     @property
+    def restarts_warm(self) -> bool:
+        """A restart under way will hand out the ready pooled kernel it claimed (read by
+        :class:`~hotpot_km.handout._HandoutStart`)."""
+        return self._claimed is not None and self._launched
+
+    @property
     def has_process(self) -> bool:
         return self._inner is not None and self._inner.has_process
 

@@ -202,6 +202,8 @@ def test_jupyterlab_runs_pooled_kernels_through_restarts(jupyter_dirs, tmp_path,
     (jupyter_dirs["config"] / "jupyter_server_config.py").write_text(
         'c.ServerApp.kernel_manager_class = "hotpot_km.mapping.PooledMappingKernelManager"\n'
         'c.PooledKernelManager.kernel_pools = {"python3": 2}\n'
+        "c.ServerApp.kernel_websocket_connection_class = "
+        '"hotpot_km.websocket.NoDelayWebsocketConnection"\n'
     )
     for name in ("JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR"):
         monkeypatch.delenv(name, raising=False)  # JupyterLab's state stays in the config dir

@@ -339,8 +339,10 @@ def pooled_jupyter_server(
 def test_jupyter_server_restarts_lose_nothing(jupyter_dirs, tmp_path, warm):
     """Flows (a), (b), (c) and (e), each on its own handed-out kernel, restarted RESTARTS
     times. Cold: warm restarts are off while pooled kernels are ready."""
-    if warm:
-        config = "c.PooledKernelManager.fill_delay = 0.0\nc.PooledKernelManager.max_warming = 2\n"
+    if warm:  # with the README's optional websocket class
+        config = ("c.PooledKernelManager.fill_delay = 0.0\nc.PooledKernelManager.max_warming = 2\n"
+                  "c.ServerApp.kernel_websocket_connection_class = "
+                  '"hotpot_km.websocket.NoDelayWebsocketConnection"\n')
     else:
         config = ("c.PooledKernelManager.fill_delay = 3600.0\n"
                   "c.PooledKernelManager.warm_restarts = False\n")
@@ -358,6 +360,9 @@ def test_jupyter_server_restarts_lose_nothing(jupyter_dirs, tmp_path, warm):
         check_log(log, "server")
         for flow in flows:  # each restart's own kernel_info_request was answered
             assert log.count(f"Kernel info reply received: {flow.kernel_id}") == RESTARTS
+            # every websocket of the flow had TCP_NODELAY with the class, none without it
+            nodelay = log.count(f"websocket of kernel {flow.kernel_id}: TCP_NODELAY=1")
+            assert nodelay >= 1 if warm else nodelay == 0
     assert not marked_kernels()
 
 
