@@ -79,6 +79,7 @@ class Sizes:
     gateway_pool: int = 1
     papermill_reps: int = 5
     runner_loop: int = 20  # notebooks in the nbclient loop (and its pool's size)
+    runner_loop_reps: int = 3
     nbmake: int = 10  # notebooks in the pytest --nbmake run (and its pool's size)
     nbmake_reps: int = 3
     fork_refill_reps: int = 10
@@ -88,8 +89,8 @@ class Sizes:
 QUICK = Sizes(handout_reps=2, heavy_reps=1, pool=1, burst_reps=1, burst=3, burst_pool=1,
               session_reps=2, restart_reps=2, server_pool=1, voila_reps=1, voila_pool=1,
               fill_pool=1, gateway_reps=1, gateway_slow_reps=1, gateway_slow=2,
-              papermill_reps=1, runner_loop=2, nbmake=2, nbmake_reps=1, refill_reps=1,
-              fork_refill_reps=1, mem_pool=1)
+              papermill_reps=1, runner_loop=2, runner_loop_reps=1, nbmake=2, nbmake_reps=1,
+              refill_reps=1, fork_refill_reps=1, mem_pool=1)
 
 #: Where a pooled Voila page's time goes (phases.VOILA labels, summed per page).
 BREAKDOWN = {
@@ -432,9 +433,10 @@ class Bench:
                     rows.append(Row(n.papermill, system, runner_bench.papermill_runs(
                         dirs, s.papermill_reps, log, service, heavy)))
                 elif what == "loop":
-                    each, total = runner_bench.nbclient_loop(dirs, s.runner_loop, log, service)
+                    each, totals = runner_bench.nbclient_loop(
+                        dirs, s.runner_loop, s.runner_loop_reps, log, service)
                     rows += [Row(n.runner_each, system, each),
-                             Row(n.runner_loop, system, [total])]
+                             Row(n.runner_loop, system, totals)]
                 else:
                     rows.append(Row(n.nbmake, system, runner_bench.nbmake_runs(
                         dirs, s.nbmake, s.nbmake_reps, log, service)))

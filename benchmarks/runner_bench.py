@@ -108,19 +108,25 @@ def papermill_runs(dirs: JupyterDirs, reps: int, log: Path,
     return samples
 
 
-def nbclient_loop(dirs: JupyterDirs, count: int, log: Path,
-                  service: RunnerService | None) -> tuple[list[float], float]:
-    """Per-notebook times and the whole loop's time."""
+def nbclient_loop(dirs: JupyterDirs, count: int, reps: int, log: Path,
+                  service: RunnerService | None) -> tuple[list[float], list[float]]:
+    """Per-notebook times of every repetition, and each repetition's whole loop time (a
+    process runs the loop; with the service, each repetition starts on full pools)."""
     paths = []
     for i in range(count):
         path = dirs.work / "loop" / f"nb{i}.ipynb"
         notebook(path, f'print("BENCH_OK", {i})')
         paths.append(str(path))
-    if service is not None:
-        service.wait_full()
     out = dirs.work / "loop-times.json"
-    total = timed([sys.executable, "-c", NBCLIENT_LOOP, str(out), *paths], dirs, dirs.work, log)
-    return json.loads(out.read_text()), total
+    each: list[float] = []
+    totals: list[float] = []
+    for _ in range(reps):
+        if service is not None:
+            service.wait_full()
+        argv = [sys.executable, "-c", NBCLIENT_LOOP, str(out), *paths]
+        totals.append(timed(argv, dirs, dirs.work, log))
+        each += json.loads(out.read_text())
+    return each, totals
 
 
 def nbmake_runs(dirs: JupyterDirs, count: int, reps: int, log: Path,

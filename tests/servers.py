@@ -141,27 +141,42 @@ class KernelSocket:
         self.ws = websocket.create_connection(url, timeout=60)
         self.session = uuid.uuid4().hex
 
-    def run(self, code: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
+    def _send(self, msg_type: str, content: dict[str, Any]) -> str:
         msg_id = uuid.uuid4().hex
-        self.ws.send(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "msg_type": "execute_request",
-                        "session": self.session,
-                        "username": "test",
-                        "version": "5.3",
-                        "date": "",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "channel": "shell",
-                    "content": {"code": code, "silent": False, "store_history": True,
-                                "user_expressions": {}, "allow_stdin": False},
-                }
-            )
-        )
+        header = {"msg_id": msg_id, "msg_type": msg_type, "session": self.session,
+                  "username": "test", "version": "5.3", "date": ""}
+        self.ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {},
+                                 "channel": "shell", "content": content}))
+        return msg_id
+
+    def wait_live(self, timeout: float = 60) -> None:
+        """Until this websocket hears the kernel on IOPub again. After a restart in place (same
+        ports) jupyter_server's sockets reconnect by themselves, IOPub possibly a moment after
+        shell, so a cell sent at once could lose its first output, cold kernel or not:
+        jupyter_server's ``nudge`` does the same for a new websocket, and JupyterLab
+        reconnects its websocket after every restart."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                assert time.monotonic() < deadline, "the websocket never heard the kernel again"
+                msg_id = self._send("kernel_info_request", {})
+                retry = time.monotonic() + 0.2
+                while (left := retry - time.monotonic()) > 0:
+                    self.ws.settimeout(left)
+                    try:
+                        msg = json.loads(self.ws.recv())
+                    except websocket.WebSocketTimeoutException:
+                        break
+                    if (msg.get("channel") == "iopub"
+                            and msg.get("parent_header", {}).get("msg_id") == msg_id):
+                        return
+        finally:
+            self.ws.settimeout(60)
+
+    def run(self, code: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
+        msg_id = self._send("execute_request", {"code": code, "silent": False,
+                                                "store_history": True, "user_expressions": {},
+                                                "allow_stdin": False})
         out: list[str] = []
         reply: dict[str, Any] | None = None
         idle = False

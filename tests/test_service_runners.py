@@ -182,7 +182,8 @@ def test_jupyter_server_with_no_hotpot_configuration(setup):
 
             response = api(server, "POST", f"/api/kernels/{kid}/restart")
             assert response.status_code == 200, response.text
-            out, reply = sock.run(PROBE_CELL)  # the same websocket, still open
+            sock.wait_live()  # the same websocket, still open: its sockets reconnected
+            out, reply = sock.run(PROBE_CELL)
             assert reply["status"] == "ok", reply
             again = json.loads(out.strip().splitlines()[-1])
             assert again["pid"] != seen["pid"]

@@ -9,30 +9,12 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
 from ..pooled import PooledKernelManager
-
-#: The provisioner name that ``hotpot-km kernelspec install`` writes into kernelspecs.
-PROVISIONER_NAME = "hotpot-km-provisioner"
+from .kernelspec import unwrap
 
 #: jupyter_client's own check (``KernelManager.ipykernel``) for what nbclient treats as IPython.
 IPYKERNEL_NAMES = frozenset({"python", "python2", "python3"})
 #: What nbclient (so papermill, nbconvert, nbmake) adds to every start of an IPython kernel.
 NBCLIENT_ARGUMENTS = ["--HistoryManager.hist_file=:memory:"]
-
-
-def unwrap(spec: KernelSpec) -> KernelSpec:
-    """The kernelspec as it was before ``hotpot-km kernelspec install``: its own provisioner."""
-    stanza = spec.metadata.get("kernel_provisioner") or {}
-    if stanza.get("provisioner_name") != PROVISIONER_NAME:
-        return spec
-    metadata = dict(spec.metadata)
-    inner = (stanza.get("config") or {}).get("inner")
-    if inner:
-        metadata["kernel_provisioner"] = inner
-    else:
-        metadata.pop("kernel_provisioner")
-    data = spec.to_dict()
-    data["metadata"] = metadata
-    return type(spec)(resource_dir=spec.resource_dir, name=spec.name, **data)
 
 
 class ServiceKernelSpecManager(KernelSpecManager):

@@ -18,15 +18,32 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from jupyter_client.kernelspec import KernelSpecManager, _is_valid_kernel_name
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, _is_valid_kernel_name
 from jupyter_core.paths import jupyter_data_dir
 
-from .host import PROVISIONER_NAME
+#: The provisioner name that ``hotpot-km kernelspec install`` writes into kernelspecs.
+PROVISIONER_NAME = "hotpot-km-provisioner"
 
 #: Marks a kernelspec directory written by this module.
 MARKER = "hotpot_km.json"
 #: Where a replaced kernelspec waits for ``uninstall``.
 BACKUP = "hotpot_km_original"
+
+
+def unwrap(spec: KernelSpec) -> KernelSpec:
+    """The kernelspec as it was before ``hotpot-km kernelspec install``: its own provisioner."""
+    stanza = spec.metadata.get("kernel_provisioner") or {}
+    if stanza.get("provisioner_name") != PROVISIONER_NAME:
+        return spec
+    metadata = dict(spec.metadata)
+    inner = (stanza.get("config") or {}).get("inner")
+    if inner:
+        metadata["kernel_provisioner"] = inner
+    else:
+        metadata.pop("kernel_provisioner")
+    data = spec.to_dict()
+    data["metadata"] = metadata
+    return type(spec)(resource_dir=spec.resource_dir, name=spec.name, **data)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import os
 import pathlib
 import select
 import signal
+import sys
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -32,7 +33,7 @@ from ..handout import ReadyClients
 from ..request import absolute_cwd, final_env, fixed_options
 from .autostart import start_service
 from .client import ServiceError, ServiceUnavailable, call
-from .host import unwrap
+from .kernelspec import unwrap
 from .paths import ServicePaths
 from .procs import readable
 from .protocol import info_from_wire
@@ -82,10 +83,13 @@ class ServiceProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[m
     # -- launching ---------------------------------------------------------------------------
 
     def _in_process_pool(self) -> bool:
-        """Under a hotpot_km in-process manager, which pools kernels itself: start cold."""
-        from ..limited import LimitedKernelManager
-
-        return isinstance(getattr(self.parent, "parent", None), LimitedKernelManager)
+        """Under a hotpot_km in-process manager, which pools kernels itself: start cold.
+        Such a manager exists only once its module was imported; a runner that never
+        imported it does not pay for the import (the pool engine, prometheus_client)."""
+        limited = sys.modules.get("hotpot_km.limited")
+        if limited is None:
+            return False
+        return isinstance(getattr(self.parent, "parent", None), limited.LimitedKernelManager)
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         restarting, self._launched = self._launched, True
