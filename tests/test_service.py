@@ -401,3 +401,27 @@ def test_autostart_starts_one_service_for_concurrent_runners_and_stops_when_idle
         for runner in runners:
             if runner.poll() is None:
                 runner.kill()
+
+
+def test_the_provisioner_loads_without_the_pool_engine():
+    """Every runner process loads the provisioner: it must not pull in the pool engine or
+    prometheus_client, while ``from hotpot_km import ...`` keeps working for hosts."""
+    probe = (
+        "import sys, hotpot_km.service.provisioner\n"
+        "heavy = [m for m in ('hotpot_km.pooled', 'hotpot_km.limited', 'hotpot_km.pool',\n"
+        "                     'prometheus_client') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from hotpot_km import LimitedKernelManager, PooledKernelManager, WarmupError\n"
+        "import hotpot_km\n"
+        "assert issubclass(PooledKernelManager, LimitedKernelManager)\n"
+        "assert hotpot_km.MaximumKernelsException.__module__ == 'hotpot_km.budget'\n"
+        "try:\n"
+        "    hotpot_km.NoSuchName\n"
+        "except AttributeError:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise AssertionError('hotpot_km.NoSuchName resolved')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
