@@ -156,6 +156,7 @@ class KernelSocket:
         jupyter_server's ``nudge`` does the same for a new websocket, and JupyterLab
         reconnects its websocket after every restart."""
         deadline = time.monotonic() + timeout
+        reads = self.ws.gettimeout()
         try:
             while True:
                 assert time.monotonic() < deadline, "the websocket never heard the kernel again"
@@ -171,7 +172,7 @@ class KernelSocket:
                             and msg.get("parent_header", {}).get("msg_id") == msg_id):
                         return
         finally:
-            self.ws.settimeout(60)
+            self.ws.settimeout(reads)
 
     def run(self, code: str, timeout: float = 60) -> tuple[str, dict[str, Any]]:
         msg_id = self._send("execute_request", {"code": code, "silent": False,
