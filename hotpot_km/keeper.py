@@ -15,6 +15,15 @@ Two things kill the groups still registered when the host goes away:
   dies; the keeper then SIGKILLs every group still registered and exits. It is nobody's
   child (it detaches at start), so the host's children are its kernels only.
 
+A process exists before its group can be registered: between ``fork`` and the return of
+``Popen``, a signal can end the host (Python's own SIGINT handler, which jupyter_server
+keeps when it has no terminal, raises ``KeyboardInterrupt`` wherever the loop is), and so
+can a SIGKILL. So a launch
+runs inside :func:`launching`, which names a string only that kernel's command line
+carries (its connection file, with a fresh id). If the host goes away before the launch
+step finished, whatever process carries that string is killed too (found through
+``/proc``). A launch that raised keeps its mark until the host exits.
+
 Process ids are reused: the keeper records the start time of each group's leader when it
 is registered, and leaves a group alone if a process with that id now has another start
 time. A group whose leader is gone is killed: Linux does not hand out an id while a
@@ -34,7 +43,42 @@ import signal
 import sys
 import threading
 
-__all__ = ["Keeper", "ensure_running", "kill_all", "register", "registered", "unregister"]
+TYPE_CHECKING = False  # not ``typing``'s: the keeper process starts faster without it
+if TYPE_CHECKING:
+    from types import TracebackType
+
+__all__ = [
+    "Keeper",
+    "Launch",
+    "ensure_running",
+    "kill_all",
+    "launching",
+    "register",
+    "registered",
+    "unregister",
+]
+
+
+class Launch:
+    """A launch under way (see :func:`launching`). If it raises, the process may run
+    unregistered, so the mark stays until the host exits."""
+
+    def __init__(self, keeper: Keeper, code: str) -> None:
+        self._keeper = keeper
+        self._code = code if _SUPPORTED else ""
+
+    def __enter__(self) -> None:
+        if self._code:
+            self._keeper._mark(self._code)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._code and kind is None:
+            self._keeper._unmark(self._code)
 
 
 class Keeper:
@@ -43,6 +87,7 @@ class Keeper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._groups: set[int] = set()
+        self._launches: set[str] = set()  # hex of the marks of launches under way
         self._fd: int | None = None  # write end of the pipe to the keeper
         self._owner: int | None = None  # pid of the process that started it
         self._failed = not _SUPPORTED
@@ -69,19 +114,34 @@ class Keeper:
                 self._groups.discard(group)
                 self._send(f"-{group}\n")
 
+    def launching(self, mark: str) -> Launch:
+        return Launch(self, mark.encode("utf-8", "surrogateescape").hex() if mark else "")
+
+    def _mark(self, code: str) -> None:
+        with self._lock:
+            self._launches.add(code)
+            self._send(f"?{code}\n")
+
+    def _unmark(self, code: str) -> None:
+        with self._lock:
+            self._launches.discard(code)
+            self._send(f"!{code}\n")
+
     def kill_all(self) -> None:
         """SIGKILL every group still registered (the host is exiting without stopping them)."""
         with self._lock:
             groups, self._groups = self._groups, set()
+            launches, self._launches = self._launches, set()
         for group in groups:
             try:
                 os.killpg(group, signal.SIGKILL)
             except OSError:
                 pass
+        _kill_marked({bytes.fromhex(code) for code in launches})
 
     def _send(self, line: str) -> None:
         if not self.running:
-            self._start_locked()  # also sends every registered group
+            self._start_locked()  # also sends every registered group and mark
             return
         assert self._fd is not None
         try:
@@ -113,8 +173,10 @@ class Keeper:
                 raise
             if status != 0:
                 raise OSError(f"the keeper's launcher exited with {status}")
-            if self._groups:
-                os.write(write, "".join(f"+{g}\n" for g in sorted(self._groups)).encode())
+            lines = [f"+{g}\n" for g in sorted(self._groups)]
+            lines += [f"?{code}\n" for code in sorted(self._launches)]
+            if lines:
+                os.write(write, "".join(lines).encode())
         except (OSError, ValueError, subprocess.SubprocessError) as error:
             os.close(write)
             self._failed = True
@@ -140,6 +202,7 @@ class Keeper:
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._groups = set()
+        self._launches = set()
         self._forget()
         self._failed = not _SUPPORTED
 
@@ -156,6 +219,13 @@ def register(group: int) -> None:
 def unregister(group: int) -> None:
     """The group's process is gone (reaped): forget it."""
     _KEEPER.unregister(group)
+
+
+def launching(mark: str) -> Launch:
+    """Around a kernel's launch: if this process exits or dies before the block ends, kill
+    the processes whose command line contains ``mark`` (make it unique, e.g. the
+    connection file). Register the process's group inside the block."""
+    return _KEEPER.launching(mark)
 
 
 def registered() -> frozenset[int]:
@@ -194,9 +264,54 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def _kill_marked(marks: set[bytes]) -> None:
+    """SIGKILL the processes (and the groups they lead) whose command line contains a mark.
+
+    Scanned three times over 0.2 s: ``Popen`` returns as soon as the child's exec closed its
+    descriptors, a moment before the kernel gives the new program its command line.
+    """
+    if not marks:
+        return
+    import time
+
+    for pause in (0.0, 0.02, 0.2):
+        time.sleep(pause)
+        for pid in _carriers(marks):
+            try:
+                if os.getpgid(pid) == pid:  # it leads its group, as a launched kernel does
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _carriers(marks: set[bytes]) -> list[int]:
+    """The other processes whose command line contains one of ``marks`` (none without /proc)."""
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if any(mark in cmdline for mark in marks):
+            found.append(int(entry))
+    return found
+
+
 def _serve(fd: int) -> None:
-    """Read ``+group`` / ``-group`` lines until the host's end closes, then kill what is left."""
+    """Read ``+group`` / ``-group`` and ``?mark`` / ``!mark`` lines until the host's end
+    closes, then kill what is left."""
     groups: dict[int, str | None] = {}
+    launches: set[bytes] = set()
     pending = b""
     while True:
         try:
@@ -213,6 +328,10 @@ def _serve(fd: int) -> None:
                 groups[group] = _start_time(group)
             elif line[:1] == b"-":
                 groups.pop(int(line[1:]), None)
+            elif line[:1] == b"?":
+                launches.add(bytes.fromhex(line[1:].decode()))
+            elif line[:1] == b"!":
+                launches.discard(bytes.fromhex(line[1:].decode()))
     # Twice: a process that left one registered group for a group of its own between the
     # two kills (a forked kernel's setsid()) is caught by the second pass.
     for _ in range(2):
@@ -224,6 +343,7 @@ def _serve(fd: int) -> None:
                 os.killpg(group, signal.SIGKILL)
             except OSError:
                 pass
+    _kill_marked(launches)
 
 
 if __name__ == "__main__":

@@ -179,8 +179,9 @@ class PooledProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[mi
                 self.connection_info = info
                 return info
             assert self._inner is not None and self._slot is not None
-            self.connection_info = await self._inner.launch_kernel(cmd, **kwargs)
-            self._slot.bind(process_group(self._inner))
+            with keeper.launching(self.parent.connection_file):
+                self.connection_info = await self._inner.launch_kernel(cmd, **kwargs)
+                self._slot.bind(process_group(self._inner))
             return self.connection_info
         except BaseException:
             await self._give_back()

@@ -243,3 +243,47 @@ def test_keeper_kills_the_groups_still_registered_and_nothing_else(jupyter_dirs,
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+LAUNCH_HOST = """
+import subprocess, sys, time, uuid
+from hotpot_km import keeper
+
+tag = uuid.uuid4().hex
+sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+with keeper.launching(f"done-{tag}"):
+    done = subprocess.Popen([*sleeper, f"done-{tag}"], start_new_session=True)
+with keeper.launching(f"under-way-{tag}"):
+    under_way = subprocess.Popen([*sleeper, f"under-way-{tag}"], start_new_session=True)
+    print("PIDS", under_way.pid, done.pid, flush=True)
+    if sys.argv[1] == "sigkill":
+        time.sleep(300)
+    raise KeyboardInterrupt  # what SIGINT does to a host that keeps Python's handler
+"""
+
+
+@pytest.mark.parametrize("end", ["sigkill", "KeyboardInterrupt"])
+def test_a_process_whose_launch_was_under_way_dies_with_its_host(jupyter_dirs, tmp_path, end):
+    """A host can end between a kernel's fork and the registration of its group. The
+    process whose launch was still marked dies with it; one whose launch step finished
+    (and registered nothing) is left alone."""
+    script = tmp_path / "host.py"
+    script.write_text(LAUNCH_HOST)
+    with running([sys.executable, str(script), end.lower()], cwd=tmp_path, port=0,
+                 ready_path=None, log=tmp_path / "host.log") as process:
+        wait_for(lambda: "PIDS" in process.log(), what="the host launched its processes")
+        under_way, done = (int(p) for p in process.log().split("PIDS")[1].split()[:2])
+        if end == "sigkill":
+            process.proc.send_signal(signal.SIGKILL)
+        assert process.proc.wait(30) is not None
+    try:
+        wait_for(lambda: not psutil.pid_exists(under_way)
+                 or psutil.Process(under_way).status() == psutil.STATUS_ZOMBIE,
+                 timeout=10, what="the process of the launch under way killed")
+        assert psutil.Process(done).status() != psutil.STATUS_ZOMBIE
+    finally:
+        for pid in (under_way, done):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -31,15 +31,17 @@ if TYPE_CHECKING:
 
 class PoolProcessManager(AsyncKernelManager):  # type: ignore[misc]
     """Manages one pooled process until handout. Its slot learns the process group in the
-    launch step itself, so a host killed right after a launch can't leave the kernel
-    behind (see :mod:`hotpot_km.keeper`)."""
+    launch step itself, and the launch is marked with its connection file until then, so a
+    host killed during or right after a launch can't leave the kernel behind (see
+    :mod:`hotpot_km.keeper`)."""
 
     slot: Slot | None = None
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
-        await super()._async_launch_kernel(kernel_cmd, **kw)
-        if self.slot is not None:
-            self.slot.bind(process_group(self.provisioner))
+        with keeper.launching(self.connection_file):
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            if self.slot is not None:
+                self.slot.bind(process_group(self.provisioner))
 
 
 class LocalKernelAdapter:
