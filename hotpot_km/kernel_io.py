@@ -76,16 +76,21 @@ async def request_reply(
     is_alive: Callable[[], Awaitable[bool]],
     metadata: dict[str, Any] | None = None,
     resend_every: float | None = None,
+    stood_still: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Send one shell request and return its reply message.
 
     Replies to other requests (stale resends) are skipped. Fails fast with
     :class:`KernelDiedError` when the process exits, instead of waiting out the
     timeout; ``resend_every`` repeats the request while a starting kernel has
-    not bound its sockets yet.
+    not bound its sockets yet. ``stood_still`` tells how many seconds the kernel's
+    process has been stopped so far: the timeout counts only the time it could run.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    still = stood_still or _never
+    before = still()
+    start_deadline = loop.time() + timeout
+    deadline = start_deadline
     sent: set[str] = set()
 
     def send() -> float:
@@ -97,6 +102,7 @@ async def request_reply(
     next_send = send()
     while True:
         now = loop.time()
+        deadline = start_deadline + still() - before
         if now >= deadline:
             raise TimeoutError(f"no {msg_type} reply within {timeout:g} s")
         if now >= next_send:
@@ -113,6 +119,10 @@ async def request_reply(
             return reply
 
 
+def _never() -> float:
+    return 0.0
+
+
 def close_client(client: AsyncKernelClient) -> None:
     """Close the channels the pool opened; ``stop_channels()`` would first create the others."""
     for channel in (client._shell_channel, client._control_channel, client._iopub_channel):
@@ -127,11 +137,13 @@ async def run_code(
     timeout: float,
     is_alive: Callable[[], Awaitable[bool]],
     data: Any = None,
+    stood_still: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Run constant or user-written ``code`` silently; ``data`` travels as JSON metadata.
 
     Silent execution keeps the execution count and history at zero, as in a
     kernel nobody has used yet. Raises :class:`KernelCodeError` on an error reply.
+    ``stood_still`` as for :func:`request_reply`.
     """
     reply = await request_reply(
         client,
@@ -147,6 +159,7 @@ async def run_code(
         timeout=timeout,
         is_alive=is_alive,
         metadata={METADATA_KEY: data} if data is not None else None,
+        stood_still=stood_still,
     )
     content = reply["content"]
     if content.get("status") != "ok":

@@ -77,6 +77,16 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         (0: don't wait).""",
     )
 
+    refill_pause = Float(
+        3.0,
+        config=True,
+        help="""While a handed-out kernel settles (see fill_idle_timeout), warm-ups under way
+        stand still (SIGSTOP to their process group) so they don't compete with the page or
+        notebook being served, and go on when no handed-out kernel settles any more; each
+        warm-up for at most this many seconds in all (its timeouts don't count them). Kernels
+        a request waits for never stand still. Local kernels on POSIX; 0: never.""",
+    )
+
     idle_priority = Bool(
         True,
         config=True,
@@ -201,6 +211,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             max_warming=self.max_warming,
             max_retry_delay=self.max_retry_delay,
             warm_restarts=self.warm_restarts,
+            refill_pause=max(self.refill_pause, 0.0),
         )
 
     def new_pool_manager(

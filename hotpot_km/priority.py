@@ -11,12 +11,16 @@ when its ``RLIMIT_NICE`` allows nice 0 (or with ``CAP_SYS_NICE``); :func:`can_re
 finds out once, on a throwaway thread of this process (kernels inherit its limits). If
 it can't, kernels keep normal priority: a kernel that could not be brought back must
 never be handed out.
+
+:meth:`ProcessPriority.stop` and :meth:`~ProcessPriority.cont` go further: the pool stops
+a warm-up outright while a handed-out kernel settles (see :mod:`hotpot_km.pool.pausing`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import signal
 import threading
 from collections.abc import Iterable
 
@@ -142,3 +146,26 @@ class ProcessPriority:
             return False
         restore(threads)
         return True
+
+    def stop(self) -> bool:
+        """Stop the process and its group (SIGSTOP); ``False`` if it can't be stopped."""
+        return _signal_group(self.pid, getattr(signal, "SIGSTOP", None))
+
+    def cont(self) -> None:
+        """Let a stopped process and its group go on (SIGCONT)."""
+        _signal_group(self.pid, getattr(signal, "SIGCONT", None))
+
+
+def _signal_group(pid: int, signum: int | None) -> bool:
+    """Signal ``pid``'s process group if it leads one (a launched kernel and the processes of
+    a kernelspec's wrapper), else ``pid`` alone."""
+    if signum is None or not hasattr(os, "killpg"):
+        return False
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        return False
+    return True

@@ -23,6 +23,7 @@ class KernelView:
     pid: int | None
     age: float  # seconds since its launch began
     ready_for: float | None  # seconds since it became ready
+    paused: bool = False  # a warm-up standing still while a handed-out kernel settles
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ def status_document(
                     "pid": k.pid,
                     "age": _seconds(k.age),
                     "ready_for": _seconds(k.ready_for),
+                    "paused": k.paused,
                 }
                 for k in view.kernels
             ],

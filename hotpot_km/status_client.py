@@ -224,7 +224,7 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
         for kernel in pool["kernels"]:
             kernels.add_row(
                 name,
-                kernel["state"],
+                kernel["state"] + (", stopped" if kernel.get("paused") else ""),
                 str(kernel["pid"] or "-"),
                 _secs(kernel["age"]),
                 _secs(kernel["ready_for"]),

@@ -10,8 +10,10 @@ import asyncio
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import kernel_children
 from jupyter_client.asynchronous.client import AsyncKernelClient
@@ -179,6 +181,150 @@ async def test_refills_wait_until_the_handed_out_kernel_went_idle(jupyter_dirs, 
         await km.start_kernel()
         handed = pids()
         await wait_until(lambda: len(pids() - handed) == 1, what="the refill started")
+    finally:
+        await shut_down(km)
+
+
+#: Init code that records the kernel's pid, then warms up until the test lets it (or all)
+#: finish.
+HELD_WARMUP = (
+    "import os, pathlib, time\n"
+    "pathlib.Path({where!r}, str(os.getpid())).touch()\n"
+    "release = pathlib.Path({release!r})\n"
+    "while not ((release / 'all').exists() or (release / str(os.getpid())).exists()):\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+def stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
+
+
+def held_warmups(jupyter_dirs: dict[str, Path]) -> tuple[Path, Path]:
+    where, release = jupyter_dirs["work"] / "warming", jupyter_dirs["work"] / "release"
+    where.mkdir()
+    release.mkdir()
+    (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text(
+        HELD_WARMUP.format(where=str(where), release=str(release))
+    )
+    return where, release
+
+
+async def new_warming(where: Path, before: set[int]) -> int:
+    """The pid of the warm-up that begins its init code now (not one of ``before``)."""
+    found: list[int] = []
+
+    def started() -> bool:
+        found[:] = [int(p.name) for p in where.iterdir() if int(p.name) not in before]
+        return bool(found)
+
+    await wait_until(started, timeout=60, what="a refill runs its init code")
+    return found[0]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX job control signals")
+async def test_warmups_stand_still_while_a_handed_out_kernel_settles(jupyter_dirs, log):
+    where, release = held_warmups(jupyter_dirs)
+    (release / "all").touch()
+    km = new_manager(
+        log, kernel_pools={"python3": 3}, fill_delay=0.1, fill_idle_timeout=120,
+        refill_pause=120, max_warming=1,
+    )
+    try:
+        await km.wait_for_pool()
+        (release / "all").unlink()  # refills now warm up until the test lets them finish
+        full = {int(p.name) for p in where.iterdir()}
+        first = await km.start_kernel()
+        await probe(km, first)  # it ran its first cell and goes idle: its refill starts
+        refill = await new_warming(where, full)
+        assert not stopped(refill)
+
+        second = await km.start_kernel()  # settles until it ran something
+        await wait_until(lambda: stopped(refill), what="the warm-up stands still")
+        (view,) = [v for v in km.kernel_pool.snapshot().pools[0].kernels if v.pid == refill]
+        assert view.state == "warming" and view.paused  # as the status document shows it
+        await probe(km, second)
+        await wait_until(lambda: not stopped(refill), what="the warm-up goes on once settled")
+
+        third = await km.start_kernel()  # never runs anything: settles for 120 s
+        await wait_until(lambda: stopped(refill), what="the warm-up stands still again")
+        claim = asyncio.ensure_future(km.start_kernel())  # only the warming kernel is left
+        await wait_until(lambda: not stopped(refill), what="a claimed warm-up goes on at once")
+        (release / str(refill)).touch()
+        fourth = await claim
+        assert (await probe(km, fourth))["pid"] == refill
+
+        # a warm-up launched while a handed-out kernel settles stands still from its start,
+        # and a kernel standing still is shut down like any other
+        handed = full | {refill}  # the four handed-out kernels
+        await wait_until(lambda: len(pids() - handed) == 1, what="the next refill started")
+        (next_refill,) = pids() - handed
+        await wait_until(lambda: stopped(next_refill), what="the new warm-up stands still")
+        assert third in km.list_kernel_ids()
+    finally:
+        await shut_down(km)
+    assert not kernel_children()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX job control signals")
+async def test_a_warmup_stands_still_no_longer_than_refill_pause(jupyter_dirs, log):
+    where, release = held_warmups(jupyter_dirs)
+    (release / "all").touch()
+    km = new_manager(
+        log, kernel_pools={"python3": 2}, fill_delay=0.1, fill_idle_timeout=120,
+        refill_pause=1.0, max_warming=1,
+    )
+    try:
+        await km.wait_for_pool()
+        (release / "all").unlink()
+        full = {int(p.name) for p in where.iterdir()}
+        await probe(km, await km.start_kernel())
+        refill = await new_warming(where, full)
+        await km.start_kernel()  # never runs anything: settles for 120 s
+        await wait_until(lambda: stopped(refill), what="the warm-up stands still")
+        await wait_until(lambda: not stopped(refill), what="the warm-up goes on, its pause spent")
+        (release / "all").touch()
+
+        def refill_ready() -> bool:
+            views = km.kernel_pool.snapshot().pools[0].kernels
+            return any(view.pid == refill and view.state == "ready" for view in views)
+
+        await wait_until(refill_ready, what="the warm-up finishes, the other kernel still settling")
+    finally:
+        await shut_down(km)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX job control signals")
+async def test_the_time_a_warmup_stands_still_does_not_count_toward_its_timeout(
+    jupyter_dirs, log
+):
+    where, release = held_warmups(jupyter_dirs)
+    (release / "all").touch()
+    km = new_manager(
+        log, kernel_pools={"python3": 2}, fill_delay=0.1, fill_idle_timeout=120,
+        refill_pause=120, max_warming=1, init_timeout=3,
+    )
+    try:
+        await km.wait_for_pool()
+        (release / "all").unlink()
+        full = {int(p.name) for p in where.iterdir()}
+        await probe(km, await km.start_kernel())
+        refill = await new_warming(where, full)
+        second = await km.start_kernel()
+        await wait_until(lambda: stopped(refill), what="the warm-up stands still")
+        await asyncio.sleep(5)  # longer than init_timeout, all of it stopped
+        (release / str(refill)).touch()
+        await probe(km, second)  # settled: the warm-up goes on, finds its release at once
+
+        def refill_ready() -> bool:
+            views = km.kernel_pool.snapshot().pools[0].kernels
+            return any(view.pid == refill and view.state == "ready" for view in views)
+
+        await wait_until(refill_ready, what="the warm-up finishes without timing out")
+        assert not km.kernel_pool.snapshot().pools[0].consecutive_failures
     finally:
         await shut_down(km)
 

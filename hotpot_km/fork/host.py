@@ -332,6 +332,7 @@ class TemplateProcess:
         elif op == "refused":
             if not self._ready.done():
                 self._ready.set_exception(TemplateError(f"it refused to fork: {message['reason']}"))
+                self._ready.exception()  # retrieved: a start no longer waiting must not log it
         elif op == "forked":
             child = ForkedProcess(message["pid"], self._fds.popleft(), self)
             # Registered at once, not when its slot binds it after its sockets are bound:
@@ -359,9 +360,11 @@ class TemplateProcess:
         self._close_socket()
         if not self._ready.done():
             self._ready.set_exception(TemplateError("it exited during start-up"))
+            self._ready.exception()  # retrieved: a start no longer waiting must not log it
         for future in self._requests.values():
             if not future.done():
                 future.set_exception(TemplateError("it exited"))
+                future.exception()  # likewise for a fork nobody waits for any more
         self._requests.clear()
         for child in self._children.values():
             child._report(None)  # orphaned: its exit status can't be known any more

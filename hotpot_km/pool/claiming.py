@@ -195,6 +195,7 @@ class Claiming(PoolState):
         self._claimed.discard(kernel)
         handed = kernel.adapter.detach(kernel.slot)
         self._settling.add(kernel)
+        self._pause_warmups()
         settler = self._spawn(self._settle(kernel, handout), "hotpot_km settle")
         self._settlers.add(settler)
         settler.add_done_callback(self._settlers.discard)

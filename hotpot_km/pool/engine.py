@@ -35,11 +35,12 @@ from .claiming import Claiming
 from .filling import Filling
 from .model import PooledKernel, PoolHost
 from .ownership import _CLOSE_WAIT, Ownership
+from .pausing import Pausing
 from .settling import Settling
 from .warmup import Warmup
 
 
-class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
+class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
     """Keeps warm kernels per kernel name and hands them out; see the module docstring."""
 
     def __init__(self, host: PoolHost, budget_limit: Callable[[], int]) -> None:
@@ -184,7 +185,11 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
             since = kernel.ready_since
             pid = kernel.adapter.pid
             view = KernelView(
-                state, pid, now - kernel.launched, None if since is None else now - since
+                state,
+                pid,
+                now - kernel.launched,
+                None if since is None else now - since,
+                kernel.pause is not None,
             )
             found.setdefault(kernel.name, []).append(view)
 

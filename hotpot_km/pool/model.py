@@ -40,6 +40,7 @@ class PoolSettings:
     max_warming: int = 1
     max_retry_delay: float = 60.0
     warm_restarts: bool = True
+    refill_pause: float = 3.0
 
 
 class KernelAdapter(Protocol):
@@ -140,10 +141,20 @@ class PooledKernel:
     restoring: asyncio.Task[None] | None = None
     launched: float = field(default_factory=time.monotonic)
     ready_since: float | None = None
+    #: while the process stands still: the timer that lets it go on (see pausing.py)
+    pause: asyncio.TimerHandle | None = None
+    paused_at: float = 0.0  # loop time of the current pause
+    paused_for: float = 0.0  # seconds spent standing still, earlier pauses
 
     @property
     def is_ready(self) -> bool:
         return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+
+    def stood_still(self) -> float:
+        """Seconds the process has been stopped so far (see pausing.py)."""
+        if self.pause is None:
+            return self.paused_for
+        return self.paused_for + asyncio.get_running_loop().time() - self.paused_at
 
     def close_client(self) -> None:
         client, self.client = self.client, None
@@ -225,6 +236,12 @@ class PoolState:
 
         # settling.Settling
         async def _settle(self, kernel: PooledKernel, handout: str | None) -> None: ...
+
+        # pausing.Pausing
+        def _pause_warmups(self) -> None: ...
+        def _resume_warmups(self) -> None: ...
+        def _pause(self, kernel: PooledKernel, limit: float) -> None: ...
+        def _resume(self, kernel: PooledKernel) -> None: ...
 
         # ownership.Ownership
         async def discard(self, kernel: PooledKernel) -> Slot | None: ...

@@ -65,6 +65,7 @@ class Settling(PoolState):
         finally:
             kernel.close_client()
             self._settling.discard(kernel)
+            self._resume_warmups()
             self._wake_filler()
 
 

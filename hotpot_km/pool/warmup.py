@@ -34,6 +34,7 @@ class Warmup(PoolState):
             prio = kernel.adapter.priority
             if prio is not None and not kernel.claimed and await self._may_lower(settings):
                 prio.lower()  # threads it starts from now on inherit it
+            self._pause(kernel, settings.refill_pause)  # if a handed-out kernel settles now
             kernel.statuses = kernel.adapter.watch_statuses()
             alive = kernel.adapter.is_alive
             reply = await request_reply(
@@ -43,14 +44,22 @@ class Warmup(PoolState):
                 timeout=settings.startup_timeout,
                 is_alive=alive,
                 resend_every=1.0,
+                stood_still=kernel.stood_still,  # its timeouts don't count a pause
             )
-            deadline = loop.time() + settings.init_timeout
+            deadline, before = loop.time() + settings.init_timeout, kernel.stood_still()
             for step, code, data in await self._warmup_steps(kernel, settings, reply["content"]):
                 source = step
-                left = deadline - loop.time()
+                left = deadline + kernel.stood_still() - before - loop.time()
                 if left <= 0:
                     raise TimeoutError
-                await run_code(client, code, timeout=left, is_alive=alive, data=data)
+                await run_code(
+                    client,
+                    code,
+                    timeout=left,
+                    is_alive=alive,
+                    data=data,
+                    stood_still=kernel.stood_still,
+                )
             if prio is not None:
                 await prio.lower_all()
         except asyncio.CancelledError:
@@ -86,6 +95,7 @@ class Warmup(PoolState):
 
     def _normal_priority(self, kernel: PooledKernel) -> None:
         """Back to normal CPU priority: someone waits for this kernel, or it is handed out."""
+        self._resume(kernel)
         prio = kernel.adapter.priority
         if prio is None or not prio.restore():
             return

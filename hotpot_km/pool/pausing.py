@@ -1,0 +1,69 @@
+"""Warm-ups stand still while a handed-out kernel settles.
+
+A refill's imports keep a CPU busy for a second or more. Even under ``SCHED_IDLE`` that
+slows the page being served on a small machine: the CPUs share caches, memory bandwidth
+and often a physical core (benchmarks/README.md, Findings). So while any handed-out
+kernel settles (see :mod:`~hotpot_km.pool.settling`), the warm-ups under way are stopped
+(SIGSTOP to their process group) and go on (SIGCONT) when none settles any more. Each
+warm-up stands still for at most ``refill_pause`` seconds in all, so refills still get done
+under steady load; its warm-up timeouts don't count the time it stood still. A kernel that
+a request claimed or that someone waits for (``wait_for_pool``) goes on at once and is not
+stopped again; one being shut down goes on first, so that it can handle a SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .model import PooledKernel, PoolState
+
+
+class Pausing(PoolState):
+    """Stops warm-ups while handed-out kernels settle, within each one's pause budget."""
+
+    def _pause_warmups(self) -> None:
+        """A handed-out kernel began to settle: stop the warm-ups under way."""
+        if not self._warming:
+            return  # the common case, on the handout's path: read no settings
+        limit = self._host.pool_settings().refill_pause
+        for kernel in list(self._warming):
+            self._pause(kernel, limit)
+
+    def _resume_warmups(self) -> None:
+        """A handed-out kernel settled: the warm-ups go on unless another one settles."""
+        if self._settling:
+            return
+        for kernel in list(self._warming):
+            self._resume(kernel)
+
+    def _pause(self, kernel: PooledKernel, limit: float) -> None:
+        """Stop ``kernel``'s process if a handed-out kernel settles and nothing needs it now
+        (``limit``: the ``refill_pause`` setting)."""
+        prio = kernel.adapter.priority
+        budget = limit - kernel.paused_for
+        if (
+            budget <= 0
+            or prio is None
+            or kernel.pause is not None
+            or not self._settling
+            or kernel.claimed
+            or self._waiters
+            or kernel.ready.done()
+            or kernel.ending is not None
+            or not prio.stop()
+        ):
+            return
+        loop = asyncio.get_running_loop()
+        kernel.paused_at = loop.time()
+        kernel.pause = loop.call_later(budget, self._resume, kernel)  # its budget is spent
+
+    def _resume(self, kernel: PooledKernel) -> None:
+        """Let ``kernel``'s process go on if it stands still (idempotent)."""
+        timer, kernel.pause = kernel.pause, None
+        if timer is None:
+            return
+        timer.cancel()
+        kernel.paused_for += asyncio.get_running_loop().time() - kernel.paused_at
+        prio = kernel.adapter.priority
+        if prio is not None:
+            prio.cont()
