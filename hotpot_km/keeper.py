@@ -18,11 +18,10 @@ Two things kill the groups still registered when the host goes away:
 A process exists before its group can be registered: between ``fork`` and the return of
 ``Popen``, a signal can end the host (Python's own SIGINT handler, which jupyter_server
 keeps when it has no terminal, raises ``KeyboardInterrupt`` wherever the loop is), and so
-can a SIGKILL. So a launch
-runs inside :func:`launching`, which names a string only that kernel's command line
-carries (its connection file, with a fresh id). If the host goes away before the launch
-step finished, whatever process carries that string is killed too (found through
-``/proc``). A launch that raised keeps its mark until the host exits.
+can a SIGKILL. So a launch runs inside :func:`launching`, which names a string only that
+kernel's command line carries (its connection file, with a fresh id). If the host goes
+away before the launch step finished, whatever process carries that string is killed too
+(found through ``/proc``). A launch that raised keeps its mark until the host exits.
 
 Process ids are reused: the keeper records the start time of each group's leader when it
 is registered, and leaves a group alone if a process with that id now has another start

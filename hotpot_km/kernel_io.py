@@ -8,6 +8,7 @@ new client and a readiness dance.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import Awaitable, Callable
 from queue import Empty
@@ -90,14 +91,13 @@ async def request_reply(
     still = stood_still or _never
     before = still()
     start_deadline = loop.time() + timeout
-    deadline = start_deadline
     sent: set[str] = set()
 
     def send() -> float:
         msg = client.session.msg(msg_type, content, metadata=metadata)
         client.shell_channel.send(msg)
         sent.add(msg["header"]["msg_id"])
-        return loop.time() + resend_every if resend_every else deadline
+        return loop.time() + resend_every if resend_every else math.inf  # once, if not
 
     next_send = send()
     while True:

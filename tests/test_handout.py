@@ -185,11 +185,12 @@ async def test_refills_wait_until_the_handed_out_kernel_went_idle(jupyter_dirs, 
         await shut_down(km)
 
 
-#: Init code that records the kernel's pid, then warms up until the test lets it (or all)
-#: finish.
+#: Init code that records the kernel's pid (a line per run), then warms up until the test
+#: lets it (or all) finish.
 HELD_WARMUP = (
     "import os, pathlib, time\n"
-    "pathlib.Path({where!r}, str(os.getpid())).touch()\n"
+    "with open(pathlib.Path({where!r}, str(os.getpid())), 'a') as runs:\n"
+    "    runs.write('ran\\n')\n"
     "release = pathlib.Path({release!r})\n"
     "while not ((release / 'all').exists() or (release / str(os.getpid())).exists()):\n"
     "    time.sleep(0.02)\n"
@@ -325,6 +326,7 @@ async def test_the_time_a_warmup_stands_still_does_not_count_toward_its_timeout(
 
         await wait_until(refill_ready, what="the warm-up finishes without timing out")
         assert not km.kernel_pool.snapshot().pools[0].consecutive_failures
+        assert (where / str(refill)).read_text() == "ran\n"  # its init code was sent once
     finally:
         await shut_down(km)
 
