@@ -21,7 +21,10 @@ keeps when it has no terminal, raises ``KeyboardInterrupt`` wherever the loop is
 can a SIGKILL. So a launch runs inside :func:`launching`, which names a string only that
 kernel's command line carries (its connection file, with a fresh id). If the host goes
 away before the launch step finished, whatever process carries that string is killed too
-(found through ``/proc``). A launch that raised keeps its mark until the host exits.
+(found through ``/proc``). A launch interrupted part-way (``KeyboardInterrupt``,
+``SystemExit``, cancellation) keeps its mark until the host exits; one that failed with an
+error started no process, and its mark goes (a kernelspec failing with back-off for days
+must not pile marks up).
 
 Process ids are reused: the keeper records the start time of each group's leader when it
 is registered, and leaves a group alone if a process with that id now has another start
@@ -59,8 +62,8 @@ __all__ = [
 
 
 class Launch:
-    """A launch under way (see :func:`launching`). If it raises, the process may run
-    unregistered, so the mark stays until the host exits."""
+    """A launch under way (see :func:`launching`). Interrupted part-way, its process may
+    run unregistered, so the mark stays until the host exits; an error means no process."""
 
     def __init__(self, keeper: Keeper, code: str) -> None:
         self._keeper = keeper
@@ -76,7 +79,7 @@ class Launch:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._code and kind is None:
+        if self._code and (kind is None or issubclass(kind, Exception)):
             self._keeper._unmark(self._code)
 
 

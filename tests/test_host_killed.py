@@ -219,30 +219,43 @@ if sys.argv[1] == "sigkill":
 """
 
 
-@pytest.mark.parametrize("end", ["sigkill", "normal exit"])
-def test_keeper_kills_the_groups_still_registered_and_nothing_else(jupyter_dirs, tmp_path, end):
-    """The module's own API, as other hosts use it: a group still registered dies with its
-    host, however the host ends; a group given back (``unregister``) is left alone."""
+def run_host(source: str, tmp_path: Path, arg: str, sigkill: bool) -> list[int]:
+    """Run ``source`` (it prints ``PIDS`` and pids) with ``arg``; SIGKILL it or let it end on
+    its own; return the pids it printed."""
     script = tmp_path / "host.py"
-    script.write_text(KEEPER_HOST)
-    with running([sys.executable, str(script), end.split()[0]], cwd=tmp_path, port=0,
+    script.write_text(source)
+    with running([sys.executable, str(script), arg], cwd=tmp_path, port=0,
                  ready_path=None, log=tmp_path / "host.log") as process:
-        wait_for(lambda: "PIDS" in process.log(), what="the host registered its groups")
-        registered, given_back = (int(p) for p in process.log().split("PIDS")[1].split()[:2])
-        if end == "sigkill":
+        wait_for(lambda: "PIDS" in process.log(), what="the host started its processes")
+        pids = [int(p) for p in process.log().split("PIDS")[1].splitlines()[0].split()]
+        if sigkill:
             process.proc.send_signal(signal.SIGKILL)
         assert process.proc.wait(30) is not None
+    return pids
+
+
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def assert_killed_and_spared(killed: int, spared: list[int], what: str) -> None:
     try:
-        wait_for(lambda: not psutil.pid_exists(registered)
-                 or psutil.Process(registered).status() == psutil.STATUS_ZOMBIE,
-                 timeout=10, what="the registered group killed")
-        assert psutil.Process(given_back).status() != psutil.STATUS_ZOMBIE
+        wait_for(lambda: gone(killed), timeout=10, what=what)
+        assert not any(gone(pid) for pid in spared)
     finally:
-        for pid in (registered, given_back):
+        for pid in (killed, *spared):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+@pytest.mark.parametrize("end", ["sigkill", "normal exit"])
+def test_keeper_kills_the_groups_still_registered_and_nothing_else(jupyter_dirs, tmp_path, end):
+    """The module's own API, as other hosts use it: a group still registered dies with its
+    host, however the host ends; a group given back (``unregister``) is left alone."""
+    registered, given_back = run_host(KEEPER_HOST, tmp_path, end.split()[0], end == "sigkill")
+    assert_killed_and_spared(registered, [given_back], "the registered group killed")
 
 
 LAUNCH_HOST = """
@@ -253,9 +266,15 @@ tag = uuid.uuid4().hex
 sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
 with keeper.launching(f"done-{tag}"):
     done = subprocess.Popen([*sleeper, f"done-{tag}"], start_new_session=True)
+try:
+    with keeper.launching(f"failed-{tag}"):
+        raise FileNotFoundError("no such kernel program")  # no process: its mark goes
+except FileNotFoundError:
+    pass
+other = subprocess.Popen([*sleeper, f"failed-{tag}"], start_new_session=True)  # not its
 with keeper.launching(f"under-way-{tag}"):
     under_way = subprocess.Popen([*sleeper, f"under-way-{tag}"], start_new_session=True)
-    print("PIDS", under_way.pid, done.pid, flush=True)
+    print("PIDS", under_way.pid, done.pid, other.pid, flush=True)
     if sys.argv[1] == "sigkill":
         time.sleep(300)
     raise KeyboardInterrupt  # what SIGINT does to a host that keeps Python's handler
@@ -266,24 +285,7 @@ with keeper.launching(f"under-way-{tag}"):
 def test_a_process_whose_launch_was_under_way_dies_with_its_host(jupyter_dirs, tmp_path, end):
     """A host can end between a kernel's fork and the registration of its group. The
     process whose launch was still marked dies with it; one whose launch step finished
-    (and registered nothing) is left alone."""
-    script = tmp_path / "host.py"
-    script.write_text(LAUNCH_HOST)
-    with running([sys.executable, str(script), end.lower()], cwd=tmp_path, port=0,
-                 ready_path=None, log=tmp_path / "host.log") as process:
-        wait_for(lambda: "PIDS" in process.log(), what="the host launched its processes")
-        under_way, done = (int(p) for p in process.log().split("PIDS")[1].split()[:2])
-        if end == "sigkill":
-            process.proc.send_signal(signal.SIGKILL)
-        assert process.proc.wait(30) is not None
-    try:
-        wait_for(lambda: not psutil.pid_exists(under_way)
-                 or psutil.Process(under_way).status() == psutil.STATUS_ZOMBIE,
-                 timeout=10, what="the process of the launch under way killed")
-        assert psutil.Process(done).status() != psutil.STATUS_ZOMBIE
-    finally:
-        for pid in (under_way, done):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    (and registered nothing) is left alone, and so is a later process carrying the mark of
+    a launch that failed with an error."""
+    under_way, *spared = run_host(LAUNCH_HOST, tmp_path, end.lower(), end == "sigkill")
+    assert_killed_and_spared(under_way, spared, "the process of the launch under way killed")
