@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 
 import psutil
@@ -226,22 +225,34 @@ async def new_warming(where: Path, before: set[int]) -> int:
     return found[0]
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX job control signals")
-async def test_warmups_stand_still_while_a_handed_out_kernel_settles(jupyter_dirs, log):
+async def a_held_refill(
+    jupyter_dirs: dict[str, Path], log: logging.Logger, pool: int, **traits
+) -> tuple[PooledKernelManager, Path, Path, set[int], int]:
+    """A full pool whose init code holds every later warm-up until the test releases it; one
+    kernel handed out, run and settled, so its refill is warming: (manager, pid directory,
+    release directory, pids of the first fill, pid of that refill)."""
     where, release = held_warmups(jupyter_dirs)
     (release / "all").touch()
     km = new_manager(
-        log, kernel_pools={"python3": 3}, fill_delay=0.1, fill_idle_timeout=120,
-        refill_pause=120, max_warming=1,
+        log, kernel_pools={"python3": pool}, fill_delay=0.1, fill_idle_timeout=120,
+        max_warming=1, **traits,
     )
+    await km.wait_for_pool()
+    (release / "all").unlink()  # refills now warm up until the test lets them finish
+    full = {int(p.name) for p in where.iterdir()}
+    await probe(km, await km.start_kernel())  # it ran its first cell and goes idle
+    return km, where, release, full, await new_warming(where, full)
+
+
+def ready_in_pool(km: PooledKernelManager, pid: int) -> bool:
+    views = km.kernel_pool.snapshot().pools[0].kernels
+    return any(view.pid == pid and view.state == "ready" for view in views)
+
+
+async def test_warmups_stand_still_while_a_handed_out_kernel_settles(jupyter_dirs, log):
+    km, _, release, full, refill = await a_held_refill(jupyter_dirs, log, 3, refill_pause=120)
     try:
-        await km.wait_for_pool()
-        (release / "all").unlink()  # refills now warm up until the test lets them finish
-        full = {int(p.name) for p in where.iterdir()}
-        first = await km.start_kernel()
-        await probe(km, first)  # it ran its first cell and goes idle: its refill starts
-        refill = await new_warming(where, full)
-        assert not stopped(refill)
+        assert not stopped(refill)  # nothing settles now
 
         second = await km.start_kernel()  # settles until it ran something
         await wait_until(lambda: stopped(refill), what="the warm-up stands still")
@@ -270,61 +281,33 @@ async def test_warmups_stand_still_while_a_handed_out_kernel_settles(jupyter_dir
     assert not kernel_children()
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX job control signals")
 async def test_a_warmup_stands_still_no_longer_than_refill_pause(jupyter_dirs, log):
-    where, release = held_warmups(jupyter_dirs)
-    (release / "all").touch()
-    km = new_manager(
-        log, kernel_pools={"python3": 2}, fill_delay=0.1, fill_idle_timeout=120,
-        refill_pause=1.0, max_warming=1,
-    )
+    km, _, release, _, refill = await a_held_refill(jupyter_dirs, log, 2, refill_pause=1.0)
     try:
-        await km.wait_for_pool()
-        (release / "all").unlink()
-        full = {int(p.name) for p in where.iterdir()}
-        await probe(km, await km.start_kernel())
-        refill = await new_warming(where, full)
         await km.start_kernel()  # never runs anything: settles for 120 s
         await wait_until(lambda: stopped(refill), what="the warm-up stands still")
         await wait_until(lambda: not stopped(refill), what="the warm-up goes on, its pause spent")
         (release / "all").touch()
-
-        def refill_ready() -> bool:
-            views = km.kernel_pool.snapshot().pools[0].kernels
-            return any(view.pid == refill and view.state == "ready" for view in views)
-
-        await wait_until(refill_ready, what="the warm-up finishes, the other kernel still settling")
+        await wait_until(lambda: ready_in_pool(km, refill),
+                         what="the warm-up finishes, the other kernel still settling")
     finally:
         await shut_down(km)
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX job control signals")
 async def test_the_time_a_warmup_stands_still_does_not_count_toward_its_timeout(
     jupyter_dirs, log
 ):
-    where, release = held_warmups(jupyter_dirs)
-    (release / "all").touch()
-    km = new_manager(
-        log, kernel_pools={"python3": 2}, fill_delay=0.1, fill_idle_timeout=120,
-        refill_pause=120, max_warming=1, init_timeout=3,
+    km, where, release, _, refill = await a_held_refill(
+        jupyter_dirs, log, 2, refill_pause=120, init_timeout=3
     )
     try:
-        await km.wait_for_pool()
-        (release / "all").unlink()
-        full = {int(p.name) for p in where.iterdir()}
-        await probe(km, await km.start_kernel())
-        refill = await new_warming(where, full)
         second = await km.start_kernel()
         await wait_until(lambda: stopped(refill), what="the warm-up stands still")
         await asyncio.sleep(5)  # longer than init_timeout, all of it stopped
         (release / str(refill)).touch()
         await probe(km, second)  # settled: the warm-up goes on, finds its release at once
-
-        def refill_ready() -> bool:
-            views = km.kernel_pool.snapshot().pools[0].kernels
-            return any(view.pid == refill and view.state == "ready" for view in views)
-
-        await wait_until(refill_ready, what="the warm-up finishes without timing out")
+        await wait_until(lambda: ready_in_pool(km, refill),
+                         what="the warm-up finishes without timing out")
         assert not km.kernel_pool.snapshot().pools[0].consecutive_failures
         assert (where / str(refill)).read_text() == "ran\n"  # its init code was sent once
     finally:
