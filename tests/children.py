@@ -52,21 +52,29 @@ def child_pids(pid: int) -> list[str]:
 #: The command line of a fork template (``hotpot_km.fork``): its forked kernels are the
 #: host's kernels too, counted under ``max_kernels`` like the template itself.
 TEMPLATE_MARK = "hotpot_km/fork/template.py"
-_templates: dict[int, bool] = {}
+_templates: dict[int, dict[int, bool]] = {}  # host -> its live children -> is a template
 
 
-def _is_template(pid: int) -> bool:
-    known = _templates.get(pid)
-    if known is None:
-        known = _templates[pid] = TEMPLATE_MARK in cmdline_of(pid)
-    return known
+def _is_template(pid: int, host: int, known: dict[int, bool]) -> bool:
+    """Whether ``pid`` runs the template program. Remembered only once the child has exec'd:
+    between fork and exec a template still carries its host's command line."""
+    if pid in known:
+        return known[pid]
+    cmdline = cmdline_of(pid)
+    answer = TEMPLATE_MARK in cmdline
+    if answer or (cmdline and cmdline != cmdline_of(host)):
+        known[pid] = answer
+    return answer
 
 
 def kernel_pids(pid: int) -> list[str]:
     """``child_pids(pid)``, plus the children of those that are fork templates."""
     found = child_pids(pid)
+    # only the children seen now are remembered: a pid used again is looked at afresh
+    previous = _templates.get(pid, {})
+    known = _templates[pid] = {int(c): previous[int(c)] for c in found if int(c) in previous}
     for child in list(found):
-        if _is_template(int(child)):
+        if _is_template(int(child), pid, known):
             found += child_pids(int(child))
     return found
 

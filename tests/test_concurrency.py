@@ -26,6 +26,16 @@ def live_kernels() -> int:
     return len(live_children(os.getpid())) - len(templates())
 
 
+async def pool_processes_seen(km: PooledKernelManager, count: int) -> None:
+    """Wait until /proc shows ``count`` kernels (a fork template's new child shows up there a
+    moment after the pool counts it); on failure, say which processes were there."""
+    try:
+        await wait_until(lambda: live_kernels() == count, 10, "the pool's processes seen")
+    except AssertionError as e:
+        children = [c.describe() for c in live_children(os.getpid(), with_cmdline=True)]
+        raise AssertionError(f"{e}; /proc: {children}; pool: {km.kernel_pool.snapshot()}") from None
+
+
 async def start_many(km: PooledKernelManager, n: int) -> tuple[list[str], list[BaseException]]:
     results = await asyncio.gather(*(km.start_kernel() for _ in range(n)), return_exceptions=True)
     started = [r for r in results if isinstance(r, str)]
@@ -57,8 +67,7 @@ async def test_100_concurrent_starts_never_exceed_max_kernels(jupyter_dirs, capl
     with ChildSampler(os.getpid(), interval=0.002) as counter:
         try:
             await km.wait_for_pool()
-            # /proc can show a fork template's new child a moment after the pool counts it
-            await wait_until(lambda: live_kernels() == POOL, 10, "the pool's processes seen")
+            await pool_processes_seen(km, POOL)
             assert live_kernels() == POOL
             room = LIMIT - len(templates())  # a fork template holds a slot of its own
 
@@ -76,8 +85,7 @@ async def test_100_concurrent_starts_never_exceed_max_kernels(jupyter_dirs, capl
             await wait_until(lambda: live_kernels() == POOL, what="back to the pool size")
             await km.wait_for_pool()
             await asyncio.sleep(1)
-            # /proc can show a fork template's new child a moment after the pool counts it
-            await wait_until(lambda: live_kernels() == POOL, 10, "the pool's processes seen")
+            await pool_processes_seen(km, POOL)
             assert live_kernels() == POOL
             assert not set(pids) & {c.pid for c in live_children(os.getpid())}
 
