@@ -42,6 +42,8 @@ from servers import (
 )
 
 from hotpot_km import MaximumKernelsException, PooledKernelManager, keeper
+from hotpot_km.fork.host import TemplateKey, TemplateProcess, kernel_command
+from hotpot_km.fork.templates import startup_values
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
@@ -334,6 +336,41 @@ async def test_a_dead_template_is_replaced_and_its_kernels_live_on(jupyter_dirs,
     finally:
         await shut_down(km)
     await wait_until(lambda: not any(alive(p) for p in orphans), 10, "orphans gone")
+
+
+async def test_a_fork_cancelled_as_its_child_arrives_leaves_no_process(jupyter_dirs, log):
+    """The pool closing (or a start giving up) can cancel a fork in the very step in which
+    the template's answer arrives: that child gets no birth, and must not wait for one."""
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(jupyter_dirs["work"] / "k.json")]
+    prefix, _ = kernel_command(argv)
+    key = TemplateKey(tuple(prefix), startup_values(os.environ), ())
+    template = TemplateProcess("python3", key, log, on_exit=lambda *_: None)
+    await template.start(os.getcwd(), os.environ, room=4096, timeout=60)
+    forked: list[int] = []
+    held: list[asyncio.Future] = []
+    fork: asyncio.Task | None = None
+    dispatch = template._dispatch
+
+    def cancel_on_arrival(message: dict) -> None:
+        if message["op"] == "forked":
+            # kept alive, as a traceback in a log record would: the child must not depend
+            # on the host's garbage collector closing its channel
+            held.append(template._requests[message["id"]])
+        dispatch(message)  # the real one: the fork's future now holds the child
+        if message["op"] == "forked":
+            forked.append(message["pid"])
+            assert fork is not None
+            fork.cancel()
+
+    template._dispatch = cancel_on_arrival
+    try:
+        fork = asyncio.ensure_future(template.fork(argv, os.getcwd(), os.environ, timeout=60))
+        with pytest.raises(asyncio.CancelledError):
+            await fork
+        assert len(forked) == 1
+        await wait_until(lambda: not alive(forked[0]), 10, "the unborn child gone")
+    finally:
+        await template.aclose()
 
 
 # -- max_kernels -------------------------------------------------------------------------------

@@ -265,8 +265,14 @@ class TemplateProcess:
         self._requests[request] = future
         try:
             await self._send({"op": "fork", "id": request})
-            child, channel = await asyncio.wait_for(asyncio.shield(future), timeout)
+            child, channel = await _within(future, timeout)
         except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                # it arrived just as we were cancelled: nobody will give it a birth
+                child, channel = future.result()
+                channel.close()
+                child.kill()
+                child.close()
             future.cancel()  # a child forked for it after all is killed on arrival
             raise
         self.forks += 1
@@ -392,6 +398,19 @@ class TemplateProcess:
             sock.close()
         while self._fds:
             os.close(self._fds.popleft())
+
+
+async def _within(future: asyncio.Future[Any], timeout: float) -> Any:
+    """``future``'s result, or ``TimeoutError`` after ``timeout`` seconds (``future`` goes on).
+
+    Unlike ``wait_for`` on Python 3.11, a cancellation of the caller is never dropped
+    because ``future`` finished in the same step: a fork being cancelled must end the
+    child that just arrived, not carry on with it.
+    """
+    done, _ = await asyncio.wait({future}, timeout=timeout)
+    if not done:
+        raise asyncio.TimeoutError
+    return future.result()
 
 
 async def _receive(channel: socket.socket) -> dict[str, Any] | None:
