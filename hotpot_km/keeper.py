@@ -57,6 +57,7 @@ __all__ = [
     "launching",
     "register",
     "registered",
+    "signal_group",
     "unregister",
 ]
 
@@ -266,6 +267,19 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+def signal_group(pid: int, signum: int) -> bool:
+    """Signal ``pid``'s process group if it leads one (as a launched kernel does, with the
+    processes of a kernelspec's wrapper), else ``pid`` alone; ``False`` if that failed."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError:
+        return False
+    return True
+
+
 def _kill_marked(marks: set[bytes]) -> None:
     """SIGKILL the processes (and the groups they lead) whose command line contains a mark.
 
@@ -279,13 +293,7 @@ def _kill_marked(marks: set[bytes]) -> None:
     for pause in (0.0, 0.02, 0.2):
         time.sleep(pause)
         for pid in _carriers(marks):
-            try:
-                if os.getpgid(pid) == pid:  # it leads its group, as a launched kernel does
-                    os.killpg(pid, signal.SIGKILL)
-                else:
-                    os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            signal_group(pid, signal.SIGKILL)
 
 
 def _carriers(marks: set[bytes]) -> list[int]:

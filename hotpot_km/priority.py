@@ -24,8 +24,12 @@ import signal
 import threading
 from collections.abc import Iterable
 
+from . import keeper
+
 _IDLE: int | None = getattr(os, "SCHED_IDLE", None)
 _NORMAL: int | None = getattr(os, "SCHED_OTHER", None)
+#: Whether processes can be stopped and continued here (POSIX).
+_STOPPABLE = hasattr(signal, "SIGSTOP") and hasattr(os, "killpg")
 
 
 @functools.cache
@@ -149,23 +153,9 @@ class ProcessPriority:
 
     def stop(self) -> bool:
         """Stop the process and its group (SIGSTOP); ``False`` if it can't be stopped."""
-        return _signal_group(self.pid, getattr(signal, "SIGSTOP", None))
+        return _STOPPABLE and keeper.signal_group(self.pid, signal.SIGSTOP)
 
     def cont(self) -> None:
         """Let a stopped process and its group go on (SIGCONT)."""
-        _signal_group(self.pid, getattr(signal, "SIGCONT", None))
-
-
-def _signal_group(pid: int, signum: int | None) -> bool:
-    """Signal ``pid``'s process group if it leads one (a launched kernel and the processes of
-    a kernelspec's wrapper), else ``pid`` alone."""
-    if signum is None or not hasattr(os, "killpg"):
-        return False
-    try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
-    except OSError:
-        return False
-    return True
+        if _STOPPABLE:
+            keeper.signal_group(self.pid, signal.SIGCONT)
