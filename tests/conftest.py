@@ -58,8 +58,9 @@ def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(dirs["data"]))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(dirs["runtime"]))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
-    # kernelspecs a test writes win over the venv's own (jupyter prefers a venv's otherwise)
-    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")
+    # jupyter_core's own path order, as in a user's shell: in the suite's venv, its
+    # share/jupyter (ipykernel's python3) comes before JUPYTER_DATA_DIR
+    monkeypatch.delenv("JUPYTER_PREFER_ENV_PATH", raising=False)
     monkeypatch.setenv("JUPYTER_NO_CONFIG", "")
     monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
     monkeypatch.delenv("JUPYTER_PATH", raising=False)

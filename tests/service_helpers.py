@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +48,31 @@ def runner_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def hotpot_km(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([HOTPOT_KM, *args], env=env or runner_env(), capture_output=True,
+def hotpot_km(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+              python: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The ``hotpot-km`` command; with ``python``, that interpreter's (``python -m hotpot_km``)."""
+    argv = [str(python), "-m", "hotpot_km"] if python else [HOTPOT_KM]
+    return subprocess.run([*argv, *args], env=env or runner_env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def virtual_env(path: Path) -> Path:
+    """A real virtual environment at ``path`` (own prefix, ``pyvenv.cfg``) that sees the
+    suite's packages, with the ``python3`` kernelspec pip put in the suite's venv: what a
+    user's venv with hotpot_km and ipykernel installed looks like, without touching the
+    suite's own. Returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True,
+                   timeout=120)
+    python = path / "bin" / "python"
+    site_dir = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    ours = sysconfig.get_path("purelib")  # the suite's, with its .pth (the editable install)
+    Path(site_dir, "suite_venv.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    spec = Path(sys.prefix, "share", "jupyter", "kernels", "python3")
+    target = path / "share" / "jupyter" / "kernels" / "python3"
+    target.parent.mkdir(parents=True)
+    shutil.copytree(spec, target)
+    return python
 
 
 def install_kernelspec(*args: str) -> None:
@@ -131,11 +155,14 @@ class Service:
 
 
 @contextmanager
-def service(log: Path, *args: str, pools: int = 1, wait: bool = True) -> Iterator[Service]:
-    """``hotpot-km serve`` with a python3 pool, ``SERVICE_ONLY`` set in its env only."""
+def service(log: Path, *args: str, pools: int = 1, wait: bool = True,
+            python: Path | None = None) -> Iterator[Service]:
+    """``hotpot-km serve`` with a python3 pool, ``SERVICE_ONLY`` set in its env only; with
+    ``python``, that interpreter's."""
     env = runner_env(SERVICE_ONLY="from-the-service")
     env.pop("RUNNER_ONLY")
-    argv = [HOTPOT_KM, "serve", f"--PooledKernelManager.kernel_pools={{\"python3\": {pools}}}",
+    command = [str(python), "-m", "hotpot_km"] if python else [HOTPOT_KM]
+    argv = [*command, "serve", f"--PooledKernelManager.kernel_pools={{\"python3\": {pools}}}",
             "--PooledKernelManager.fill_delay=0", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,

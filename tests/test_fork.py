@@ -417,11 +417,13 @@ async def test_no_room_for_a_template_means_launched_kernels(jupyter_dirs, log, 
     [(signal.SIGKILL, True), (signal.SIGKILL, False), (signal.SIGTERM, False)],
     ids=["SIGKILL", "SIGKILL-unwatched", "SIGTERM-unwatched"],
 )
-def test_no_process_outlives_a_killed_or_stopped_server(jupyter_dirs, tmp_path, sig, watched):
+def test_no_process_outlives_a_killed_or_stopped_server(jupyter_dirs, tmp_path, monkeypatch, sig,
+                                                        watched):
     """jupyter_server in fork mode with pooled and handed-out kernels, stopped or SIGKILLed:
     the template and every kernel go, also kernels that don't watch their parent."""
-    if not watched:
-        write_kernelspec(jupyter_dirs["data"], "python3",
+    if not watched:  # a python3 spec that wins over the venv's: first in JUPYTER_PATH
+        monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "path"))
+        write_kernelspec(tmp_path / "path", "python3",
                          [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                           "--IPKernelApp.parent_handle=0"])
     (jupyter_dirs["config"] / "jupyter_server_config.py").write_text(

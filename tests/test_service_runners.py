@@ -4,6 +4,10 @@ through the installed kernelspec, with no change to how they are run.
 Every notebook reports its kernel: a pooled one is a child of the service and has the
 init file's import done; its cwd is the one the runner chose; its env is the runner's
 (``RUNNER_ONLY`` there, the service's own ``SERVICE_ONLY`` not).
+
+Everything runs as in a user's virtual environment: a venv of the test's own (see
+:func:`service_helpers.virtual_env`) with jupyter_core's default path order, where the
+environment's kernelspecs come before the user's.
 """
 
 from __future__ import annotations
@@ -11,37 +15,48 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from servers import TOKEN, KernelSocket, api, jupyter_server, new_session, port_of, running
 from service_helpers import (
     PROBE_CELL,
-    install_kernelspec,
+    hotpot_km,
     probe_notebook,
     probes,
     runner_env,
     service,
     status,
+    virtual_env,
 )
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
 
 @pytest.fixture
-def setup(jupyter_dirs, monkeypatch, tmp_path) -> dict[str, Path]:
-    """The installed kernelspec, an init file, and a directory the notebooks report to."""
-    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")  # the user's kernelspec wins
+def setup(jupyter_dirs, monkeypatch, tmp_path) -> dict[str, Any]:
+    """A venv with the kernelspec installed as its user would (`hotpot-km kernelspec
+    install`), an init file, and a directory the notebooks report to."""
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # kernels' history stays here
     (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text("import colorsys\n")
     probe_dir = tmp_path / "probes"
     probe_dir.mkdir()
     monkeypatch.setenv("PROBE_DIR", str(probe_dir))
-    install_kernelspec()
-    return {**jupyter_dirs, "probes": probe_dir, "tmp": tmp_path}
+    python = virtual_env(tmp_path / "venv")
+    spec = tmp_path / "venv" / "share" / "jupyter" / "kernels" / "python3"
+    original = {p.name: p.read_bytes() for p in spec.iterdir()}
+    installed = hotpot_km("kernelspec", "install", python=python)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return {**jupyter_dirs, "probes": probe_dir, "tmp": tmp_path, "python": python,
+            "py": str(python), "spec": spec, "original": original, "installed": installed}
+
+
+def serve(setup: dict[str, Any], *args: str):
+    """``hotpot-km serve`` of the venv."""
+    return service(setup["tmp"] / "service.log", *args, python=setup["python"])
 
 
 def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -65,9 +80,9 @@ def test_papermill_with_and_without_cwd(setup):
     work, other = setup["work"], setup["tmp"] / "elsewhere"
     other.mkdir()
     probe_notebook(work / "in.ipynb")
-    with service(setup["tmp"] / "service.log") as svc:
-        run(["papermill", "in.ipynb", "out.ipynb"], cwd=work)
-        run(["papermill", "--cwd", str(other), "in.ipynb", "out2.ipynb"], cwd=work)
+    with serve(setup) as svc:
+        run([setup["py"], "-m", "papermill", "in.ipynb", "out.ipynb"], cwd=work)
+        run([setup["py"], "-m", "papermill", "--cwd", str(other), "in.ipynb", "out2.ipynb"], cwd=work)
         first, second = sorted(probes(setup["probes"]), key=lambda p: p["cwd"] != str(work))
         assert_pooled(first, svc.pid, work)
         assert_pooled(second, svc.pid, other)
@@ -79,8 +94,8 @@ def test_papermill_with_and_without_cwd(setup):
 def test_nbconvert_execute(setup):
     notebooks = setup["tmp"] / "notebooks"
     probe_notebook(notebooks / "report.ipynb")
-    with service(setup["tmp"] / "service.log") as svc:
-        run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+    with serve(setup) as svc:
+        run([setup["py"], "-m", "nbconvert", "--to", "notebook", "--execute",
              str(notebooks / "report.ipynb"), "--output", "done.ipynb"], cwd=setup["work"])
         [seen] = probes(setup["probes"])
         assert_pooled(seen, svc.pid, notebooks)  # nbconvert runs in the notebook's dir
@@ -91,8 +106,8 @@ def test_pytest_nbmake(setup):
     suite = setup["tmp"] / "suite"
     for name in ("a", "b"):
         probe_notebook(suite / f"{name}.ipynb", "import sys\nassert 'colorsys' in sys.modules")
-    with service(setup["tmp"] / "service.log") as svc:
-        done = run([sys.executable, "-m", "pytest", "--nbmake", "-p", "no:cacheprovider", "-q",
+    with serve(setup) as svc:
+        done = run([setup["py"], "-m", "pytest", "--nbmake", "-p", "no:cacheprovider", "-q",
                     "a.ipynb", "b.ipynb"], cwd=suite)
         assert "2 passed" in done.stdout
         seen = probes(setup["probes"])
@@ -112,8 +127,8 @@ print(nb.cells[0].outputs[0]["text"])
 
 def test_nbclient_in_a_fresh_process(setup):
     probe_notebook(setup["tmp"] / "nb.ipynb")
-    with service(setup["tmp"] / "service.log") as svc:
-        done = run([sys.executable, "-c", NBCLIENT, str(setup["tmp"] / "nb.ipynb"),
+    with serve(setup) as svc:
+        done = run([setup["py"], "-c", NBCLIENT, str(setup["tmp"] / "nb.ipynb"),
                     str(setup["data"])], cwd=setup["work"])
         [seen] = probes(setup["probes"])
         assert_pooled(seen, svc.pid, setup["data"])
@@ -123,8 +138,8 @@ def test_nbclient_in_a_fresh_process(setup):
 def test_runner_killed_mid_notebook_leaves_no_kernel(setup):
     work = setup["work"]
     probe_notebook(work / "slow.ipynb", "import time\ntime.sleep(600)")
-    with service(setup["tmp"] / "service.log") as svc:
-        runner = subprocess.Popen(["papermill", "slow.ipynb", "out.ipynb"], cwd=work,
+    with serve(setup) as svc:
+        runner = subprocess.Popen([setup["py"], "-m", "papermill", "slow.ipynb", "out.ipynb"], cwd=work,
                                   env=runner_env(), stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         try:
@@ -152,7 +167,7 @@ def test_runner_killed_mid_notebook_leaves_no_kernel(setup):
 def test_with_the_service_down_the_same_runs_pass_cold(setup):
     work = setup["work"]
     probe_notebook(work / "in.ipynb")
-    done = run(["papermill", "in.ipynb", "out.ipynb"], cwd=work)
+    done = run([setup["py"], "-m", "papermill", "in.ipynb", "out.ipynb"], cwd=work)
     [seen] = probes(setup["probes"])
     assert seen["preimported"] is False
     assert seen["cwd"] == str(work)
@@ -166,9 +181,9 @@ def test_jupyter_server_with_no_hotpot_configuration(setup):
     place, so an open websocket keeps working (same ports and key)."""
     root = setup["tmp"] / "root"
     probe_notebook(root / "sub" / "nb.ipynb")
-    argv = jupyter_server(setup["tmp"], root)
+    argv = [setup["py"], *jupyter_server(setup["tmp"], root)[1:]]
     # jupyter_server starts kernels without nbclient's history argument
-    with service(setup["tmp"] / "service.log", '--PooledKernelManager.pool_kwargs={"python3": {}}') as svc, \
+    with serve(setup, '--PooledKernelManager.pool_kwargs={"python3": {}}') as svc, \
             running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
                     log=setup["tmp"] / "server.log", env=runner_env()) as server:
         kid = new_session(server, "sub/nb.ipynb")
@@ -195,3 +210,45 @@ def test_jupyter_server_with_no_hotpot_configuration(setup):
             sock.close()
         assert api(server, "DELETE", f"/api/kernels/{kid}").status_code == 204
         assert status()["leases"] == []
+
+
+def test_in_a_venv_the_install_wins_and_uninstall_restores(setup):
+    """jupyter_core's default order in a venv finds the venv's own python3 before the
+    user's: the install replaces that one (runs are warm), says where, and ``uninstall``
+    puts ipykernel's spec back byte for byte (runs are cold again, with no warning)."""
+    spec, py = setup["spec"], setup["py"]
+    installed = setup["installed"]
+    assert f"Installed kernelspec python3 in {spec} " in installed.stdout
+    assert "now use this kernelspec" in installed.stdout and "Warning" not in installed.stderr
+    assert not (setup["data"] / "kernels").exists()  # not the user's directory: it would lose
+    where = subprocess.run([py, "-c", "from jupyter_client.kernelspec import KernelSpecManager as K;"
+                            "print(K().get_kernel_spec('python3').resource_dir)"],
+                           env=runner_env(), capture_output=True, text=True, check=True)
+    assert where.stdout.strip() == str(spec)
+
+    work = setup["work"]
+    probe_notebook(work / "in.ipynb")
+    with serve(setup) as svc:
+        run([py, "-m", "papermill", "in.ipynb", "out.ipynb"], cwd=work)
+        [seen] = probes(setup["probes"])
+        assert_pooled(seen, svc.pid, work)
+
+    done = hotpot_km("kernelspec", "uninstall", python=setup["python"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert str(spec) in done.stdout
+    assert {p.name: p.read_bytes() for p in spec.iterdir()} == setup["original"]
+    for probe in setup["probes"].iterdir():
+        probe.unlink()
+    done = run([py, "-m", "papermill", "in.ipynb", "out.ipynb"], cwd=work)
+    [seen] = probes(setup["probes"])
+    assert seen["preimported"] is False and seen["ppid"] != svc.pid
+    assert "hotpot_km" not in done.stderr  # the plain kernelspec: no provisioner, no warning
+
+
+def test_install_for_the_user_in_a_venv_warns_that_it_loses(setup):
+    """``--user`` in a venv writes a spec the venv's own shadows: the install says so."""
+    done = hotpot_km("kernelspec", "install", "--user", python=setup["python"])
+    assert done.returncode == 0, done.stderr
+    assert f"'python3' still resolves to {setup['spec']}" in done.stderr
+    assert "install without --user/--prefix" in done.stderr
+    assert (setup["data"] / "kernels" / "python3" / "hotpot_km.json").exists()

@@ -234,14 +234,20 @@ class KernelSpecInstallApp(HotpotApp):
     name = "hotpot-km-kernelspec-install"
     description = """Install a kernelspec that is an existing one (default python3) plus the
     hotpot-km-provisioner, so every Jupyter client that starts it gets a warm kernel from
-    the pool service. By default it takes the existing spec's place in the user's kernel
+    the pool service. By default it takes the existing spec's place where Jupyter looks
+    first: in a virtual or conda environment (JUPYTER_PREFER_ENV_PATH on, jupyter_core's
+    default there) the environment's share/jupyter/kernels, else the user's kernel
     directory; `hotpot-km kernelspec uninstall` puts things back."""
     examples = """hotpot-km kernelspec install
     hotpot-km kernelspec install python3 --as python3-warm --sys-prefix
     hotpot-km kernelspec install --autostart --idle-timeout=900"""
 
     kernel_name = Unicode("python3", help="The kernelspec to wrap.")
-    user = Bool(False, config=True, help="Install into the user's kernel directory (default).")
+    user = Bool(
+        False,
+        config=True,
+        help="Install into the user's kernel directory (default: where Jupyter looks first).",
+    )
     prefix = Unicode("", config=True, help="Install into PREFIX/share/jupyter/kernels.")
     as_name = Unicode("", config=True, help="Install under this name instead of taking its place.")
     autostart = Bool(
@@ -261,7 +267,10 @@ class KernelSpecInstallApp(HotpotApp):
     }
     flags = {
         **base_flags,
-        "user": ({"KernelSpecInstallApp": {"user": True}}, "Install for this user (default)."),
+        "user": (
+            {"KernelSpecInstallApp": {"user": True}},
+            "Install into the user's kernel directory.",
+        ),
         "sys-prefix": (
             {"KernelSpecInstallApp": {"prefix": sys.prefix}},
             "Install into Python's sys.prefix (this virtual or conda environment).",
@@ -284,6 +293,7 @@ class KernelSpecInstallApp(HotpotApp):
             done = install(
                 self.kernel_name,
                 prefix=self.prefix or None,
+                user=self.user,
                 as_name=self.as_name or None,
                 autostart=self.autostart,
                 idle_timeout=self.idle_timeout,
@@ -299,10 +309,13 @@ class KernelSpecInstallApp(HotpotApp):
         if done.resolves_to and os.path.realpath(done.resolves_to) != os.path.realpath(done.path):
             print(
                 f"Warning: {done.name!r} still resolves to {done.resolves_to}, which comes first "
-                "in the kernel search path (see `jupyter --paths`; in a virtual environment set "
-                "JUPYTER_PREFER_ENV_PATH=0 or install with --sys-prefix).",
+                "in the kernel search path (see `jupyter --paths`), so Jupyter clients will not "
+                "use the pool: install without --user/--prefix to install there, or change the "
+                "path (JUPYTER_PATH, JUPYTER_PREFER_ENV_PATH).",
                 file=sys.stderr,
             )
+        elif done.resolves_to:
+            print(f"Jupyter clients starting {done.name!r} now use this kernelspec.")
 
 
 class KernelSpecUninstallApp(HotpotApp):
@@ -313,10 +326,14 @@ class KernelSpecUninstallApp(HotpotApp):
     back the one it replaced."""
     kernel_name = Unicode("python3")
     prefix = Unicode("", config=True, help="Uninstall from PREFIX/share/jupyter/kernels.")
+    user = Bool(False, config=True, help="Uninstall from the user's kernel directory.")
     aliases = {**base_aliases, "prefix": "KernelSpecUninstallApp.prefix"}
     flags = {
         **base_flags,
-        "user": ({}, "Uninstall from the user's kernel directory (default)."),
+        "user": (
+            {"KernelSpecUninstallApp": {"user": True}},
+            "Uninstall from the user's kernel directory (default: the install Jupyter finds).",
+        ),
         "sys-prefix": (
             {"KernelSpecUninstallApp": {"prefix": sys.prefix}},
             "Uninstall from Python's sys.prefix.",
@@ -330,7 +347,7 @@ class KernelSpecUninstallApp(HotpotApp):
 
     def start(self) -> None:
         try:
-            print(uninstall(self.kernel_name, prefix=self.prefix or None))
+            print(uninstall(self.kernel_name, prefix=self.prefix or None, user=self.user))
         except (OSError, ValueError) as error:
             print(f"hotpot-km: {error}", file=sys.stderr)
             self.exit(1)

@@ -7,6 +7,12 @@ moves into that stanza's config as ``inner`` and is what cold starts and the
 service use. A spec that the install replaces in place is kept inside the new
 one (``hotpot_km_original/``, not itself a kernelspec for Jupyter's search) and
 put back by ``uninstall``.
+
+Where: by default, the directory whose specs win Jupyter's lookup. In a virtual or
+conda environment jupyter_core searches the environment's ``share/jupyter`` before the
+user's (``JUPYTER_PREFER_ENV_PATH``, on by default there), where ipykernel put its own
+``python3``: a spec in the user's directory would never be found, so the install goes
+into the environment's prefix.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, _is_valid_kernel_name
-from jupyter_core.paths import jupyter_data_dir
+from jupyter_core.paths import ENV_JUPYTER_PATH, jupyter_data_dir, jupyter_path
 
 #: The provisioner name that ``hotpot-km kernelspec install`` writes into kernelspecs.
 PROVISIONER_NAME = "hotpot-km-provisioner"
@@ -57,11 +63,53 @@ class Installed:
     resolves_to: str | None
 
 
-def destination(name: str, prefix: str | None = None) -> str:
-    """``<prefix>/share/jupyter/kernels/<name>``, or the user's kernel directory."""
+def destination(name: str, prefix: str | None = None, user: bool = False) -> str:
+    """``<prefix>/share/jupyter/kernels/<name>``, the user's kernel directory, or (default)
+    where a spec of that name wins the lookup."""
     if prefix:
         return os.path.join(os.path.abspath(prefix), "share", "jupyter", "kernels", name)
-    return os.path.join(jupyter_data_dir(), "kernels", name)
+    return os.path.join(user_kernel_dir() if user else default_kernel_dir(), name)
+
+
+def user_kernel_dir() -> str:
+    return os.path.join(jupyter_data_dir(), "kernels")
+
+
+def default_kernel_dir() -> str:
+    """The user's or this environment's kernel directory, whichever Jupyter searches first.
+
+    The environment's only if this user may write there (jupyter_core prefers it only
+    then, too); otherwise the user's, and the install warns if something still wins.
+    """
+    user = os.path.realpath(user_kernel_dir())
+    env = {os.path.realpath(os.path.join(p, "kernels")) for p in ENV_JUPYTER_PATH}
+    for path in jupyter_path("kernels"):
+        real = os.path.realpath(path)
+        if real == user:
+            break
+        if real in env and _writable(real):
+            return path
+    return user_kernel_dir()
+
+
+def _writable(path: str) -> bool:
+    """Whether this user can create ``path`` (or write in it)."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def installed_path(name: str) -> str | None:
+    """The first directory of the kernel search path holding a spec ``name`` installed by
+    :func:`install` (the one Jupyter finds), or ``None``."""
+    for path in jupyter_path("kernels"):
+        candidate = os.path.join(path, name)
+        if is_ours(candidate):
+            return candidate
+    return None
 
 
 def is_ours(path: str) -> bool:
@@ -97,6 +145,7 @@ def install(
     name: str = "python3",
     *,
     prefix: str | None = None,
+    user: bool = False,
     as_name: str | None = None,
     autostart: bool = False,
     idle_timeout: float = 600.0,
@@ -109,7 +158,7 @@ def install(
     spec = ksm.get_kernel_spec(name)
     source = spec.resource_dir
     data = wrapped(_spec_data(source, spec.to_dict()), autostart, idle_timeout)
-    dest = destination(target, prefix)
+    dest = destination(target, prefix, user)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".hotpot_km-", dir=os.path.dirname(dest))
     try:
@@ -158,9 +207,13 @@ def _swap(new: str, dest: str) -> None:
         os.rename(new, dest)
 
 
-def uninstall(name: str = "python3", *, prefix: str | None = None) -> str:
-    """Remove a kernelspec written by :func:`install`, putting back the one it replaced."""
-    dest = destination(name.lower(), prefix)
+def uninstall(name: str = "python3", *, prefix: str | None = None, user: bool = False) -> str:
+    """Remove a kernelspec written by :func:`install`, putting back the one it replaced.
+
+    Without ``prefix``: the one Jupyter finds first, wherever an install put it."""
+    dest = destination(name.lower(), prefix, user)
+    if not (prefix or user):
+        dest = installed_path(name.lower()) or dest
     if not os.path.isdir(dest):
         raise FileNotFoundError(f"no kernelspec {name!r} at {dest}")
     if not is_ours(dest):
