@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 EG_VENV ?= .venv-eg
 EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
 
-.PHONY: demo test test-fork test-pythons bench lint clean
+.PHONY: demo test test-fork test-pythons bench lint clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,4 +52,13 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format hotpot_km
 
 clean:
-	rm -rf $(VENV) $(EG_VENV) .nox benchmarks/.work
+	rm -rf $(VENV) $(EG_VENV) .nox benchmarks/.work docs/_build
+
+# The documentation site (docs/): Sphinx, MyST, pydata-sphinx-theme; warnings are errors.
+# -E: the reference pages are generated from the code, so every build reads them afresh.
+$(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(BIN)/python -m sphinx -E -W --keep-going -n -b html docs docs/_build/html
