@@ -18,6 +18,11 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
+# JupyterHub's proxy for tests/test_jupyterhub.py (npm: never installed at test time)
+CHP := node_modules/.bin/configurable-http-proxy
+$(CHP):
+	npm install --no-save --no-audit --no-fund configurable-http-proxy@5
+
 $(EG_VENV)/.installed: $(EG_REQUIREMENTS)
 	rm -rf $(EG_VENV)
 	$(PYTHON) -m venv $(EG_VENV)
@@ -31,7 +36,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.test-installed $(EG_VENV)/.installed
+test: $(VENV)/.test-installed $(EG_VENV)/.installed $(CHP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check hotpot_km
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -52,7 +57,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format hotpot_km
 
 clean:
-	rm -rf $(VENV) $(EG_VENV) .nox benchmarks/.work docs/_build
+	rm -rf $(VENV) $(EG_VENV) .nox benchmarks/.work docs/_build node_modules
 
 # The documentation site (docs/): Sphinx, MyST, pydata-sphinx-theme; warnings are errors.
 # -E: the reference pages are generated from the code, so every build reads them afresh.

@@ -135,10 +135,11 @@ def port_of(argv: Sequence[str]) -> int:
 class KernelSocket:
     """A jupyter_server kernel websocket that runs code and collects stdout."""
 
-    def __init__(self, server: Server, kernel_id: str, token: str | None = TOKEN) -> None:
+    def __init__(self, server: Server, kernel_id: str, token: str | None = TOKEN,
+                 header: list[str] | None = None) -> None:
         query = f"session_id={uuid.uuid4().hex}" + (f"&token={token}" if token else "")
         url = server.url.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?{query}"
-        self.ws = websocket.create_connection(url, timeout=60)
+        self.ws = websocket.create_connection(url, timeout=60, header=header)
         self.session = uuid.uuid4().hex
 
     def _send(self, msg_type: str, content: dict[str, Any]) -> str:
