@@ -14,6 +14,8 @@ from typing import Any
 
 import psutil
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_core.paths import prefer_environment_over_user
 
 from hotpot_km import PooledKernelManager
 
@@ -178,13 +180,20 @@ def marked_processes(needle: str, marker: str | None = None) -> list[psutil.Proc
 
 
 @pytest.fixture
-def unwatched_kernels(jupyter_dirs: dict[str, Path]) -> None:
+def unwatched_kernels(jupyter_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A ``python3`` kernelspec whose kernels do not exit when their parent dies.
 
     ipykernel normally polls its parent and exits about a second after it is gone,
     which would hide any kernel a server leaves behind; most other kernels don't.
+    It is written where it wins over the venv's own ``python3``: in the user's data dir if
+    that comes first (``JUPYTER_PREFER_ENV_PATH=0``), else first in ``JUPYTER_PATH``.
     """
-    path = jupyter_dirs["data"] / "kernels" / "python3"
+    if prefer_environment_over_user():
+        first = jupyter_dirs["data"].parent / "path"
+        monkeypatch.setenv("JUPYTER_PATH", str(first))
+    else:
+        first = jupyter_dirs["data"]
+    path = first / "kernels" / "python3"
     path.mkdir(parents=True)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
@@ -193,3 +202,5 @@ def unwatched_kernels(jupyter_dirs: dict[str, Path]) -> None:
         "language": "python",
     }
     (path / "kernel.json").write_text(json.dumps(spec))
+    found = KernelSpecManager().find_kernel_specs()["python3"]
+    assert found == str(path), f"{found} wins over the unwatched spec at {path}"
