@@ -246,7 +246,7 @@ class KernelSpecInstallApp(HotpotApp):
     user = Bool(
         False,
         config=True,
-        help="Install into the user's kernel directory (default: where Jupyter looks first).",
+        help="Install into the user's kernel directory, not where Jupyter looks first.",
     )
     prefix = Unicode("", config=True, help="Install into PREFIX/share/jupyter/kernels.")
     as_name = Unicode("", config=True, help="Install under this name instead of taking its place.")
@@ -332,7 +332,7 @@ class KernelSpecUninstallApp(HotpotApp):
         **base_flags,
         "user": (
             {"KernelSpecUninstallApp": {"user": True}},
-            "Uninstall from the user's kernel directory (default: the install Jupyter finds).",
+            "Uninstall from the user's kernel directory, not the install Jupyter finds first.",
         ),
         "sys-prefix": (
             {"KernelSpecUninstallApp": {"prefix": sys.prefix}},

@@ -210,7 +210,7 @@ def _swap(new: str, dest: str) -> None:
 def uninstall(name: str = "python3", *, prefix: str | None = None, user: bool = False) -> str:
     """Remove a kernelspec written by :func:`install`, putting back the one it replaced.
 
-    Without ``prefix``: the one Jupyter finds first, wherever an install put it."""
+    Without ``prefix`` or ``user``: the one Jupyter finds first, wherever an install put it."""
     dest = destination(name.lower(), prefix, user)
     if not (prefix or user):
         dest = installed_path(name.lower()) or dest
