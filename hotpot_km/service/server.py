@@ -66,14 +66,20 @@ class PoolServer:
         """Bind the socket (the caller holds the service lock, so an old socket is stale)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        umask = os.umask(0o177)
+        # The socket's own mode, not a process-wide umask: the pool's filler runs meanwhile
+        # and creates directories that need their search bit (Linux takes the mode of a
+        # socket's file from its inode, set here before bind()).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            os.fchmod(sock.fileno(), 0o600)
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)
             self._server = await asyncio.start_unix_server(
-                self._connection, path=self.path, limit=LINE_LIMIT
+                self._connection, sock=sock, limit=LINE_LIMIT
             )
-        finally:
-            os.umask(umask)
-        os.chmod(self.path, 0o600)
+        except BaseException:
+            sock.close()
+            raise
 
     async def close(self) -> None:
         """Stop accepting, cancel requests in progress, remove the socket."""
