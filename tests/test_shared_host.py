@@ -3,10 +3,14 @@ a runtime dir others can write to, another user's socket or files, planted files
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +18,13 @@ from typing import Any
 
 import pytest
 import unprivileged
+from service_helpers import hotpot_km, runner_env, status
+from test_service import wait_gone
 from unprivileged import account, own, private_dir, user_env
+
+from hotpot_km.service.autostart import start_service
+from hotpot_km.service.client import ServiceUnavailable, call
+from hotpot_km.service.paths import ServicePaths
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
@@ -119,3 +129,125 @@ def test_the_runner_is_a_normal_user(user_base):
                             env=user_env(user_base), capture_output=True, text=True)
     assert done.returncode != 0 and "PermissionError" in done.stderr
     assert account().uid != 0
+
+
+# -- a shared runtime dir, another user's files -------------------------------------------------
+
+
+@pytest.fixture
+def dirs(jupyter_dirs, monkeypatch, tmp_path) -> dict[str, Path]:
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    return {**jupyter_dirs, "tmp": tmp_path}
+
+
+def serve_once(runtime: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``hotpot-km serve`` (no pool) in ``runtime``, expected to refuse at once."""
+    env = runner_env(JUPYTER_RUNTIME_DIR=str(runtime))
+    return hotpot_km("serve", "--ServeApp.idle_timeout=1", env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("case", ["world-writable", "group-writable", "another-owner"])
+def test_the_service_and_autostart_refuse_a_runtime_dir_others_control(dirs, case):
+    runtime = dirs["tmp"] / "shared"
+    runtime.mkdir()
+    if case == "world-writable":  # a sticky /tmp, as on HPC login nodes
+        os.chmod(runtime, 0o1777)
+    elif case == "group-writable":
+        os.chmod(runtime, 0o770)
+    elif os.getuid() == 0:
+        os.chown(runtime, account().uid, account().gid)
+    else:  # a normal user can't give a directory away: one of root's stands in
+        runtime = Path("/")
+    done = serve_once(runtime)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "set JUPYTER_RUNTIME_DIR to a private directory" in done.stderr, done.stderr
+    assert not (runtime / "hotpot-km.lock").exists()
+    said = start_service(ServicePaths(str(runtime)), 5.0, "python3")
+    assert said.startswith("not starting the pool service") and "JUPYTER_RUNTIME_DIR" in said
+    assert not (runtime / "hotpot-km-service.log").exists()
+
+
+def test_planted_symlinks_are_not_followed(dirs):
+    runtime = dirs["runtime"]
+    target = dirs["tmp"] / "precious"
+    target.write_text("precious\n")
+    (runtime / "hotpot-km.lock").symlink_to(target)
+    done = serve_once(runtime)
+    assert done.returncode == 1 and "is a symbolic link" in done.stderr, done.stderr
+    said = start_service(ServicePaths(str(runtime)), 5.0, "python3")
+    assert said.startswith("not starting") and "symbolic link" in said, said
+    (runtime / "hotpot-km.lock").unlink()
+    (runtime / "hotpot-km-service.log").symlink_to(target)
+    said = start_service(ServicePaths(str(runtime)), 5.0, "python3")
+    assert said.startswith("not starting") and "symbolic link" in said, said
+    assert target.read_text() == "precious\n"
+
+
+def test_autostart_never_imports_from_the_runtime_dir(dirs):
+    """``python -m hotpot_km`` run in the runtime dir imported a ``hotpot_km/`` planted there."""
+    runtime = dirs["runtime"]
+    planted = runtime / "hotpot_km"
+    planted.mkdir()
+    witness = dirs["tmp"] / "planted-code-ran"
+    code = f"open({str(witness)!r}, 'w').close()\n"
+    (planted / "__init__.py").write_text(code)
+    (planted / "__main__.py").write_text(code)
+    paths = ServicePaths(str(runtime))
+    said = start_service(paths, 30.0, "python3")
+    assert said.startswith("started the pool service"), said
+    deadline = time.monotonic() + 120
+    while (doc := status()) is None:
+        assert not witness.exists(), "code planted in the runtime dir ran"
+        assert time.monotonic() < deadline, Path(paths.log).read_text()
+        time.sleep(0.2)
+    pid = doc["service"]["pid"]
+    try:
+        assert not witness.exists(), "code planted in the runtime dir ran"
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_gone(pid, 60)
+
+
+def test_the_client_sends_nothing_to_another_users_socket(dirs):
+    """A socket in a shared runtime dir may be anyone's: the client checks the listener's uid
+    (``SO_PEERCRED``) before it sends a byte (a launch carries the whole environment)."""
+    runtime = Path(tempfile.mkdtemp(prefix="hotpot-km-shared-"))  # reachable by the account
+    os.chmod(runtime, 0o1777)
+    listener = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen()\n"
+        "import os; os.chmod(sys.argv[1], 0o666); print('listening', flush=True)\n"
+        "c, _ = s.accept(); c.settimeout(5)\n"
+        "data = b''\n"
+        "try:\n"
+        "    while chunk := c.recv(65536): data += chunk\n"
+        "except OSError: pass\n"
+        "sys.stdout.write(repr(data)); sys.stdout.flush()\n"
+    )
+    sock = runtime / "hotpot-km.sock"
+    # another user: the test account when root; a normal user can't run as anyone else, so
+    # then the listener is the user itself and the client must talk to it
+    other = os.getuid() == 0
+    argv = [sys.executable, "-c", listener, str(sock)]
+    home = private_dir()
+    proc = (unprivileged.popen(argv, env=user_env(home), cwd="/", stdout=subprocess.PIPE, text=True)
+            if other else subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+    try:
+        assert proc.stdout.readline().strip() == "listening"
+        if other:
+            with pytest.raises(ServiceUnavailable, match=r"runs as uid \d+, not as this user"):
+                asyncio.run(call(str(sock), "status", timeout=10))
+        else:
+            with pytest.raises(ServiceUnavailable):  # it answers nothing: a timeout
+                asyncio.run(call(str(sock), "status", timeout=2))
+        out, _ = proc.communicate(timeout=30)
+        got = ast.literal_eval(out)  # the bytes the listener received
+        assert (got == b"") if other else b'"protocol":"hotpot-km"' in got
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        unprivileged.remove(home)
+        unprivileged.remove(runtime)
