@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,13 +19,15 @@ from typing import Any
 
 import pytest
 import unprivileged
-from service_helpers import hotpot_km, runner_env, status
+from jupyter_client.kernelspec import KernelSpecManager
+from service_helpers import hotpot_km, runner_env, service, status
 from test_service import wait_gone
 from unprivileged import account, own, private_dir, user_env
 
 from hotpot_km.service.autostart import start_service
 from hotpot_km.service.client import ServiceUnavailable, call
 from hotpot_km.service.paths import ServicePaths
+from hotpot_km.service.protocol import encode, hello
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
@@ -251,3 +254,84 @@ def test_the_client_sends_nothing_to_another_users_socket(dirs):
             proc.wait()
         unprivileged.remove(home)
         unprivileged.remove(runtime)
+
+
+# -- the service's socket: clients that vanish, stall, or send garbage ---------------------------
+
+
+def launch_request(cwd: str) -> dict[str, Any]:
+    """What the provisioner sends for a start of python3 (see ``ServiceProvisioner``)."""
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    return {"op": "launch", "kernel_name": "python3",
+            "spec": {"argv": spec.argv, "env": spec.env, "language": spec.language},
+            "cwd": cwd, "env": runner_env(), "options": {}, "encryption": "disabled"}
+
+
+def connect() -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(ServicePaths.default().socket)
+    return sock
+
+
+def replies(sock: socket.socket) -> list[dict[str, Any]]:
+    """Every line the service sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def until(predicate: Any, what: str, timeout: float = 60, log: Any = str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:g} s\n{log()}"
+        time.sleep(0.1)
+
+
+def no_leases(svc: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while (doc := status()) is None or doc["leases"]:
+        assert time.monotonic() < deadline, f"leases left: {doc and doc['leases']}\n{svc.log()}"
+        time.sleep(0.2)
+
+
+PLAIN = '--PooledKernelManager.pool_kwargs={"python3": {}}'  # starts without extra arguments
+
+
+def test_a_kernel_whose_client_vanished_before_the_reply_is_ended(dirs):
+    with service(dirs["tmp"] / "service.log", PLAIN) as svc:
+        [pooled] = svc.kernel_pids()
+        sock = connect()
+        sock.sendall(encode(hello()) + encode(launch_request(str(dirs["work"]))))
+        sock.close()  # the client is gone; its process (this one) lives on
+        until(lambda: "ending it" in svc.log(), "end of the lease", log=svc.log)
+        assert f"handed a 'python3' kernel (pid {pooled})" in svc.log()
+        no_leases(svc)
+        wait_gone(pooled, 30)
+        svc.wait_ready()  # and the pool is full again
+
+
+def test_a_stalled_client_gets_an_error_and_is_closed(dirs):
+    with service(dirs["tmp"] / "service.log", "--ServeApp.read_timeout=1", pools=0):
+        sock = connect()
+        sock.sendall(b'{"protocol": "hotpot')  # never finishes its hello
+        [answer] = replies(sock)
+        assert answer == {"error": "no complete line in 1 s"}
+        sock = connect()
+        sock.sendall(encode(hello()) + b'{"op": "sta')  # nor its request
+        [_, answer] = replies(sock)
+        assert answer == {"ok": False, "error": "no complete line in 1 s"}
+        assert status() is not None
+
+
+def test_a_deeply_nested_line_gets_a_clear_error(dirs):
+    with service(dirs["tmp"] / "service.log", pools=0) as svc:
+        sock = connect()
+        sock.sendall(encode(hello()) + b"[" * 100_000 + b"]" * 100_000 + b"\n"
+                     + encode({"op": "status"}))
+        sock.shutdown(socket.SHUT_WR)
+        [_, nested, answer] = replies(sock)
+        assert nested == {"ok": False, "error": "a JSON line nested too deeply"}
+        assert answer["ok"] is True and answer["status"]["enabled"] is True
+        assert "Traceback" not in svc.log() and "RecursionError" not in svc.log()
