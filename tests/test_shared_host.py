@@ -12,8 +12,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -335,3 +337,49 @@ def test_a_deeply_nested_line_gets_a_clear_error(dirs):
         assert nested == {"ok": False, "error": "a JSON line nested too deeply"}
         assert answer["ok"] is True and answer["status"]["enabled"] is True
         assert "Traceback" not in svc.log() and "RecursionError" not in svc.log()
+
+
+# -- hotpot-km status --url ------------------------------------------------------------------------
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Redirects ``/api/hotpot_km/status`` to ``server.target``; answers anything else with a
+    status document of no pool, recording the Authorization header it got."""
+
+    def do_GET(self) -> None:
+        if self.path == "/api/hotpot_km/status":
+            self.send_response(302)
+            self.send_header("Location", self.server.target)  # type: ignore[attr-defined]
+            self.end_headers()
+            return
+        self.server.seen.append(self.headers.get("Authorization"))  # type: ignore[attr-defined]
+        body = json.dumps({"enabled": False, "message": "no pool"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_status_sends_the_token_only_to_the_server_it_was_given_for(dirs):
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Recorder) for _ in range(2)]
+    for server in servers:
+        server.seen = []  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    first, other = (f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
+    try:
+        servers[0].target = f"{other}/elsewhere"  # type: ignore[attr-defined]
+        done = hotpot_km("status", f"--url={first}/", "--token=s3cret", "--json")
+        assert done.returncode == 2, done.stderr  # the other server answered: no pool
+        assert servers[1].seen == [None]  # type: ignore[attr-defined]
+        servers[0].target = f"{first}/moved"  # type: ignore[attr-defined]
+        done = hotpot_km("status", f"--url={first}/", "--token=s3cret", "--json")
+        assert done.returncode == 2, done.stderr
+        assert servers[0].seen == ["token s3cret"]  # type: ignore[attr-defined]
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
