@@ -85,6 +85,12 @@ def fetch_status(url: str, token: str | None = None, timeout: float = 10.0) -> d
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):
             hint = "wrong token" if token else "no token given (--token, or $JUPYTER_TOKEN)"
+            try:
+                said = str(json.loads(error.read().decode("utf-8")).get("message") or "")
+            except (ValueError, AttributeError, OSError):
+                said = ""
+            if "allow_unauthenticated" in said:  # a server without authentication
+                hint = said
             raise StatusUnavailable(f"{endpoint}: {error.code} {error.reason}: {hint}") from None
         if error.code == 404:
             raise StatusUnavailable(

@@ -20,8 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import unprivileged
 from jupyter_client.kernelspec import KernelSpecManager
+from servers import (
+    Server,
+    free_port,
+    jupyter_server,
+    port_of,
+    running,
+    voila_command,
+    write_notebook,
+)
 from service_helpers import hotpot_km, runner_env, service, status
 from test_service import wait_gone
 from unprivileged import account, own, private_dir, user_env
@@ -383,3 +393,88 @@ def test_status_sends_the_token_only_to_the_server_it_was_given_for(dirs):
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+# -- public surfaces: a server without authentication --------------------------------------------
+
+SECRET = "postgres://app:hunter2@db.internal/prod"
+FAILING_INIT = f"raise ConnectionError({SECRET!r})\n"
+
+
+def failing_pool(config: Path) -> None:
+    """An init file whose error text holds a credential, as a connection error's may."""
+    (config / "kernel_pool_init_python3.py").write_text(FAILING_INIT)
+
+
+def until_warmup_failed(server: Server, token: str | None = None) -> dict[str, Any]:
+    headers = {"Authorization": f"token {token}"} if token else {}
+    deadline = time.monotonic() + 120
+    while True:
+        doc = requests.get(server.url + STATUS, headers=headers, timeout=60).json()
+        if doc["recent_errors"]:
+            return doc
+        assert time.monotonic() < deadline, f"no warm-up failure:\n{server.log()[-3000:]}"
+        time.sleep(0.3)
+
+
+STATUS = "/api/hotpot_km/status"
+VOILA_JSON = {
+    "VoilaConfiguration": {
+        "multi_kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"},
+    "PooledKernelManager": {"kernel_pools": {"python3": 1}},
+}
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_a_public_voila_shows_no_pool_unless_configured_and_never_error_text(
+        jupyter_dirs, tmp_path, allowed):
+    failing_pool(jupyter_dirs["config"])
+    app = tmp_path / "app"
+    app.mkdir()
+    config = dict(VOILA_JSON)
+    if allowed:
+        config["HotpotKMStatus"] = {"allow_unauthenticated": True}
+    (app / "voila.json").write_text(json.dumps(config))
+    write_notebook(app / "dashboard.ipynb", "print('hello')")
+    port = free_port()
+    with running(voila_command("dashboard.ipynb", port), cwd=app, port=port,  # no token
+                 ready_path="/voila/files/voila.json", log=tmp_path / "voila.log") as server:
+        metrics = requests.get(server.url + "/metrics", timeout=60)
+        if not allowed:
+            response = requests.get(server.url + STATUS, timeout=60)
+            assert response.status_code == 403
+            assert "HotpotKMStatus.allow_unauthenticated" in response.text
+            assert metrics.status_code == 403 and "hotpot_km" not in metrics.text
+            done = hotpot_km("status", f"--url={server.url}/")
+            assert done.returncode == 1 and "allow_unauthenticated" in done.stderr, done.stderr
+            return
+        doc = until_warmup_failed(server)
+        [error, *_] = doc["recent_errors"]
+        assert "ConnectionError" in error["message"] and "kernel_pool_init_python3.py" in error[
+            "message"]
+        assert metrics.status_code == 200 and "hotpot_km_kernel_starts" in metrics.text
+        done = hotpot_km("status", f"--url={server.url}/")
+        for text in (json.dumps(doc), metrics.text, requests.get(server.url + "/metrics",
+                                                                 timeout=60).text, done.stdout):
+            assert "hunter2" not in text
+        assert "hunter2" in server.log()  # the whole message stays with the server's owner
+
+
+def test_a_jupyter_server_without_a_token_keeps_the_pool_to_itself(jupyter_dirs, tmp_path):
+    failing_pool(jupyter_dirs["config"])
+    (jupyter_dirs["config"] / "jupyter_server_config.json").write_text(json.dumps({
+        "ServerApp": {"kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"},
+        "PooledKernelManager": {"kernel_pools": {"python3": 1}}}))
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = [arg for arg in jupyter_server(tmp_path, root) if not arg.startswith(
+        "--IdentityProvider.token=")] + ["--IdentityProvider.token="]
+    with running(argv, cwd=root, port=port_of(argv), ready_path="/api/status",
+                 log=tmp_path / "server.log") as server:
+        until(lambda: "warm-up of a pooled" in server.log(), "warm-up failure", log=server.log)
+        response = requests.get(server.url + STATUS, timeout=60)
+        assert response.status_code == 403 and "allow_unauthenticated" in response.text
+        metrics = requests.get(server.url + "/metrics", timeout=60)
+        assert metrics.status_code == 200  # jupyter_server's own series stay
+        assert "http_request_duration_seconds" in metrics.text
+        assert not [line for line in metrics.text.splitlines() if "hotpot_km_" in line.split("{")[0]]
