@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import requests
 import unprivileged
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jupyter_client.kernelspec import KernelSpecManager
 from servers import (
     Server,
@@ -39,7 +41,7 @@ from unprivileged import account, own, private_dir, user_env
 from hotpot_km.service.autostart import start_service
 from hotpot_km.service.client import ServiceUnavailable, call
 from hotpot_km.service.paths import ServicePaths
-from hotpot_km.service.protocol import encode, hello
+from hotpot_km.service.protocol import LINE_LIMIT, encode, hello
 
 pytestmark = pytest.mark.usefixtures("no_leftover_kernels")
 
@@ -478,3 +480,122 @@ def test_a_jupyter_server_without_a_token_keeps_the_pool_to_itself(jupyter_dirs,
         assert metrics.status_code == 200  # jupyter_server's own series stay
         assert "http_request_duration_seconds" in metrics.text
         assert not [line for line in metrics.text.splitlines() if "hotpot_km_" in line.split("{")[0]]
+
+
+# -- fuzzing the service's socket ----------------------------------------------------------------
+
+OPS = ["launch", "poll", "signal", "kill", "terminate", "release", "status", "", "nope",
+       "__init__", "answer", "_converse"]
+LEASE_OPS = {"poll", "signal", "kill", "terminate", "release"}
+FIELDS = ["lease", "signum", "kernel_name", "spec", "cwd", "env", "options", "encryption",
+          "restart", "wait"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=4),
+    max_leaves=12,
+)
+random_requests = st.builds(lambda op, fields: {"op": op, **fields},
+                            st.sampled_from(OPS) | st.text(max_size=12),
+                            st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=5))
+clients = st.one_of(
+    st.tuples(st.just("request"), random_requests,
+              st.sampled_from(["read", "slow", "vanish", "truncate"])),
+    st.tuples(st.just("bytes"), st.binary(max_size=3000)),
+    st.tuples(st.just("nested"), st.integers(1, 200_000)),
+    st.tuples(st.just("hello"), st.binary(max_size=200)),
+    st.tuples(st.just("launch"), st.sampled_from(["read", "vanish", "truncate"])),
+)
+
+
+def exchange(payload: bytes, slow: bool = False) -> dict[str, Any]:
+    """Send the hello and one line; the service's one reply to that line."""
+    with connect() as sock:
+        sock.sendall(encode(hello()))
+        if slow:
+            for i in range(0, len(payload), 7):
+                sock.sendall(payload[i:i + 7])
+                time.sleep(0.001)
+        else:
+            sock.sendall(payload)
+        reader = sock.makefile("rb")
+        assert json.loads(reader.readline())["protocol"] == "hotpot-km"
+        line = reader.readline()
+    assert line.endswith(b"\n"), line
+    reply = json.loads(line)
+    assert isinstance(reply.get("ok"), bool), reply
+    if not reply["ok"]:
+        assert isinstance(reply.get("error"), str) and reply["error"], reply
+        assert "internal error" not in reply["error"], reply
+    return reply
+
+
+def check_client(client: tuple[Any, ...], cwd: str) -> None:
+    kind = client[0]
+    if kind == "request":
+        _, request, mode = client
+        payload = encode(request)
+        if mode in ("vanish", "truncate"):
+            with connect() as sock:
+                sock.sendall(encode(hello()) + (payload if mode == "vanish" else payload[:-2]))
+            return
+        reply = exchange(payload, slow=mode == "slow")
+        op = request["op"]
+        if op == "status":
+            assert reply["ok"] and reply["status"]["enabled"] is True
+        elif op not in OPS or op in ("", "nope", "__init__", "answer", "_converse"):
+            assert reply == {"ok": False, "error": f"unknown request {op!r:.40}"}
+        elif op in LEASE_OPS:
+            assert reply["ok"] is False and reply["error"].startswith("no kernel lease"), reply
+        else:  # a launch of random fields: an error saying which, or a refusal (go cold)
+            assert reply["ok"] is False, reply
+    elif kind == "bytes":
+        reply = exchange(client[1].replace(b"\n", b"") + b"\n")
+        assert reply["ok"] is False
+    elif kind == "nested":
+        depth = client[1]
+        reply = exchange(b"[" * depth + b"]" * depth + b"\n")
+        assert reply["ok"] is False and reply["error"] in (
+            "a JSON line nested too deeply", "a message must be a JSON object")
+    elif kind == "hello":  # not our protocol: an error naming it, then the connection ends
+        with connect() as sock:
+            sock.sendall(client[1].replace(b"\n", b"") + b"\n")
+            [answer] = replies(sock)
+        assert set(answer) == {"error"} and answer["error"], answer
+    else:
+        mode = client[1]
+        payload = encode(launch_request(cwd))
+        if mode != "read":
+            with connect() as sock:
+                sock.sendall(encode(hello()) + (payload if mode == "vanish" else payload[:-2]))
+            return
+        reply = exchange(payload)
+        if reply["ok"]:
+            asyncio.run(call(ServicePaths.default().socket, "release", lease=reply["lease"]))
+        else:
+            assert reply.get("refused") is True, reply
+    assert status() is not None, "the service stopped answering"
+
+
+def test_fuzz_the_service_socket(dirs):
+    """Random, truncated, oversized, deeply nested, slow and vanishing clients: each gets an
+    exact answer or a clear error, the service keeps serving, nothing is left behind."""
+    with service(dirs["tmp"] / "service.log", PLAIN, "--ServeApp.read_timeout=2") as svc:
+
+        @settings(max_examples=60, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(client=clients)
+        def fuzz(client: tuple[Any, ...]) -> None:
+            check_client(client, str(dirs["work"]))
+
+        fuzz()
+        # one line longer than any the service reads
+        reply = exchange(b" " * (LINE_LIMIT + 1) + b"\n")
+        assert reply["error"].startswith("request too large")
+        no_leases(svc)
+        assert status() is not None
+        svc.wait_ready()
+        # kernels whose clients vanished get a few seconds' grace, then are killed
+        until(lambda: len(svc.kernel_pids()) == 1, "end of every handed-out kernel",
+              log=svc.log)
+        assert "Traceback" not in svc.log(), svc.log()[-5000:]

@@ -124,6 +124,7 @@ class PoolServer:
             await writer.drain()
             return
         writer.write(encode({**hello(), "service": {"pid": os.getpid(), "version": __version__}}))
+        sent = None  # a lease whose reply was written: the client may yet drop it unread
         while True:
             try:
                 line = await self._line(reader)
@@ -131,6 +132,13 @@ class PoolServer:
                 writer.write(encode({"ok": False, "error": str(error)}))
                 await writer.drain()
                 return
+            except ConnectionResetError:
+                # a Unix socket closed with data still unread resets its peer: the reply
+                # that handed the kernel out was never read
+                if sent is not None and self.leases.find(sent.id) is sent:
+                    await self._undelivered(sent, "the client closed without reading its reply")
+                raise
+            sent = None
             if not line:
                 return
             self.last_activity = time.monotonic()
@@ -146,6 +154,7 @@ class PoolServer:
                 if lease is not None:
                     await self._undelivered(lease, "the client went away")
                 raise
+            sent = lease
 
     async def _line(self, reader: asyncio.StreamReader) -> bytes:
         """The next line, or ``b""`` at the end; ``ProtocolError`` if too long or too slow."""
