@@ -30,8 +30,6 @@ from .protocol import LINE_LIMIT, ProtocolError, check_hello, decode, encode, he
 #: that connects and stalls holds a connection of the service no longer than this.
 READ_TIMEOUT = 30.0
 
-__all__ = ["PoolServer", "peer_credentials"]
-
 
 class RequestError(ValueError):
     """A request that can't be carried out; the reply says why."""
