@@ -1,9 +1,10 @@
 """Running a command as a normal user, whose file modes are enforced (root ignores them).
 
 When the suite runs as a normal user, that is the user itself. As root, it is a system
-user created for the tests (``useradd``); its commands run through ``setpriv`` in a mount
-namespace of their own in which the directories of this Python (e.g. a ``/root/.pyenv``
-behind a 0700 ``/root``) are reachable, so the same interpreter and venv serve it.
+user created for the tests (``useradd``); its commands run through ``setpriv``, and when
+this Python sits behind a directory others can't search (e.g. a ``/root/.pyenv`` behind a
+0700 ``/root``), in a mount namespace of their own in which it is reachable, so the same
+interpreter and venv serve it.
 """
 
 from __future__ import annotations
@@ -94,20 +95,20 @@ def command(argv: list[str]) -> list[str]:
     if os.getuid() != 0:
         return argv
     user = account()
-    script = ["set -e"]
+    drop = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--"]
     hidden = _hidden()
-    if hidden:
-        stash = _stash()
-        for i, (top, children) in enumerate(sorted(hidden.items())):
-            keep = f"{stash}/{i}"
-            script += [f"mkdir -p {keep}", f"mount --bind {shlex.quote(str(top))} {keep}",
-                       f"mount -t tmpfs -o mode=0755 hotpot-km-test {shlex.quote(str(top))}"]
-            for child in sorted(children):
-                inside = shlex.quote(f"{top}/{child}")
-                script += [f"mkdir -p {inside}", f"mount --bind {keep}/{shlex.quote(child)} {inside}"]
-    script.append(
-        f'exec setpriv --reuid={user.uid} --regid={user.gid} --clear-groups -- "$@"'
-    )
+    if not hidden:  # no mount namespace needed
+        return [*drop, *argv]
+    script = ["set -e"]
+    stash = _stash()
+    for i, (top, children) in enumerate(sorted(hidden.items())):
+        keep = f"{stash}/{i}"
+        script += [f"mkdir -p {keep}", f"mount --bind {shlex.quote(str(top))} {keep}",
+                   f"mount -t tmpfs -o mode=0755 hotpot-km-test {shlex.quote(str(top))}"]
+        for child in sorted(children):
+            inside = shlex.quote(f"{top}/{child}")
+            script += [f"mkdir -p {inside}", f"mount --bind {keep}/{shlex.quote(child)} {inside}"]
+    script.append(f'exec {shlex.join(drop)} "$@"')
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
             "\n".join(script), "sh", *argv]
 
