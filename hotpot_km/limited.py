@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -94,6 +95,7 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         directory = os.path.join(self.connection_dir or jupyter_runtime_dir(), "hotpot_km_pool")
         if not self._connection_dir_checked:
             ensure_dir_exists(directory, 0o700)
+            _keep_private(directory, self.log)
             self._connection_dir_checked = True
         return os.path.join(directory, f"kernel-{kernel_id}.json")
 
@@ -136,3 +138,19 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         await super()._async_shutdown_all(now=now)
 
     shutdown_all = _async_shutdown_all
+
+
+def _keep_private(directory: str, log: Any) -> None:
+    """The pooled kernels' connection-file dir must be ours and 0700: an earlier version's
+    service could leave it 0600 (no search bit: every warm-up failed); repair that. One
+    that another user owns is refused (its owner could read every kernel's key)."""
+    st = os.lstat(directory)
+    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(
+            f"{directory} is not a directory of this user (uid {os.getuid()}); remove it, or "
+            "set JUPYTER_RUNTIME_DIR (or the manager's connection_dir) to a private directory"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o777 != 0o700:  # jupyter_client adds the sticky bit: keep it
+        log.warning("hotpot_km: %s had mode %o; making it 0700", directory, mode)
+        os.chmod(directory, (mode & ~0o777) | 0o700)

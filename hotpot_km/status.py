@@ -12,13 +12,14 @@ entries are listed by name only, initialization code by size only.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from . import __version__
 from .snapshot import KERNEL_STATES, PoolSnapshot, PoolView
 
-__all__ = ["SCHEMA", "manager_status", "status_document"]
+__all__ = ["SCHEMA", "manager_status", "public_document", "public_message", "status_document"]
 
 SCHEMA = 1
 
@@ -183,3 +184,48 @@ def manager_status(manager: Any, **extra: Any) -> dict[str, Any]:
         settings=settings,
         **extra,
     )
+
+
+_WARMUP_MESSAGE = re.compile(
+    r"(?P<head>warm-up of a pooled .*? kernel failed in .*?): (?P<cause>.*)", re.S
+)
+_OUR_CAUSES = ("timed out after ", "the kernel process exited")
+_TYPE = re.compile(r"[A-Za-z_][\w.]*")
+#: how the innermost frame of a kernel's traceback begins (``KernelCodeError.summary``)
+_FRAMES = (" (File ", " (Cell ", " (Input ")
+
+
+def public_message(message: str | None) -> str | None:
+    """A warm-up error as it may leave the process: the step, the exception's type and the
+    source location, never the exception's text (it can hold a credential, e.g. a database
+    URL in a connection error). The whole message stays in the host's log."""
+    if message is None:
+        return None
+    found = _WARMUP_MESSAGE.fullmatch(message)
+    if found is None:
+        return "an error (details in the server's log)"
+    cause = found["cause"]
+    if cause.startswith(_OUR_CAUSES):
+        return message
+    kind = _TYPE.match(cause)
+    start = max(cause.rfind(frame) for frame in _FRAMES)
+    where = cause[start:].strip() if start >= 0 and cause.endswith(")") else ""
+    return f"{found['head']}: {kind[0] if kind else 'an error'}{' ' + where if where else ''}" + (
+        " (message in the server's log)"
+    )
+
+
+def public_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """The status document as served over HTTP: warm-up errors without exception text."""
+    out = dict(doc)
+    if "pools" in doc:
+        out["pools"] = {
+            name: {**pool, "last_error": public_message(pool.get("last_error"))}
+            for name, pool in doc["pools"].items()
+        }
+    if "recent_errors" in doc:
+        out["recent_errors"] = [
+            {**error, "message": public_message(error.get("message"))}
+            for error in doc["recent_errors"]
+        ]
+    return out

@@ -51,6 +51,27 @@ def status_url(url: str) -> tuple[str, str | None]:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", "")), token
 
 
+class _KeepTokenAtHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends the token only to the origin it was given for: urllib
+    copies every header to wherever a redirect points, and a token is a login."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in list(new.headers):
+                if name.lower() == "authorization":
+                    del new.headers[name]
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+_opener = urllib.request.build_opener(_KeepTokenAtHome)
+
+
 def fetch_status(url: str, token: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
     """GET the status document of the server at ``url`` (its base URL)."""
     endpoint, url_token = status_url(url)
@@ -59,11 +80,17 @@ def fetch_status(url: str, token: str | None = None, timeout: float = 10.0) -> d
     if token:
         request.add_header("Authorization", f"token {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _opener.open(request, timeout=timeout) as response:
             return json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as error:
         if error.code in (401, 403):
             hint = "wrong token" if token else "no token given (--token, or $JUPYTER_TOKEN)"
+            try:
+                said = str(json.loads(error.read().decode("utf-8")).get("message") or "")
+            except (ValueError, AttributeError, OSError):
+                said = ""
+            if "allow_unauthenticated" in said:  # a server without authentication
+                hint = said
             raise StatusUnavailable(f"{endpoint}: {error.code} {error.reason}: {hint}") from None
         if error.code == 404:
             raise StatusUnavailable(

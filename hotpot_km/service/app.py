@@ -29,7 +29,7 @@ from ..pooled import PooledKernelManager
 from .host import ServiceKernelManager
 from .kernelspec import install, uninstall
 from .leases import Leases
-from .paths import ServicePaths
+from .paths import ServicePaths, open_private
 from .server import PoolServer
 
 
@@ -67,7 +67,7 @@ class ServiceLock:
 
     def acquire(self) -> str | None:
         """Take the lock; if another process holds it, return what it wrote (its pid)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -110,6 +110,12 @@ class ServeApp(HotpotApp):
         help="""Kernel pools to keep when the configuration sets no
         PooledKernelManager.kernel_pools (autostart passes the kernel that asked).""",
     )
+    read_timeout = Float(
+        30.0,
+        config=True,
+        help="""Seconds a client may take to send a request line; a connection that stalls
+        longer gets an error and is closed (clients send each request at once).""",
+    )
     exit_if_running = Bool(
         False,
         config=True,
@@ -128,12 +134,13 @@ class ServeApp(HotpotApp):
         paths = ServicePaths(self.runtime_dir)
         try:
             paths.check()
+            ensure_dir_exists(self.runtime_dir, 0o700)
+            paths.check_private()
+            lock = ServiceLock(paths.lock)
+            holder = lock.acquire()
         except OSError as error:
             self.log.critical("hotpot-km: %s", error)
             self.exit(1)
-        ensure_dir_exists(self.runtime_dir, 0o700)
-        lock = ServiceLock(paths.lock)
-        holder = lock.acquire()
         if holder is not None:
             if self.exit_if_running:
                 self.log.info("hotpot-km: a service already runs (pid %s)", holder)
@@ -146,7 +153,7 @@ class ServeApp(HotpotApp):
             if self.default_pools and "kernel_pools" not in self.config.PooledKernelManager:
                 self.config.PooledKernelManager.kernel_pools = dict(self.default_pools)
             manager = ServiceKernelManager(parent=self, log=self.log)  # may fill its pools first
-            service = Service(manager, paths, self.idle_timeout, self.log)
+            service = Service(manager, paths, self.idle_timeout, self.log, self.read_timeout)
             ensure_event_loop().run_until_complete(service.run())
         finally:
             lock.release()
@@ -156,7 +163,12 @@ class Service:
     """A running pool service: the engine's host, the leases and the socket."""
 
     def __init__(
-        self, manager: ServiceKernelManager, paths: ServicePaths, idle_timeout: float, log: Any
+        self,
+        manager: ServiceKernelManager,
+        paths: ServicePaths,
+        idle_timeout: float,
+        log: Any,
+        read_timeout: float = 30.0,
     ) -> None:
         self.manager = manager
         self.paths = paths
@@ -170,7 +182,7 @@ class Service:
             "started": time.time(),
             "idle_timeout": idle_timeout,
         }
-        self.server = PoolServer(manager, self.leases, paths.socket, log, info)
+        self.server = PoolServer(manager, self.leases, paths.socket, log, info, read_timeout)
         self._stop: asyncio.Event | None = None
         self._signals = 0
 

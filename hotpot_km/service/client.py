@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
+from .procs import peer_credentials
 from .protocol import LINE_LIMIT, ProtocolError, check_hello, decode, encode, hello
 
 
@@ -49,6 +51,15 @@ async def _call(path: str, op: str, fields: dict[str, Any]) -> dict[str, Any]:
     except OSError as error:
         raise ServiceUnavailable(f"can't connect to the pool service at {path}: {error}") from None
     try:
+        # Before anything is sent (a launch carries the whole environment): only a service of
+        # this user may hear it, whatever the socket's directory lets others put there.
+        pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
+        if uid != os.getuid():
+            raise ServiceUnavailable(
+                f"refusing the socket {path}: the process listening there (pid {pid}) runs as "
+                f"uid {uid}, not as this user (uid {os.getuid()}); set JUPYTER_RUNTIME_DIR to a "
+                "private directory (owned by you, mode 0700)"
+            )
         writer.write(encode(hello()) + encode({"op": op, **fields}))
         await writer.drain()
         answer = await _message(reader, path)

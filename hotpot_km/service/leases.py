@@ -94,6 +94,9 @@ class Leases:
         self._watch(owner)
         return lease
 
+    def find(self, lease_id: Any) -> Lease | None:
+        return self._leases.get(lease_id) if isinstance(lease_id, str) else None
+
     def get(self, lease_id: Any, peer: int) -> Lease:
         lease = self._leases.get(lease_id) if isinstance(lease_id, str) else None
         if lease is None:

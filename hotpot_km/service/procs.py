@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import struct
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket, as of its connect()."""
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return pid, uid, gid
 
 
 async def readable(fd: int) -> None:

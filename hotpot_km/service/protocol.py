@@ -48,6 +48,8 @@ def decode(line: bytes) -> dict[str, Any]:
         message = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ProtocolError(f"not a JSON line: {error}") from None
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        raise ProtocolError("a JSON line nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     return message

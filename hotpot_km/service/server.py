@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import time
 from typing import Any
 
@@ -24,7 +23,12 @@ from ..request import LaunchRequest, plain_env
 from ..status import status_document
 from .host import ServiceKernelManager
 from .leases import LeaseError, Leases, owner_commands
+from .procs import peer_credentials
 from .protocol import LINE_LIMIT, ProtocolError, check_hello, decode, encode, hello, info_to_wire
+
+#: Seconds a client may take to send a line (a client sends its request at once): a client
+#: that connects and stalls holds a connection of the service no longer than this.
+READ_TIMEOUT = 30.0
 
 
 class RequestError(ValueError):
@@ -33,13 +37,6 @@ class RequestError(ValueError):
 
 class Refused(Exception):
     """The pool can't serve this start: the client starts its kernel cold."""
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket, as of its connect()."""
-    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", data)
-    return pid, uid, gid
 
 
 class PoolServer:
@@ -52,8 +49,10 @@ class PoolServer:
         path: str,
         log: logging.Logger | logging.LoggerAdapter[Any],
         info: dict[str, Any],
+        read_timeout: float = READ_TIMEOUT,
     ) -> None:
         self.host = host
+        self.read_timeout = read_timeout
         self.leases = leases
         self.path = path
         self.log = log
@@ -66,14 +65,20 @@ class PoolServer:
         """Bind the socket (the caller holds the service lock, so an old socket is stale)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        umask = os.umask(0o177)
+        # The socket's own mode, not a process-wide umask: the pool's filler runs meanwhile
+        # and creates directories that need their search bit (Linux takes the mode of a
+        # socket's file from its inode, set here before bind()).
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            os.fchmod(sock.fileno(), 0o600)
+            sock.bind(self.path)
+            os.chmod(self.path, 0o600)
             self._server = await asyncio.start_unix_server(
-                self._connection, path=self.path, limit=LINE_LIMIT
+                self._connection, sock=sock, limit=LINE_LIMIT
             )
-        finally:
-            os.umask(umask)
-        os.chmod(self.path, 0o600)
+        except BaseException:
+            sock.close()
+            raise
 
     async def close(self) -> None:
         """Stop accepting, cancel requests in progress, remove the socket."""
@@ -111,24 +116,62 @@ class PoolServer:
             await writer.drain()
             return
         try:
-            check_hello(decode(await reader.readline()))
+            check_hello(decode(await self._line(reader)))
         except (ProtocolError, ValueError) as error:
             writer.write(encode({"error": str(error)}))
             await writer.drain()
             return
         writer.write(encode({**hello(), "service": {"pid": os.getpid(), "version": __version__}}))
+        sent = None  # a lease whose reply was written: the client may yet drop it unread
         while True:
             try:
-                line = await reader.readline()
-            except ValueError:  # longer than LINE_LIMIT
-                writer.write(encode({"ok": False, "error": "request too large"}))
+                line = await self._line(reader)
+            except ProtocolError as error:
+                writer.write(encode({"ok": False, "error": str(error)}))
                 await writer.drain()
                 return
+            except ConnectionResetError:
+                # a Unix socket closed with data still unread resets its peer: the reply
+                # that handed the kernel out was never read
+                if sent is not None and self.leases.find(sent.id) is sent:
+                    await self._undelivered(sent, "the client closed without reading its reply")
+                raise
+            sent = None
             if not line:
                 return
             self.last_activity = time.monotonic()
-            writer.write(encode(await self._answer(line, pid)))
-            await writer.drain()
+            reply = await self._answer(line, pid)
+            lease = self.leases.find(reply.get("lease"))
+            if lease is not None and (reader.at_eof() or writer.is_closing()):
+                await self._undelivered(lease, "the client had gone")
+                return
+            writer.write(encode(reply))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                if lease is not None:
+                    await self._undelivered(lease, "the client went away")
+                raise
+            sent = lease
+
+    async def _line(self, reader: asyncio.StreamReader) -> bytes:
+        """The next line, or ``b""`` at the end; ``ProtocolError`` if too long or too slow."""
+        try:
+            return await asyncio.wait_for(reader.readline(), self.read_timeout)
+        except asyncio.TimeoutError:
+            raise ProtocolError(f"no complete line in {self.read_timeout:g} s") from None
+        except ValueError:  # longer than LINE_LIMIT
+            raise ProtocolError(f"request too large (over {LINE_LIMIT} bytes)") from None
+
+    async def _undelivered(self, lease: Any, why: str) -> None:
+        """A kernel handed out whose reply can't reach its client: nobody holds it; end it."""
+        self.log.warning(
+            "hotpot_km: %s before it got its %r kernel (pid %s); ending it",
+            why,
+            lease.kernel_name,
+            lease.pid,
+        )
+        await self.leases.release(lease, restart=False, wait=False)
 
     async def _answer(self, line: bytes, peer: int) -> dict[str, Any]:
         try:
