@@ -8,7 +8,10 @@ kernel settles (see :mod:`~hotpot_km.pool.settling`), the warm-ups under way are
 warm-up stands still for at most ``refill_pause`` seconds in all, so refills still get done
 under steady load; its warm-up timeouts don't count the time it stood still. A kernel that
 a request claimed or that someone waits for (``wait_for_pool``) goes on at once and is not
-stopped again; one being shut down goes on first, so that it can handle a SIGTERM.
+stopped again; one being shut down goes on first, so that it can handle a SIGTERM. Nor
+does a warm-up stand still while requests for its pool come in a stream (see
+:meth:`~hotpot_km.pool.sizing.Sizing.pressed`): then the refill is what the next request
+needs.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Pausing(PoolState):
             or self._waiters
             or kernel.ready.done()
             or kernel.ending is not None
+            or self.sizing.pressed(kernel.name)
             or not prio.stop()
         ):
             return
