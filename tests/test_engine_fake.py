@@ -282,3 +282,26 @@ def test_a_pool_that_follows_demand_grows_at_once_and_shrinks_after_quiet() -> N
         assert sum(k.ended for k in host.launched) >= 9
 
     run(host, main)
+
+
+def test_a_cancelled_start_gives_its_warming_kernel_back() -> None:
+    host = host_of({"a": 1}, warmup=5.0)
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await asyncio.sleep(1)
+        start = asyncio.create_task(start_kernel(pool, "a"))  # claims the warming kernel
+        await asyncio.sleep(1)
+        assert pool.snapshot().pools[0].count("claimed") == 1
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        view = pool.snapshot().pools[0]
+        assert (view.count("claimed"), view.count("warming")) == (0, 1)
+        await pool.wait_full()
+        assert len(host.launched) == 1  # the same kernel went back, none was started instead
+        again = await start_kernel(pool, "a")
+        assert again.warm and again.handout is not None
+        assert again.handout.adapter is host.launched[0]
+        await again.end()
+
+    run(host, main)
