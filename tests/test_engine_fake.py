@@ -165,7 +165,7 @@ def test_a_lone_visitors_refill_waits_until_its_page_ran() -> None:
         refill = host.launched[1]
         assert refill.started_at is not None
         assert refill.started_at - handed_at == pytest.approx(5.25, abs=0.2)  # idle + quiet
-        assert not pool.sizing.pressed("a")
+        assert not pool._pressed("a")
         await visit.end()
 
     run(host, main)
@@ -203,6 +203,32 @@ def test_refills_keep_up_with_a_stream_of_requests() -> None:
         assert len(during) >= 48  # every handout was replaced, not only after its page settled
         assert most_warming(host.launched, since=began) == 2  # max_warming, not less
         assert sum(k.priority.stops for k in during[1:]) == 0  # no refill stood still
+
+    run(host, main)
+
+
+def test_overlapping_visits_turn_the_courtesy_off_until_they_no_longer_overlap() -> None:
+    host = host_of({"a": 2}, warmup=1.0, max_warming=2, fill_delay=1.0, fill_idle_timeout=10.0)
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await pool.wait_full()
+        first = await start_kernel(pool, "a")
+        assert first.handout is not None
+        first.handout.adapter.run_cell(3.0)
+        await asyncio.sleep(0.5)
+        assert not pool._pressed("a") and len(host.launched) == 2  # its refill waits
+        second = await start_kernel(pool, "a")  # while the first page still runs
+        assert second.handout is not None
+        second.handout.adapter.run_cell(3.0)
+        assert pool._pressed("a")
+        await asyncio.sleep(0.1)
+        assert len(host.launched) == 4  # both taken kernels replaced at once
+        assert all(k.priority.stops == 0 for k in host.launched[2:])
+        await asyncio.sleep(10)
+        assert not pool._pressed("a")  # both settled
+        assert pool.snapshot().pools[0].count("ready") == 2
+        await first.end()
+        await second.end()
 
     run(host, main)
 

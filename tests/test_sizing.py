@@ -1,6 +1,6 @@
 """The sizing policy (hotpot_km.pool.sizing) on a fake clock: static sizes, Little's law,
-bursts, the decay after scale_down_after, max_kernels, the memory floor and the pressure that
-turns the refill courtesy off; the kernel_pools values a user writes; and one real manager
+bursts, the decay after scale_down_after, max_kernels, the memory floor, the memory reading;
+the kernel_pools values a user writes; and one real manager
 whose demand-based pool shows its target in the status document and /metrics."""
 
 from __future__ import annotations
@@ -138,19 +138,6 @@ def test_no_pool_grows_below_the_memory_floor(caplog: pytest.LogCaptureFixture) 
     policy.settings = replace(policy.settings, memory_floor=0)
     policy.memory = 1
     assert policy.target() == (5, "static")
-
-
-def test_a_second_request_within_the_courtesy_window_presses_the_pool() -> None:
-    policy = Policy(sizes={"a": 1}, fill_delay=1.0, fill_idle_timeout=10.0)
-    policy.arrive("a", 1, 5.0)
-    assert not policy.sizing.pressed("a")  # a lone visitor: its refill waits
-    policy.arrive("a", 1, 0.0)
-    assert policy.sizing.pressed("a")  # a stream: refills don't wait
-    policy.clock.now += 12.0
-    assert not policy.sizing.pressed("a")
-    policy.settings = replace(policy.settings, fill_delay=0.0, fill_idle_timeout=0.0)
-    policy.arrive("a", 5, 0.0)
-    assert not policy.sizing.pressed("a")  # no courtesy to turn off
 
 
 def test_available_memory_is_read_at_most_once_a_second(

@@ -81,16 +81,9 @@ class Claiming(PoolState):
         return kernel
 
     def _arrived(self, name: str) -> None:
-        """A request for ``name`` came: the refill waits ``fill_delay`` for a lone one; for
-        a stream (see Sizing.pressed) it starts at once, at full speed."""
+        """A request for ``name`` came: it counts toward the pool's demand (see Sizing), and
+        the refill waits ``fill_delay`` (unless visits overlap: see Filling._pressed)."""
         self.sizing.arrived(name)
-        if self.sizing.pressed(name):
-            if not self._failures.get(name):
-                self._not_before.pop(name, None)  # no courtesy delay; back-off stays
-            for kernel in list(self._warming):
-                if kernel.name == name:
-                    self._normal_priority(kernel)
-            return
         settings = self._host.pool_settings()
         loop = asyncio.get_running_loop()
         self._not_before[name] = max(

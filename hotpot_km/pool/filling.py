@@ -131,6 +131,8 @@ class Filling(PoolState):
             if self._held(name) >= size:
                 continue
             due = self._not_before.get(name, 0.0)
+            if self._pressed(name) and not self._failures.get(name):
+                due = 0.0  # visits overlap: no fill_delay (the back-off after failures stays)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
@@ -144,10 +146,18 @@ class Filling(PoolState):
     def _held(self, name: str) -> int:
         """Kernels that count toward a pool's size: idle ones, claimed ones (until handed
         out or discarded) and handed-out ones whose refill waits for them (see _settle),
-        unless requests come in a stream (Sizing.pressed): then each taken kernel is
-        replaced at once, as fast as ``max_warming`` allows."""
-        held = self._claimed if self.sizing.pressed(name) else self._claimed | self._settling
+        unless visits overlap (see :meth:`_pressed`): then each taken kernel is replaced
+        at once, as fast as ``max_warming`` allows."""
+        held = self._claimed if self._pressed(name) else self._claimed | self._settling
         return len(self._idle.get(name, [])) + sum(k.name == name for k in held)
+
+    def _pressed(self, name: str) -> bool:
+        """Whether visits to pool ``name`` overlap: two or more of its handed-out kernels
+        settle at once. The courtesy rules (``fill_delay``, the wait for a handed-out kernel
+        to settle, ``refill_pause``, idle priority) are for a lone visitor; under a stream
+        they would hold back a refill per visit in flight and starve the pool, so while
+        visits overlap they step aside for that pool."""
+        return sum(k.name == name for k in self._settling) >= 2
 
     def _launch(self, name: str, slot: Slot) -> None:
         adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))

@@ -8,10 +8,6 @@ to warm up, x :data:`HEADROOM`. It grows at once under a burst (requests arrivin
 ``max``), and comes down again only after ``scale_down_after`` seconds without that much
 demand. Every pool, static or not, stays within ``max_kernels`` and does not grow while the
 machine's (or its cgroup's) available memory is below ``memory_floor``.
-
-The same arrivals tell the courtesy rules (``fill_delay``, ``fill_idle_timeout``,
-``refill_pause``) when to step aside: a pool is *pressed* once a second request arrives while
-the first one's courtesy window is still open (see :meth:`Sizing.pressed`).
 """
 
 from __future__ import annotations
@@ -119,19 +115,6 @@ class Sizing:
     def warmup_seconds(self, name: str) -> float:
         """How long a replacement takes to become ready (measured; a default before)."""
         return self._warmup.get(name, DEFAULT_WARMUP)
-
-    def pressed(self, name: str) -> bool:
-        """Whether requests for ``name`` come faster than the refill courtesy allows: two or
-        more within one courtesy window (``fill_delay`` + ``fill_idle_timeout``). A lone
-        visitor's refill then waits as configured; a stream's refills don't."""
-        settings = self._settings()
-        window = settings.fill_delay + settings.fill_idle_timeout
-        if window <= 0:
-            return False
-        since = self.clock() - window
-        with self._lock:
-            arrivals = self._arrivals.get(name, ())
-            return sum(t >= since for t in arrivals) >= 2
 
     # -- the answer --------------------------------------------------------------------------
 

@@ -87,9 +87,8 @@ class Warmup(PoolState):
 
     async def _may_lower(self, kernel: PooledKernel, settings: PoolSettings) -> bool:
         """Whether a new warm-up may run at idle CPU priority: nobody waits for it, requests
-        don't come faster than refills (see Sizing.pressed), and it can be brought back
-        before handout."""
-        if not settings.idle_priority or self._waiters or self.sizing.pressed(kernel.name):
+        don't overlap (see Filling._pressed), and it can be brought back before handout."""
+        if not settings.idle_priority or self._waiters or self._pressed(kernel.name):
             return False
         return await asyncio.to_thread(priority.can_restore)
 
