@@ -89,10 +89,11 @@ def test_demand_follows_littles_law_with_headroom() -> None:
 def test_a_burst_grows_the_pool_at_once() -> None:
     policy = Policy(sizes={"a": 10}, min_sizes={"a": 1}, max_warming=1)
     policy.sizing.warmed_up("a", 3.0)
-    policy.arrive("a", 1, 0.5)
+    policy.arrive("a", 2, 0.5)  # two close together: chance
     assert policy.target() == (1, "min")
-    policy.arrive("a", 3, 0.5)  # 4 requests in 2 s; one warm-up replaces one per 3 s
-    assert policy.target() == (10, "burst")
+    policy.clock.now += 60
+    policy.arrive("a", 3, 2.0)  # a class: one every 2 s; one warm-up replaces one per 3 s
+    assert policy.target() == (10, "burst")  # seen by its third request
 
 
 def test_the_pool_shrinks_back_only_after_scale_down_after() -> None:

@@ -39,6 +39,8 @@ REASONS = (
 RATE_WINDOW = 60.0
 #: The short window (seconds, at least) in which a burst is seen.
 BURST_WINDOW = 10.0
+#: Requests within BURST_WINDOW that can make a burst (one or two close together are chance).
+BURST_SEEN = 3
 #: Kernels kept per kernel expected to be taken during one warm-up.
 HEADROOM = 1.5
 #: Warm-up seconds assumed until the pool has measured one.
@@ -157,10 +159,15 @@ class Sizing:
         _forget(arrivals, now - RATE_WINDOW)
         warmup = self._warmup.get(name, DEFAULT_WARMUP)
         short = max(BURST_WINDOW, 2 * warmup)
-        recent = sum(t >= now - short for t in arrivals)
-        rate = max(len(arrivals) / RATE_WINDOW, recent / short)
+        recent = [t for t in arrivals if t >= now - short]
+        rate = max(len(arrivals) / RATE_WINDOW, len(recent) / short)
         refill_rate = max(settings.max_warming, 1) / max(warmup, 1e-3)
-        if recent >= 2 and recent / short > refill_rate:
+        # a burst: the last few requests came faster than warm-ups replace them (their
+        # own pace, so a class arriving together is seen by its third request)
+        pace = (
+            (len(recent) - 1) / max(recent[-1] - recent[0], 1.0) if len(recent) >= BURST_SEEN else 0
+        )
+        if pace > refill_rate:
             wanted, reason = high, "burst"
         else:
             wanted = math.ceil(rate * warmup * HEADROOM) if rate > 0 else 0
