@@ -148,7 +148,8 @@ class Filling(PoolState):
         out or discarded) and handed-out ones whose refill waits for them (see _settle),
         unless visits overlap (see :meth:`_pressed`): then each taken kernel is replaced
         at once, as fast as ``max_warming`` allows."""
-        held = self._claimed if self._pressed(name) else self._claimed | self._settling
+        # copies: Sizing asks this from a metrics thread too
+        held = list(self._claimed) if self._pressed(name) else self._claimed | self._settling
         return len(self._idle.get(name, [])) + sum(k.name == name for k in held)
 
     def _pressed(self, name: str) -> bool:
@@ -157,7 +158,7 @@ class Filling(PoolState):
         to settle, ``refill_pause``, idle priority) are for a lone visitor; under a stream
         they would hold back a refill per visit in flight and starve the pool, so while
         visits overlap they step aside for that pool."""
-        return sum(k.name == name for k in self._settling) >= 2
+        return sum(k.name == name for k in list(self._settling)) >= 2
 
     def _launch(self, name: str, slot: Slot) -> None:
         adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))
