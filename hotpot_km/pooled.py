@@ -207,8 +207,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
     def _check_kernel_pools(self, proposal: dict[str, Any]) -> dict[str, Any]:
         for name, value in proposal["value"].items():
             if isinstance(value, dict):
-                bounds = pool_bounds(name, value)
-                if bounds is None:
+                if pool_bounds(value) is None:
                     raise TraitError(
                         f"kernel_pools[{name!r}] must be a number of kernels or "
                         f'{{"min": m, "max": M}} with whole numbers 0 <= m <= M, not {value!r}'
@@ -243,9 +242,9 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings(
-            sizes={name: pool_bounds(name, size)[1] for name, size in self.kernel_pools.items()},
+            sizes={name: _bounds(size)[1] for name, size in self.kernel_pools.items()},
             min_sizes={
-                name: pool_bounds(name, size)[0]
+                name: _bounds(size)[0]
                 for name, size in self.kernel_pools.items()
                 if isinstance(size, dict)
             },
@@ -344,7 +343,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             )
 
 
-def pool_bounds(name: str, value: Any) -> Any:
+def pool_bounds(value: Any) -> tuple[int, int] | None:
     """(min, max) of a ``kernel_pools`` value: an int n is (n, n); ``None`` if invalid."""
     if isinstance(value, int) and not isinstance(value, bool):
         return max(value, 0), max(value, 0)
@@ -356,6 +355,12 @@ def pool_bounds(name: str, value: Any) -> Any:
     if not 0 <= low <= high:
         return None
     return low, high
+
+
+def _bounds(value: Any) -> tuple[int, int]:
+    bounds = pool_bounds(value)
+    assert bounds is not None  # validated when set
+    return bounds
 
 
 def host_loop() -> asyncio.AbstractEventLoop:
