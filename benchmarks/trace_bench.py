@@ -170,7 +170,7 @@ def write(args: argparse.Namespace, rows: dict[str, dict[str, Any]], notes: list
         "# A class arriving together (trace benchmark)",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- command: `python benchmarks/trace_bench.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- command: `{' '.join(['python', 'benchmarks/trace_bench.py', *shown_args()])}`",
         f"- machine: {os.cpu_count()} CPUs; other work may have run at the same time",
         f"- trace: quiet {args.quiet_before:g} s, {args.visitors} visitors within "
         f"{args.window:g} s (seed {args.seed}), each keeping its kernel {args.session:g} s, "
@@ -202,6 +202,22 @@ def write(args: argparse.Namespace, rows: dict[str, dict[str, Any]], notes: list
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"[trace] wrote {shown(path)}")
+
+
+def shown_args() -> list[str]:
+    """The command line without where the output and scratch dirs went (machine paths)."""
+    shown: list[str] = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--output", "--work"):
+            skip = True
+            continue
+        if not arg.startswith(("--output=", "--work=")):
+            shown.append(arg)
+    return shown
 
 
 def warm_share(r: dict[str, Any]) -> float:
