@@ -1,7 +1,7 @@
 """A class arriving together: static pools of 3 and 10 against one that follows demand.
 
     python benchmarks/trace_bench.py                    # about 13 minutes; writes trace.md
-    python benchmarks/trace_bench.py --quiet-after 60 --output /tmp/trace
+    python benchmarks/trace_bench.py --quiet-after 60 --output trace-out
 
 The trace (issue 18, Deliver 6): a quiet period, a class of 30 visitors arriving at random
 within 60 s (the same seeded times for every system), each keeping its kernel for
