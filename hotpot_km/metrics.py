@@ -141,8 +141,30 @@ class PoolCollector:
         return {
             "size": GaugeMetricFamily(
                 "hotpot_km_pool_size",
-                "Configured number of ready kernels to keep (kernel_pools).",
+                "Configured number of ready kernels to keep (kernel_pools; a pool that follows "
+                "demand: its max).",
                 labels=["kernel_name"],
+            ),
+            "target": GaugeMetricFamily(
+                "hotpot_km_pool_target_size",
+                "Ready kernels the pool keeps now: its size, or for a pool that follows demand "
+                "{min, max} what the arrival rate asks for; capped by max_kernels and "
+                "memory_floor.",
+                labels=["kernel_name"],
+            ),
+            "reason": GaugeMetricFamily(
+                "hotpot_km_pool_target_reason",
+                "Why the pool has its target size (1 for the current reason: static, min, "
+                "demand, burst, scale_down_pending, max, max_kernels, memory_floor).",
+                labels=["kernel_name", "reason"],
+            ),
+            "memory": GaugeMetricFamily(
+                "hotpot_km_available_memory_bytes",
+                "Memory a new kernel could use (MemAvailable, or the cgroup's memory.max left).",
+            ),
+            "floor": GaugeMetricFamily(
+                "hotpot_km_memory_floor_bytes",
+                "memory_floor: below this much available memory no pool grows (0: no floor).",
             ),
             "kernels": GaugeMetricFamily(
                 "hotpot_km_pool_kernels",
@@ -181,15 +203,28 @@ class PoolCollector:
         sizes: dict[str, int] = defaultdict(int)
         kernels: dict[tuple[str, str], int] = defaultdict(int)
         failing: dict[str, int] = defaultdict(int)
+        targets: dict[str, int] = defaultdict(int)
+        reasons: dict[tuple[str, str], int] = defaultdict(int)
         for snap in snapshots:
             for view in snap.pools:
                 sizes[view.kernel_name] += view.size
+                targets[view.kernel_name] += view.target
+                reasons[view.kernel_name, view.target_reason] += 1
                 failing[view.kernel_name] += view.consecutive_failures
                 for state in KERNEL_STATES:
                     kernels[view.kernel_name, state] += view.count(state)
         for name, size in sizes.items():
             families["size"].add_metric([name], size)
             families["failing"].add_metric([name], failing[name])
+        for name, target in targets.items():
+            families["target"].add_metric([name], target)
+        for (name, reason), count in reasons.items():
+            families["reason"].add_metric([name, reason], count)
+        memory = [s.available_memory for s in snapshots if s.available_memory is not None]
+        if memory:
+            families["memory"].add_metric([], min(memory))
+        floors = [s.settings.memory_floor for s in snapshots]
+        families["floor"].add_metric([], max(floors) if floors else 0)
         for (name, state), count in kernels.items():
             families["kernels"].add_metric([name, state], count)
         families["processes"].add_metric([], sum(s.processes for s in snapshots))

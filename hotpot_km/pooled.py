@@ -13,7 +13,18 @@ from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.utils import ensure_event_loop
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, observe
+from traitlets import (
+    Bool,
+    Dict,
+    Float,
+    Integer,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    observe,
+    validate,
+)
 
 from .fork import ForkProvisioner, TemplateKernelManager, Templates
 from .limited import LimitedKernelManager
@@ -32,10 +43,13 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
     """
 
     kernel_pools = Dict(
-        value_trait=Integer(0),
+        value_trait=Union([Integer(0), Dict()]),
         config=True,
         help="""Mapping from kernel name to the number of started kernels to keep on standby,
-        e.g. {"python3": 3}. Changing it at runtime grows or shrinks the pools.""",
+        e.g. {"python3": 3}; or to {"min": m, "max": M} for a pool that follows demand: it
+        keeps arrival rate x warm-up time (with headroom) ready kernels, goes to max at once
+        when requests outrun the refills, and back to min after scale_down_after seconds
+        without that demand. Changing it at runtime grows or shrinks the pools.""",
     )
 
     pool_kwargs = Dict(
@@ -171,6 +185,35 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         off if you keep clients across restarts.""",
     )
 
+    # -- sizing of pools that follow demand (see hotpot_km.pool.sizing) -----------------------
+
+    scale_down_after = Float(
+        120.0,
+        config=True,
+        help="""Seconds a pool that follows demand ({"min": m, "max": M} in kernel_pools)
+        keeps its size after the demand that grew it went away, before it shrinks (back to
+        min when no request comes).""",
+    )
+
+    memory_floor = Integer(
+        256,
+        config=True,
+        help="""MiB of available memory (MemAvailable, or what this process's cgroup v2
+        memory.max leaves, whichever is less) below which no pool grows: no warm-up starts
+        until more is free; the log, the status document and /metrics say so. 0: no floor.""",
+    )
+
+    @validate("kernel_pools")
+    def _check_kernel_pools(self, proposal: dict[str, Any]) -> dict[str, Any]:
+        for name, value in proposal["value"].items():
+            if isinstance(value, dict):
+                if pool_bounds(value) is None:
+                    raise TraitError(
+                        f"kernel_pools[{name!r}] must be a number of kernels or "
+                        f'{{"min": m, "max": M}} with whole numbers 0 <= m <= M, not {value!r}'
+                    )
+        return proposal["value"]
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._templates = Templates(self, self._pool.budget)
@@ -199,7 +242,12 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings(
-            sizes={name: max(size, 0) for name, size in self.kernel_pools.items()},
+            sizes={name: _bounds(size)[1] for name, size in self.kernel_pools.items()},
+            min_sizes={
+                name: _bounds(size)[0]
+                for name, size in self.kernel_pools.items()
+                if isinstance(size, dict)
+            },
             launch_kwargs={name: self.pool_launch_kwargs(name) for name in self.kernel_pools},
             fill_delay=max(self.fill_delay, 0.0),
             fill_idle_timeout=max(self.fill_idle_timeout, 0.0),
@@ -212,6 +260,8 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             max_retry_delay=self.max_retry_delay,
             warm_restarts=self.warm_restarts,
             refill_pause=max(self.refill_pause, 0.0),
+            scale_down_after=max(self.scale_down_after, 0.0),
+            memory_floor=max(self.memory_floor, 0) * 2**20,
         )
 
     def new_pool_manager(
@@ -291,6 +341,26 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
                 f"Cannot start a {name!r} kernel: strict_pool_kwargs is set and these start "
                 f"arguments differ from pool_kwargs[{name!r}]: {', '.join(differing)}"
             )
+
+
+def pool_bounds(value: Any) -> tuple[int, int] | None:
+    """(min, max) of a ``kernel_pools`` value: an int n is (n, n); ``None`` if invalid."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 0), max(value, 0)
+    if not isinstance(value, dict) or set(value) != {"min", "max"}:
+        return None
+    low, high = value["min"], value["max"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        return None
+    if not 0 <= low <= high:
+        return None
+    return low, high
+
+
+def _bounds(value: Any) -> tuple[int, int]:
+    bounds = pool_bounds(value)
+    assert bounds is not None  # validated when set
+    return bounds
 
 
 def host_loop() -> asyncio.AbstractEventLoop:

@@ -36,6 +36,10 @@ class PoolView:
     consecutive_failures: int
     last_error: str | None
     next_warmup_in: float | None  # seconds of back-off left after failures
+    #: kernels the pool keeps now (see hotpot_km.pool.sizing), and why
+    target: int = 0
+    target_reason: str = "static"
+    min_size: int | None = None  # a demand-based pool's min (its max is ``size``)
 
     def count(self, state: str) -> int:
         return sum(k.state == state for k in self.kernels)
@@ -53,3 +57,4 @@ class PoolSnapshot:
     stats: dict[str, dict[str, Any]]  # kernel name -> counts (see PoolStats.for_name)
     recent_errors: tuple[WarmupFailure, ...]
     closed: bool
+    available_memory: int | None = None  # bytes a new kernel could use (None: unknown)

@@ -69,10 +69,14 @@ def status_document(
     for view in views:
         counts = {state: view.count(state) for state in KERNEL_STATES}
         stats = snapshot.stats.get(view.kernel_name, {})
+        bounds = {} if view.min_size is None else {"min": view.min_size, "max": view.size}
         pools[view.kernel_name] = {
             "size": view.size,
+            **bounds,
+            "target": view.target,
+            "target_reason": view.target_reason,
             **counts,
-            "full": view.size > 0 and counts["ready"] >= view.size,
+            "full": view.target > 0 and counts["ready"] >= view.target,
             "warmup_failing": view.consecutive_failures > 0,
             "consecutive_failures": view.consecutive_failures,
             "last_error": view.last_error,
@@ -115,6 +119,12 @@ def status_document(
             "in_use": kernels_in_use,
             "retiring": snapshot.retiring,
         },
+        "memory": {
+            "available": snapshot.available_memory,
+            "floor": pool_settings.memory_floor,
+            "below_floor": snapshot.available_memory is not None
+            and snapshot.available_memory < pool_settings.memory_floor,
+        },
         "recent_errors": [
             {
                 "kernel_name": e.kernel_name,
@@ -126,7 +136,16 @@ def status_document(
             for e in reversed(snapshot.recent_errors)  # newest first
         ],
         "settings": {
-            "kernel_pools": dict(pool_settings.sizes),
+            "kernel_pools": {
+                name: (
+                    {"min": pool_settings.min_sizes[name], "max": size}
+                    if name in pool_settings.min_sizes
+                    else size
+                )
+                for name, size in pool_settings.sizes.items()
+            },
+            "scale_down_after": pool_settings.scale_down_after,
+            "memory_floor": pool_settings.memory_floor,
             "pool_kwargs": {
                 name: _launch_kwargs(dict(kwargs))
                 for name, kwargs in pool_settings.launch_kwargs.items()

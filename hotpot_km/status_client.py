@@ -144,11 +144,22 @@ def _pool_state(pool: dict[str, Any]) -> Text:
         return Text("warm-up failing", style="bold red")
     if pool["size"] <= 0:
         return Text("no pool", style="dim")
-    if pool["ready"] >= pool["size"]:
+    if pool["ready"] >= pool.get("target", pool["size"]):
         return Text("full", style="green")
     if pool["ready"] == 0:
         return Text("empty", style="yellow")
     return Text("filling", style="cyan")
+
+
+def _fill(pool: dict[str, Any]) -> str:
+    """Ready / target, and why the target is what it is when it is not the plain size."""
+    target = pool.get("target", pool["size"])
+    reason = pool.get("target_reason", "static")
+    if "min" in pool:
+        return f"{pool['ready']} / {target} ({pool['min']}-{pool['max']}, {reason})"
+    if reason != "static":
+        return f"{pool['ready']} / {target} ({reason})"
+    return f"{pool['ready']} / {target}"
 
 
 def _share(pooled: int, cold: int) -> str:
@@ -225,7 +236,7 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
             pools.add_row(
                 name,
                 _pool_state(pool),
-                f"{pool['ready']} / {pool['size']}",
+                _fill(pool),
                 str(pool["warming"]),
                 str(pool["claimed"]),
                 _secs(warmup.get("median")),

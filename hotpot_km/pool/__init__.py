@@ -6,11 +6,14 @@ starts (see :mod:`hotpot_km.pool.engine`). Its modules, one per concern:
 - :mod:`~hotpot_km.pool.model`: settings, the host and kernel interfaces, the pool's data
 - :mod:`~hotpot_km.pool.engine`: :class:`KernelPool`, composed of the concerns below
 - :mod:`~hotpot_km.pool.filling`: keeping pools full
+- :mod:`~hotpot_km.pool.sizing`: how many kernels each pool keeps (static or following demand)
 - :mod:`~hotpot_km.pool.warmup`: a new kernel's warm-up
 - :mod:`~hotpot_km.pool.claiming`: the hand-out path
 - :mod:`~hotpot_km.pool.settling`: after a handout, until the refill may start
 - :mod:`~hotpot_km.pool.ownership`: ending kernels and freeing their slots
+- :mod:`~hotpot_km.pool.pausing`: warm-ups stand still while a handed-out kernel settles
 - :mod:`~hotpot_km.pool.local`: kernels as processes on this machine
+- :mod:`~hotpot_km.pool.fake`: fake kernels on a fake clock, to test the engine without processes
 """
 
 from .engine import KernelPool
@@ -26,6 +29,7 @@ from .model import (
     WarmupError,
 )
 from .settling import handout_reply, reapply, send_handout
+from .sizing import Sizing
 
 __all__ = [
     "HandedOut",
@@ -38,6 +42,7 @@ __all__ = [
     "PoolSettings",
     "PooledKernel",
     "Reservation",
+    "Sizing",
     "WarmupError",
     "handout_reply",
     "process_group",

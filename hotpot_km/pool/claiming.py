@@ -76,13 +76,19 @@ class Claiming(PoolState):
         kernel.claimed = True
         self._claimed.add(kernel)
         self._normal_priority(kernel)
+        self._arrived(name)
+        self._wake_filler()
+        return kernel
+
+    def _arrived(self, name: str) -> None:
+        """A request for ``name`` came: it counts toward the pool's demand (see Sizing), and
+        the refill waits ``fill_delay`` (unless visits overlap: see Filling._pressed)."""
+        self.sizing.arrived(name)
         settings = self._host.pool_settings()
         loop = asyncio.get_running_loop()
         self._not_before[name] = max(
             self._not_before.get(name, 0.0), loop.time() + settings.fill_delay
         )
-        self._wake_filler()
-        return kernel
 
     def _claim_victim(self, prefer_not: str) -> PooledKernel | None:
         """An idle kernel to discard for its slot: failed or warming ones first."""
@@ -156,9 +162,11 @@ class Claiming(PoolState):
         why the last failed handout failed (the cold start's reason)."""
         spare: Slot | None = None
         failure: ColdReason | None = None
-        for _attempt in range(3):
+        for attempt in range(3):
             if kernel is None:
                 kernel = self.claim(request.kernel_name, request, ready_only=ready_only)
+                if kernel is None and attempt == 0 and self.sizing.pooled(request.kernel_name):
+                    self._arrived(request.kernel_name)  # a miss is demand too
             if kernel is None:
                 break
             try:
@@ -235,7 +243,7 @@ class Claiming(PoolState):
         name = request.kernel_name
         if self.closed:
             return "the pool is shutting down"
-        if not self._host.pool_settings().sizes.get(name):
+        if not self.sizing.pooled(name):
             return f"no pool for kernel {name!r}"
         for kernel in self._idle.get(name, ()):
             if kernel.launch is not None:

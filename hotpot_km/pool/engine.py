@@ -28,7 +28,7 @@ import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec
 
 from ..budget import KernelBudget
-from ..events import Observers, PoolLog, PoolStats
+from ..events import Observers, PoolLog, PoolObserver, PoolStats
 from ..request import ColdReason, LaunchRequest, mismatch
 from ..snapshot import KernelView, PoolSnapshot, PoolView
 from .claiming import Claiming
@@ -37,15 +37,33 @@ from .model import PooledKernel, PoolHost
 from .ownership import _CLOSE_WAIT, Ownership
 from .pausing import Pausing
 from .settling import Settling
+from .sizing import Sizing
 from .warmup import Warmup
 
 
 class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
     """Keeps warm kernels per kernel name and hands them out; see the module docstring."""
 
-    def __init__(self, host: PoolHost, budget_limit: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        host: PoolHost,
+        budget_limit: Callable[[], int],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        memory: Callable[[], int | None] | None = None,
+    ) -> None:
         self._host = host
         self.budget = KernelBudget(budget_limit, on_release=self._wake_filler)
+        #: how many kernels each pool keeps (``clock``: the loop's; ``memory``: available
+        #: bytes, read from the machine if not given)
+        self.sizing = Sizing(
+            host.pool_settings,
+            max_kernels=budget_limit,
+            held=self._held,
+            log=lambda: self.log,
+            clock=clock,
+            memory=memory,
+        )
         self._idle: dict[str, list[PooledKernel]] = {}  # unclaimed, in launch order
         self._warming: set[PooledKernel] = set()
         self._claimed: set[PooledKernel] = set()  # claimed, not yet handed out or discarded
@@ -68,7 +86,8 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
         #: what the pool reports (see hotpot_km.events); hosts add their own observers
         self.stats = PoolStats()
         self.observer = Observers(
-            [self.stats, PoolLog(lambda: self.log, self._fill_level)], lambda: self.log
+            [self.stats, PoolLog(lambda: self.log, self._fill_level), _Measure(self.sizing)],
+            lambda: self.log,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -143,7 +162,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
 
     def cached_spec(self, name: str) -> KernelSpec | None:
         """The spec last read by a warm-up of a pooled name (kept fresh by its refills)."""
-        if not self._host.pool_settings().sizes.get(name):
+        if not self.sizing.pooled(name):
             return None  # cold starts re-read it, as jupyter_client does
         return self._specs.get(name)
 
@@ -156,7 +175,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
 
     def cold_reason(self, name: str, request: LaunchRequest | None) -> ColdReason:
         """Why a start of ``name`` gets no pooled kernel, once :meth:`claim` found none."""
-        if not self._host.pool_settings().sizes.get(name):
+        if not self.sizing.pooled(name):
             return ColdReason.NO_POOL
         template = self._templates.get(name)  # what this pool's kernels are launched with
         if request is not None and template is not None:
@@ -168,16 +187,16 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
         return ColdReason.POOL_EMPTY
 
     def _fill_level(self, name: str) -> tuple[int, int]:
-        """(ready kernels, configured size) of one pool."""
+        """(ready kernels, target size) of one pool."""
         ready = sum(k.is_ready for k in self._idle.get(name, ()))
-        return ready, self._host.pool_settings().sizes.get(name, 0)
+        return ready, self.sizing.target_size(name)
 
     def snapshot(self) -> PoolSnapshot:
         """The pools as they are now: kernels per state with ages, failures, slots, counts.
 
         Safe to call from another thread (a metrics server's): it only copies.
         """
-        now = time.monotonic()  # the clock of loop.time() too
+        now = self.sizing.clock()  # time.monotonic(), the clock of loop.time() too
         settings = self._host.pool_settings()
         found: dict[str, list[KernelView]] = {}
 
@@ -198,7 +217,8 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
                 add(kernel, "ready" if kernel.is_ready else "warming")
         for kernel in list(self._claimed):
             add(kernel, "claimed")
-        names = [*settings.sizes, *sorted(set(found) - set(settings.sizes))]
+        configured = self.sizing.names()
+        names = [*configured, *sorted(set(found) - set(configured))]
         pools = []
         for name in names:
             failures = self._failures.get(name, 0)
@@ -206,7 +226,10 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
             pools.append(
                 PoolView(
                     kernel_name=name,
-                    size=settings.sizes.get(name, 0),
+                    size=self.sizing.bounds(name)[1],
+                    target=self.sizing.target_size(name),
+                    target_reason=self.sizing.reason(name),
+                    min_size=settings.min_sizes.get(name),
                     kernels=tuple(found.get(name, ())),
                     consecutive_failures=failures,
                     last_error=self._last_error.get(name),
@@ -222,4 +245,15 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
             stats={n: self.stats.for_name(n) for n in sorted(set(names) | self.stats.names())},
             recent_errors=tuple(self.stats.recent_errors),
             closed=self.closed,
+            available_memory=self.sizing.available_memory(),
         )
+
+
+class _Measure(PoolObserver):
+    """Tells the sizing how long warm-ups take (the W of its Little's law)."""
+
+    def __init__(self, sizing: Sizing) -> None:
+        self._sizing = sizing
+
+    def warmup_succeeded(self, kernel_name: str, seconds: float) -> None:
+        self._sizing.warmed_up(kernel_name, seconds)

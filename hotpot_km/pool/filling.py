@@ -1,6 +1,7 @@
-"""Keeping the pools full: one filler task starts warm-ups where pools are short, within
-``max_kernels``, ``max_warming`` and the back-off after failures, and sleeps until
-something changes."""
+"""Keeping the pools full: one filler task starts warm-ups where pools are short of their
+target (see :mod:`~hotpot_km.pool.sizing`), within ``max_kernels``, ``max_warming`` and the
+back-off after failures, ends kernels a pool no longer needs, and sleeps until something
+changes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import asyncio
 import uuid
 
 from ..budget import Slot
-from .local import _resolve
 from .model import PooledKernel, PoolState, WarmupError
+
+#: Seconds between checks of pools that follow demand or wait for memory (their targets
+#: change with time, not only with events).
+RECHECK = 1.0
 
 
 class Filling(PoolState):
@@ -17,13 +21,15 @@ class Filling(PoolState):
 
     def resize(self) -> None:
         """Apply new pool sizes: surplus idle kernels go (warming ones first), the filler adds."""
-        sizes = self._host.pool_settings().sizes
+        self._drop_surplus()
+        self._wake_filler()
+
+    def _drop_surplus(self) -> None:
         for name, kernels in list(self._idle.items()):
-            surplus = len(kernels) - max(sizes.get(name, 0), 0)
+            surplus = len(kernels) - max(self.sizing.target_size(name), 0)
             victims = sorted(kernels, key=lambda k: k.is_ready)[: max(surplus, 0)]
             for kernel in victims:
                 self._drop(kernel)
-        self._wake_filler()
 
     async def wait_full(self) -> None:
         """Wait until every pool holds its size in ready kernels, or can't grow (``max_kernels``).
@@ -50,7 +56,8 @@ class Filling(PoolState):
             self._waiters -= 1
 
     def _is_full(self) -> bool:
-        for name, size in self._host.pool_settings().sizes.items():
+        for name in self.sizing.names():
+            size = self.sizing.target_size(name)
             idle = self._idle.get(name, [])
             if sum(k.is_ready for k in idle) >= size:
                 continue
@@ -74,6 +81,7 @@ class Filling(PoolState):
             self._woken = False
             try:
                 await self._prune_dead()
+                self._drop_surplus()  # a demand-based pool's target went down
                 delay = self._start_missing(loop.time())
             except Exception:
                 self.log.exception("hotpot_km: error while filling the kernel pool")
@@ -115,11 +123,16 @@ class Filling(PoolState):
         wait: float | None = None
         if self.closed:
             return None
-        for name, size in settings.sizes.items():
+        for name in self.sizing.names():
+            size = self.sizing.target_size(name)
+            if self.sizing.follows_demand(name) or self.sizing.reason(name) == "memory_floor":
+                wait = RECHECK if wait is None else min(wait, RECHECK)
             self._idle.setdefault(name, [])
             if self._held(name) >= size:
                 continue
             due = self._not_before.get(name, 0.0)
+            if self._pressed(name) and not self._failures.get(name):
+                due = 0.0  # visits overlap: no fill_delay (the back-off after failures stays)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
@@ -132,14 +145,36 @@ class Filling(PoolState):
 
     def _held(self, name: str) -> int:
         """Kernels that count toward a pool's size: idle ones, claimed ones (until handed
-        out or discarded) and handed-out ones whose refill waits for them (see _settle)."""
-        held = self._claimed | self._settling
+        out or discarded) and handed-out ones whose refill waits for them (see _settle),
+        unless visits overlap (see :meth:`_pressed`): then each taken kernel is replaced
+        at once, as fast as ``max_warming`` allows."""
+        # copies: Sizing asks this from a metrics thread too
+        held = list(self._claimed) if self._pressed(name) else self._claimed | self._settling
         return len(self._idle.get(name, [])) + sum(k.name == name for k in held)
+
+    def _pressed(self, name: str) -> bool:
+        """Whether visits to pool ``name`` overlap: two or more of its handed-out kernels
+        settle at once. The courtesy rules (``fill_delay``, the wait for a handed-out kernel
+        to settle, ``refill_pause``, idle priority) are for a lone visitor; under a stream
+        they would hold back a refill per visit in flight and starve the pool, so while
+        visits overlap they step aside for that pool."""
+        return sum(k.name == name for k in list(self._settling)) >= 2
 
     def _launch(self, name: str, slot: Slot) -> None:
         adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))
-        kernel = PooledKernel(name, adapter, slot, asyncio.get_running_loop().create_future())
+        kernel = PooledKernel(
+            name,
+            adapter,
+            slot,
+            asyncio.get_running_loop().create_future(),
+            launched=self.sizing.clock(),
+        )
         self._idle.setdefault(name, []).append(kernel)
         self._warming.add(kernel)
         kernel.task = self._spawn(self._warm(kernel), f"hotpot_km warm-up {name}")
         self._wake_filler()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -196,11 +196,6 @@ async def until_gone(
         await asyncio.sleep(0.05)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def process_group(provisioner: KernelProvisionerBase | None) -> int | None:
     """The process group of a local kernel process that is still running, if known
     (jupyter_client starts local kernels in a session, hence a group, of their own)."""

@@ -23,12 +23,19 @@ from ..kernel_io import ShellClient
 from ..priority import ProcessPriority
 from ..request import ColdReason, LaunchRequest
 
+if TYPE_CHECKING:
+    from .sizing import Sizing
+
 
 @dataclass(frozen=True)
 class PoolSettings:
     """A snapshot of the host's pool configuration (see the traits of ``PooledKernelManager``)."""
 
+    #: kernel name -> the most kernels its pool keeps: a static pool's size, a demand-based
+    #: pool's ``max`` (how many it keeps now: :meth:`~hotpot_km.pool.sizing.Sizing.target_size`)
     sizes: Mapping[str, int] = field(default_factory=dict)
+    #: kernel name -> ``min`` of each pool that follows demand (static pools are not in it)
+    min_sizes: Mapping[str, int] = field(default_factory=dict)
     launch_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     fill_delay: float = 1.0
     fill_idle_timeout: float = 10.0
@@ -41,6 +48,8 @@ class PoolSettings:
     max_retry_delay: float = 60.0
     warm_restarts: bool = True
     refill_pause: float = 3.0
+    scale_down_after: float = 120.0
+    memory_floor: int = 256 * 2**20  # bytes; 0: no floor
 
 
 class KernelAdapter(Protocol):
@@ -196,6 +205,7 @@ class PoolState:
 
     _host: PoolHost
     budget: KernelBudget
+    sizing: Sizing
     _idle: dict[str, list[PooledKernel]]  # unclaimed, in launch order
     _warming: set[PooledKernel]
     _claimed: set[PooledKernel]  # claimed, not yet handed out or discarded
@@ -228,6 +238,8 @@ class PoolState:
         # filling.Filling
         def resize(self) -> None: ...
         def _wake_filler(self) -> None: ...
+        def _held(self, name: str) -> int: ...
+        def _pressed(self, name: str) -> bool: ...
 
         # warmup.Warmup
         async def _warm(self, kernel: PooledKernel) -> None: ...

@@ -8,7 +8,10 @@ kernel settles (see :mod:`~hotpot_km.pool.settling`), the warm-ups under way are
 warm-up stands still for at most ``refill_pause`` seconds in all, so refills still get done
 under steady load; its warm-up timeouts don't count the time it stood still. A kernel that
 a request claimed or that someone waits for (``wait_for_pool``) goes on at once and is not
-stopped again; one being shut down goes on first, so that it can handle a SIGTERM.
+stopped again; one being shut down goes on first, so that it can handle a SIGTERM. Nor
+does a warm-up stand still, or run at idle priority, while visits to its pool overlap (see
+``Filling._pressed``): then the refill is what the next request needs; it may stand still
+again once they no longer overlap.
 """
 
 from __future__ import annotations
@@ -22,16 +25,22 @@ class Pausing(PoolState):
     """Stops warm-ups while handed-out kernels settle, within each one's pause budget."""
 
     def _pause_warmups(self) -> None:
-        """A handed-out kernel began to settle: stop the warm-ups under way."""
+        """A handed-out kernel began to settle: stop the warm-ups under way (but let those of
+        a pool whose visits overlap go on, at normal priority)."""
         if not self._warming:
             return  # the common case, on the handout's path: read no settings
         limit = self._host.pool_settings().refill_pause
         for kernel in list(self._warming):
-            self._pause(kernel, limit)
+            if self._pressed(kernel.name):
+                self._normal_priority(kernel)
+            else:
+                self._pause(kernel, limit)
 
     def _resume_warmups(self) -> None:
-        """A handed-out kernel settled: the warm-ups go on unless another one settles."""
+        """A handed-out kernel settled: the warm-ups go on unless another one settles (and
+        the visits to their pool no longer overlap)."""
         if self._settling:
+            self._pause_warmups()
             return
         for kernel in list(self._warming):
             self._resume(kernel)
@@ -50,6 +59,7 @@ class Pausing(PoolState):
             or self._waiters
             or kernel.ready.done()
             or kernel.ending is not None
+            or self._pressed(kernel.name)
             or not prio.stop()
         ):
             return

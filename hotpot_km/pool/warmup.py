@@ -4,7 +4,6 @@ init files, at idle CPU priority while nobody waits for it; back off after failu
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ class Warmup(PoolState):
             client = await kernel.adapter.start(settings.startup_timeout, kernel.slot)
             kernel.client = client
             prio = kernel.adapter.priority
-            if prio is not None and not kernel.claimed and await self._may_lower(settings):
+            if prio is not None and not kernel.claimed and await self._may_lower(kernel, settings):
                 prio.lower()  # threads it starts from now on inherit it
             self._pause(kernel, settings.refill_pause)  # if a handed-out kernel settles now
             kernel.statuses = kernel.adapter.watch_statuses()
@@ -75,7 +74,7 @@ class Warmup(PoolState):
             if self._failures.pop(kernel.name, 0):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
             self._last_error.pop(kernel.name, None)
-            kernel.ready_since = time.monotonic()
+            kernel.ready_since = self.sizing.clock()
             kernel.ready.set_result(None)
             self.observer.warmup_succeeded(kernel.name, kernel.ready_since - kernel.launched)
             self.log.debug("hotpot_km: pooled %r kernel ready", kernel.name)
@@ -86,10 +85,10 @@ class Warmup(PoolState):
                 idle.remove(kernel)
             self._wake_filler()
 
-    async def _may_lower(self, settings: PoolSettings) -> bool:
-        """Whether a new warm-up may run at idle CPU priority: nobody waits for it, and it can
-        be brought back before handout."""
-        if not settings.idle_priority or self._waiters:
+    async def _may_lower(self, kernel: PooledKernel, settings: PoolSettings) -> bool:
+        """Whether a new warm-up may run at idle CPU priority: nobody waits for it, requests
+        don't overlap (see Filling._pressed), and it can be brought back before handout."""
+        if not settings.idle_priority or self._waiters or self._pressed(kernel.name):
             return False
         return await asyncio.to_thread(priority.can_restore)
 
