@@ -1,0 +1,173 @@
+"""Kernels that are not ipykernel, handed out warm: each pooled handout is compared with a
+real cold start of the same request (cwd, hostile env values, a variable removed), through
+what the kernel itself shows: its working directory, its whole environment, its execution
+count and the names left in its workspace or history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import MARKER, describe, pooled_manager
+from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+from kernel_helpers import run
+
+from hotpot_km.languages import ENTRY_POINT_GROUP, kernel_language, preparation_for
+from hotpot_km.langs.handout import HANDOUT_FILE_VAR
+
+
+
+def marked_processes() -> list[psutil.Process]:
+    """Live processes other than this one that carry this test's marker: kernels of any
+    language and what they started (bash_kernel's bash, octave_kernel's Octave)."""
+    marker = os.environ[MARKER]
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(MARKER) == marker:
+                keeper = "hotpot_km/keeper.py" in " ".join(proc.cmdline())  # outlives by design
+                if not keeper and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children()}
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(jupyter_dirs):
+    """Fail the test if any process it started outlives it."""
+    yield
+    loop_until = 10.0
+    waited = 0.0
+    while marked_processes() and waited < loop_until:
+        import time
+
+        time.sleep(0.2)
+        waited += 0.2
+    left = marked_processes()
+    for proc in left:
+        proc.kill()
+    assert not left, f"processes left behind: {describe(left)}"
+
+#: Per language: code that writes ``cwd\0KEY=value\0...`` to the file ``{out}`` (a test
+#: path of plain characters) and prints what else a cold start must equal.
+PROBES = {
+    "ir": """\
+local({
+  env <- Sys.getenv()
+  con <- file("{out}", "wb")
+  writeBin(c(charToRaw(getwd()), as.raw(0L)), con)
+  for (key in names(env)) writeBin(c(charToRaw(paste0(key, "=", env[[key]])), as.raw(0L)), con)
+  close(con)
+})
+cat(ls(globalenv(), all.names = TRUE), sep = "\\n")
+""",
+    "bash": """\
+{ printf '%s\\0' "$(pwd)"; env -0; } > "{out}"
+compgen -v | grep -v -x -E 'BASH_COMMAND|BASH_LINENO|BASH_SOURCE|FUNCNAME|HISTCMD|LINENO|RANDOM|SRANDOM|SECONDS|EPOCHSECONDS|EPOCHREALTIME|BASHPID|COLUMNS|LINES|PIPESTATUS|_'
+history | sed -e 's/^ *[0-9]* *//' -e 's/PROMPT_[A-Z]*/PROMPT_/g'
+""",
+    "xpython": """\
+import os
+with open("{out}", "wb") as f:
+    f.write(os.fsencode(os.getcwd()) + b"\\0")
+    f.write(b"".join(k + b"=" + v + b"\\0" for k, v in os.environb.items()))
+print("\\n".join(sorted(k for k in globals() if not k.startswith("_"))))
+""",
+    "octave": """\
+fid = fopen("{out}", "w"); fwrite(fid, [pwd() char(0)]); fclose(fid);
+[status, out] = system("env -0 >> {out}");
+disp(strjoin(sort(who())', "\\n")); disp(getenv("PWD"))
+""",
+}
+
+#: Variables a process has for itself: bash sets ``_`` for each command it runs,
+#: bash_kernel's prompt has a random part per kernel, R names its session's own
+#: temporary directory.
+PER_PROCESS = {"_", "PS1", "PS2", "R_SESSION_TMPDIR"}
+
+HOSTILE = {
+    "HOTPOT_QUOTES": "it's \"quoted\" \\ back`tick`",
+    "HOTPOT_SUBST": "$(touch /tmp/hotpot_km_pwned) `id` ${HOME} %s %(x)s",
+    "HOTPOT_LINES": "one\ntwo\r\nthree\n",
+    "HOTPOT_UNICODE": "\u00e9t\u00e9 \u65e5\u672c \U0001f600",
+    "HOTPOT_LONG": "x" * 2500 + "\u00e9" * 2500,
+    "HOTPOT_EQUALS": "a=b=c",
+    "HOTPOT_EMPTY": "",
+}
+
+
+def read_dump(path: Path) -> tuple[str, dict[str, str]]:
+    fields = path.read_bytes().split(b"\0")[:-1]
+    env = {}
+    for field in fields[1:]:
+        key, _, value = field.partition(b"=")
+        env[os.fsdecode(key)] = os.fsdecode(value)
+    return os.fsdecode(fields[0]), env
+
+
+async def look(km, kernel_id: str, name: str, out: Path) -> dict:
+    """What the kernel shows from inside, through the client a user would have."""
+    code = PROBES[name].replace("{out}", str(out))
+    text, reply = await run(km, kernel_id, code)
+    assert reply["status"] == "ok", (reply, text)
+    cwd, env = read_dump(out)
+    for key in PER_PROCESS:
+        env.pop(key, None)
+    return {"cwd": cwd, "env": env, "shown": text, "execution_count": reply["execution_count"]}
+
+
+@pytest.fixture
+def log(caplog: pytest.LogCaptureFixture) -> logging.Logger:
+    caplog.set_level(logging.DEBUG, logger="hotpot_test")
+    return logging.getLogger("hotpot_test")
+
+
+def request_dir(base: Path) -> Path:
+    path = base / "wörk dir 'q' $(x)"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("name", ["ir", "bash", "xpython", "octave"])
+async def test_handout_equals_a_cold_start(name, jupyter_dirs, tmp_path, monkeypatch, log):
+    monkeypatch.setenv("HOTPOT_DROPPED", "present at launch, not in the request")
+    km = pooled_manager(kernel_pools={name: 1}, fill_delay=0)
+    km.log = log
+    cold = AsyncMultiKernelManager()
+    try:
+        await km.wait_for_pool()
+        pooled = children()
+        assert len(pooled) == 1
+        cwd = request_dir(tmp_path)
+        env = dict(os.environ, **HOSTILE)
+        del env["HOTPOT_DROPPED"]
+        kid = await km.start_kernel(kernel_name=name, cwd=str(cwd), env=env)
+        assert km.get_kernel(kid).provisioner.pid in pooled
+        seen = await look(km, kid, name, tmp_path / "probe.bin")
+
+        cold_id = await cold.start_kernel(kernel_name=name, cwd=str(cwd), env=env)
+        assert cold.get_kernel(cold_id).provisioner.pid not in pooled
+        reference = await look(cold, cold_id, name, tmp_path / "probe.bin")
+
+        assert seen["cwd"] == reference["cwd"] == str(cwd)
+        assert seen["env"] == reference["env"]
+        for key, value in HOSTILE.items():
+            assert seen["env"][key] == value
+        assert "HOTPOT_DROPPED" not in seen["env"]
+        assert HANDOUT_FILE_VAR not in seen["env"]
+        assert seen["shown"].splitlines() == reference["shown"].splitlines()
+        assert seen["execution_count"] == reference["execution_count"]
+        assert not os.path.exists("/tmp/hotpot_km_pwned")
+    finally:
+        await cold.shutdown_all()
+        await km.shutdown_all()
+    assert not list(jupyter_dirs["runtime"].glob("*.handout"))  # the refill's went with it
