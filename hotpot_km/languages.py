@@ -314,8 +314,11 @@ def preparation_for(language: str | None) -> Preparation | None:
 
 
 def init_file_extension(language: str | None, reported: str | None = None) -> str | None:
-    """Extension of ``kernel_pool_init_<name>.<ext>``: the kernel's own ``language_info`` wins."""
+    """Extension of ``kernel_pool_init_<name>.<ext>``: a prepared language's own (IRkernel
+    reports ``.r``, the files are ``.R``), else the kernel's ``language_info``'s."""
+    prep = preparation_for(language)
+    if prep is not None:
+        return prep.file_extension
     if reported:
         return reported if reported.startswith(".") else f".{reported}"
-    prep = preparation_for(language)
-    return prep.file_extension if prep else _EXTENSIONS.get((language or "").lower())
+    return _EXTENSIONS.get((language or "").lower())

@@ -5,7 +5,6 @@ count and the names left in its workspace or history."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -16,9 +15,7 @@ from conftest import MARKER, describe, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from kernel_helpers import run
 
-from hotpot_km.languages import ENTRY_POINT_GROUP, kernel_language, preparation_for
 from hotpot_km.langs.handout import HANDOUT_FILE_VAR
-
 
 
 def marked_processes() -> list[psutil.Process]:
@@ -148,7 +145,7 @@ async def test_handout_equals_a_cold_start(name, jupyter_dirs, tmp_path, monkeyp
         pooled = children()
         assert len(pooled) == 1
         cwd = request_dir(tmp_path)
-        env = dict(os.environ, **HOSTILE)
+        env = dict(os.environ, **HOSTILE, HISTIGNORE="ls:pwd")  # bash's handout keeps it
         del env["HOTPOT_DROPPED"]
         kid = await km.start_kernel(kernel_name=name, cwd=str(cwd), env=env)
         assert km.get_kernel(kid).provisioner.pid in pooled
@@ -171,3 +168,78 @@ async def test_handout_equals_a_cold_start(name, jupyter_dirs, tmp_path, monkeyp
         await cold.shutdown_all()
         await km.shutdown_all()
     assert not list(jupyter_dirs["runtime"].glob("*.handout"))  # the refill's went with it
+
+
+#: Per language: an init file defining ``hotpot_init``, and code printing whether it exists.
+INIT_FILES = {
+    "ir": (".R", "library(stats); library(methods); hotpot_init <- 1\n", 'cat(exists("hotpot_init"))'),
+    "bash": (".sh", "hotpot_init=1\n", 'echo "${hotpot_init+TRUE}"'),
+    "xpython": (".py", "hotpot_init = 1\n", 'print("hotpot_init" in globals())'),
+    "octave": (".m", "hotpot_init = 1;\n", 'disp(exist("hotpot_init"))'),
+}
+INIT_SEEN = {"ir": "TRUE", "bash": "TRUE", "xpython": "True", "octave": "1"}
+
+
+@pytest.mark.parametrize("name", ["ir", "bash", "xpython", "octave"])
+async def test_init_file_of_each_language_runs_in_the_pool(name, jupyter_dirs, log):
+    ext, text, check = INIT_FILES[name]
+    (jupyter_dirs["config"] / f"kernel_pool_init_{name}{ext}").write_text(text)
+    km = pooled_manager(kernel_pools={name: 1}, fill_delay=0)
+    km.log = log
+    try:
+        await km.wait_for_pool()
+        pooled = children()
+        kid = await km.start_kernel(kernel_name=name, cwd=str(jupyter_dirs["work"]))
+        assert km.get_kernel(kid).provisioner.pid in pooled
+        out, reply = await run(km, kid, check)
+        assert reply["status"] == "ok", reply
+        assert out.strip() == INIT_SEEN[name]
+    finally:
+        await km.shutdown_all()
+
+
+async def test_a_variable_r_reads_at_start_makes_the_request_cold(jupyter_dirs, tmp_path, log):
+    km = pooled_manager(kernel_pools={"ir": 1}, fill_delay=0)
+    km.log = log
+    try:
+        await km.wait_for_pool()
+        pooled = children()
+        env = dict(os.environ, R_LIBS_USER=str(tmp_path))
+        kid = await km.start_kernel(kernel_name="ir", cwd=str(tmp_path), env=env)
+        assert km.get_kernel(kid).provisioner.pid not in pooled
+        assert km.kernel_pool.stats.starts[("ir", "cold", "startup_env")] == 1
+        out, reply = await run(km, kid, 'cat(Sys.getenv("R_LIBS_USER"))')
+        assert reply["status"] == "ok" and out == str(tmp_path)
+    finally:
+        await km.shutdown_all()
+
+
+@pytest.mark.parametrize(
+    ("name", "ext", "sabotage"),
+    [
+        # the init file points the handout elsewhere: applying it fails in the kernel
+        ("ir", ".R", 'Sys.setenv(HOTPOT_KM_HANDOUT = "/nonexistent/handout")\n'),
+        ("bash", ".sh", "HOTPOT_KM_HANDOUT=/nonexistent/handout\n"),
+    ],
+)
+async def test_a_failing_handout_discards_the_kernel_and_starts_cold(
+    name, ext, sabotage, jupyter_dirs, tmp_path, log
+):
+    (jupyter_dirs["config"] / f"kernel_pool_init_{name}{ext}").write_text(sabotage)
+    km = pooled_manager(kernel_pools={name: 1}, fill_delay=0)
+    km.log = log
+    try:
+        await km.wait_for_pool()
+        pooled = children()
+        cwd = request_dir(tmp_path)
+        env = dict(os.environ, **HOSTILE)
+        kid = await km.start_kernel(kernel_name=name, cwd=str(cwd), env=env)
+        assert km.get_kernel(kid).provisioner.pid not in pooled
+        assert not pooled & children(), "the pooled kernel whose handout failed still runs"
+        assert km.kernel_pool.stats.starts[(name, "cold", "handout_failed")] == 1
+        seen = await look(km, kid, name, tmp_path / "probe.bin")
+        assert seen["cwd"] == str(cwd)
+        for key, value in HOSTILE.items():
+            assert seen["env"][key] == value
+    finally:
+        await km.shutdown_all()

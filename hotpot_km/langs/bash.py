@@ -22,8 +22,8 @@ set +o history; history -d -1 2>/dev/null; env -0 > "$HOTPOT_KM_HANDOUT"
 _APPLY = """\
 __hotpot_km_apply() {
   local __hotpot_km_fd __hotpot_km_cwd __hotpot_km_kv __hotpot_km_k
-  exec {__hotpot_km_fd}<"$HOTPOT_KM_HANDOUT" || return 1
-  rm -f -- "$HOTPOT_KM_HANDOUT"
+  local __hotpot_km_file=$HOTPOT_KM_HANDOUT
+  exec {__hotpot_km_fd}<"$__hotpot_km_file" || return 1
   IFS= read -r -d '' __hotpot_km_cwd <&"$__hotpot_km_fd" || return 1
   for __hotpot_km_k in $(compgen -e); do
     case $__hotpot_km_k in
@@ -38,6 +38,7 @@ __hotpot_km_apply() {
     esac
   done
   exec {__hotpot_km_fd}<&-
+  rm -- "$__hotpot_km_file" || return 1
   if [[ -v OLDPWD ]]; then
     __hotpot_km_kv=$OLDPWD
     cd -- "$__hotpot_km_cwd" || return 1
@@ -54,7 +55,8 @@ if __hotpot_km_apply; then
   set -o history
   if [[ -v HISTIGNORE ]]; then
     __hotpot_km_hi=$HISTIGNORE
-    PROMPT_COMMAND="PROMPT_COMMAND='HISTIGNORE=\\$__hotpot_km_hi; unset -v __hotpot_km_hi; PROMPT_COMMAND='"
+    PROMPT_COMMAND="PROMPT_COMMAND='HISTIGNORE=\\$__hotpot_km_hi;"
+    PROMPT_COMMAND+=" unset -v __hotpot_km_hi; PROMPT_COMMAND='"
   else
     PROMPT_COMMAND="PROMPT_COMMAND='unset -v HISTIGNORE; PROMPT_COMMAND='"
   fi

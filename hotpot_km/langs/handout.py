@@ -5,8 +5,9 @@ the kernel know (in the Jupyter runtime directory). Its language's bootstrap wri
 kernel's environment there as it stands after start-up; at handout the pool computes the
 environment a cold start with the request's env would have, writes it with the request's
 cwd to the same file, and runs the language's constant ``apply`` code, which reads the
-file, deletes it, changes directory and replaces the *whole* environment. Values are data
-from end to end: no request value is ever part of code.
+file, changes directory, replaces the *whole* environment and, as its last step, deletes
+the file: the pool takes a file still there as a failed handout, whatever the reply
+said. Values are data from end to end: no request value is ever part of code.
 
 File format, both ways: NUL-terminated fields; the kernel's dump is ``KEY=value`` fields,
 the handout is the cwd and then ``KEY=value`` fields (no value can hold a NUL).

@@ -20,7 +20,6 @@ function __hotpot_km_apply__ ()
   if (fid < 0) error ("hotpot_km: no handout file"); endif
   data = fread (fid, Inf, "uint8=>char")';
   fclose (fid);
-  unlink (path);
   fields = strsplit (data(1:end-1), char (0), "CollapseDelimiters", false);
   [status, current] = system ("env -0");
   if (status != 0) error ("hotpot_km: could not list the environment"); endif
@@ -33,6 +32,7 @@ function __hotpot_km_apply__ ()
     setenv (entry{1}(1:eq-1), entry{1}(eq+1:end));
   endfor
   cd (fields{1});
+  if (unlink (path) != 0) error ("hotpot_km: could not remove the handout"); endif
 endfunction
 __hotpot_km_apply__ ();
 clear __hotpot_km_apply__

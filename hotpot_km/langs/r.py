@@ -23,7 +23,6 @@ _APPLY = """\
 local({
   path <- Sys.getenv("HOTPOT_KM_HANDOUT")
   data <- readBin(path, "raw", file.info(path)$size)
-  unlink(path)
   ends <- which(data == as.raw(0L))
   starts <- c(1L, head(ends, -1L) + 1L)
   fields <- lapply(seq_along(ends), function(i) data[seq_len(ends[i] - starts[i]) + starts[i] - 1L])
@@ -35,6 +34,7 @@ local({
     names(value) <- rawToChar(field[seq_len(eq - 1L)])
     if (!do.call(Sys.setenv, value)) stop("could not set ", names(value))
   }
+  if (!file.remove(path)) stop("could not remove the handout")
   invisible(NULL)
 })
 """

@@ -26,13 +26,13 @@ def __hotpot_km_apply():
     path = os.environ["HOTPOT_KM_HANDOUT"]
     with open(path, "rb") as f:
         fields = f.read().split(b"\\0")[:-1]
-    os.remove(path)
     os.chdir(fields[0])
     env = dict(field.split(b"=", 1) for field in fields[1:])
     os.environb.clear()
     os.environb.update(env)
     if hasattr(time, "tzset"):
         time.tzset()
+    os.remove(path)
 
 
 __hotpot_km_apply()

@@ -6,6 +6,7 @@ the same handout again for a kernel a remote gateway relaunched (:func:`reapply`
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from queue import Empty
 from typing import Any
@@ -140,6 +141,10 @@ async def apply_by_file(
             request.env,
         )
         await run_code(kernel.client, prep.apply, timeout=timeout, is_alive=kernel.adapter.is_alive)
+        # the apply code's last step removes the file: some kernels (IRkernel, octave_kernel)
+        # answer "ok" to silent code that failed
+        if await asyncio.to_thread(os.path.exists, path):
+            raise OSError("the kernel did not take its handout")
     except (OSError, KernelCodeError, KernelDiedError, TimeoutError) as error:
         await asyncio.to_thread(handout_file.remove, path)
         raise HandoutError(
