@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import MARKER, describe, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
-from kernel_helpers import run
+from kernel_helpers import run, write_kernelspec
 
 from hotpot_km.langs.handout import HANDOUT_FILE_VAR
+from hotpot_km.languages import ENTRY_POINT_GROUP, _preparations, preparation_for
 
 
 def marked_processes() -> list[psutil.Process]:
@@ -241,5 +243,81 @@ async def test_a_failing_handout_discards_the_kernel_and_starts_cold(
         assert seen["cwd"] == str(cwd)
         for key, value in HOSTILE.items():
             assert seen["env"][key] == value
+    finally:
+        await km.shutdown_all()
+
+
+#: A third party's language package, as docs/languages.md shows it: a kernelspec whose
+#: language is "sh" (run by bash_kernel here), prepared with constant shell code.
+PLUGIN = '''
+from hotpot_km.languages import Preparation
+
+BOOTSTRAP = 'set +o history; history -d -1 2>/dev/null; env -0 > "$HOTPOT_KM_HANDOUT"'
+APPLY = r"""
+__sh_apply() {
+  local file=$HOTPOT_KM_HANDOUT fd cwd kv
+  exec {fd}<"$file" || return 1
+  IFS= read -r -d '' cwd <&"$fd" || return 1
+  for kv in $(compgen -e); do
+    case $kv in PS1|PS2|PROMPT_COMMAND) ;; *) unset -v "$kv" ;; esac
+  done
+  while IFS= read -r -d '' kv <&"$fd"; do
+    case ${kv%%=*} in PS1|PS2|PROMPT_COMMAND) ;; *) export -- "$kv" || return 1 ;; esac
+  done
+  exec {fd}<&-
+  cd -- "$cwd" && rm -- "$file"
+}
+__sh_apply && unset -f __sh_apply && set -o history
+"""
+
+SH = Preparation(
+    language="sh",
+    file_extension=".sh",
+    bootstrap=BOOTSTRAP,
+    import_modules="",
+    apply=APPLY,
+    startup_env=frozenset({"PATH", "HOME", "LANG", "LC_ALL", "BASH_ENV"}),
+)
+'''
+
+
+@pytest.fixture
+def plugin_site(tmp_path: Path):
+    """A package registering the "sh" language in the ``hotpot_km.languages`` group."""
+    site = tmp_path / "site"
+    (site / "hotpot_lang_sh").mkdir(parents=True)
+    (site / "hotpot_lang_sh" / "__init__.py").write_text(PLUGIN)
+    dist = site / "hotpot_lang_sh-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hotpot-lang-sh\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nsh = hotpot_lang_sh:SH\n")
+    sys.path.insert(0, str(site))
+    _preparations.cache_clear()
+    try:
+        yield site
+    finally:
+        sys.path.remove(str(site))
+        sys.modules.pop("hotpot_lang_sh", None)
+        _preparations.cache_clear()
+
+
+async def test_a_language_added_by_an_entry_point(plugin_site, jupyter_dirs, tmp_path, log):
+    argv = [sys.executable, "-m", "bash_kernel", "-f", "{connection_file}"]
+    write_kernelspec(jupyter_dirs["data"], "shell", argv, language="sh")
+    assert preparation_for("sh") is not None
+    km = pooled_manager(kernel_pools={"shell": 1}, fill_delay=0)
+    km.log = log
+    try:
+        await km.wait_for_pool()
+        pooled = children()
+        cwd = request_dir(tmp_path)
+        env = dict(os.environ, **HOSTILE)
+        kid = await km.start_kernel(kernel_name="shell", cwd=str(cwd), env=env)
+        assert km.get_kernel(kid).provisioner.pid in pooled
+        seen = await look(km, kid, "bash", tmp_path / "probe.bin")
+        assert seen["cwd"] == str(cwd)
+        for key, value in HOSTILE.items():
+            assert seen["env"][key] == value
+        assert HANDOUT_FILE_VAR not in seen["env"]
     finally:
         await km.shutdown_all()
