@@ -15,6 +15,7 @@ import pytest
 from conftest import MARKER, describe, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from kernel_helpers import run, write_kernelspec
+from servers import TOKEN, KernelSocket, jupyter_server, new_session, port_of, running
 
 from hotpot_km.langs.handout import HANDOUT_FILE_VAR
 from hotpot_km.languages import ENTRY_POINT_GROUP, _preparations, preparation_for
@@ -321,3 +322,42 @@ async def test_a_language_added_by_an_entry_point(plugin_site, jupyter_dirs, tmp
         assert HANDOUT_FILE_VAR not in seen["env"]
     finally:
         await km.shutdown_all()
+
+
+def test_jupyter_server_sessions_of_r_and_bash_get_warm_kernels(jupyter_dirs, tmp_path):
+    """A session with a path: the pooled kernel runs in the notebook's directory with the
+    session's env, as configured by a user."""
+    (jupyter_dirs["config"] / "jupyter_server_config.py").write_text(
+        'c.ServerApp.kernel_manager_class = "hotpot_km.mapping.PooledMappingKernelManager"\n'
+        'c.PooledKernelManager.kernel_pools = {"ir": 1, "bash": 1}\n'
+        "c.PooledKernelManager._wait_at_startup = True\n"
+    )
+    root = tmp_path / "root"
+    (root / "sub dir").mkdir(parents=True)
+    argv = jupyter_server(tmp_path, root)
+    with running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
+                 log=tmp_path / "server.log") as server:
+        pooled = {
+            p.pid
+            for p in psutil.Process(server.proc.pid).children()
+            if {"bash_kernel", "IRkernel::main()"} & set(p.cmdline())
+        }
+        assert len(pooled) == 2
+        checks = {
+            "ir": 'cat(getwd(), Sys.getenv("JPY_SESSION_NAME"), Sys.getenv("HOTPOT_KM_HANDOUT", "-"), Sys.getpid(), sep = "\\n")',
+            "bash": 'printf "%s\\n" "$PWD" "$JPY_SESSION_NAME" "${HOTPOT_KM_HANDOUT--}" "$PPID"',
+        }
+        for name, code in checks.items():
+            kid = new_session(server, f"sub dir/{name}.ipynb", {"name": name})
+            sock = KernelSocket(server, kid)
+            try:
+                out, reply = sock.run(code)
+            finally:
+                sock.close()
+            assert reply["status"] == "ok", reply
+            assert reply["execution_count"] == 1
+            cwd, session, handout, pid = out.splitlines()
+            assert cwd == str(root / "sub dir")
+            assert session.endswith(f"sub dir/{name}.ipynb")
+            assert handout == "-"
+            assert int(pid) in pooled  # R itself, or bash_kernel that runs the bash
