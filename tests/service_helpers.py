@@ -131,11 +131,15 @@ class Service:
 
 
 @contextmanager
-def service(log: Path, *args: str, pools: int = 1, wait: bool = True) -> Iterator[Service]:
-    """``hotpot-km serve`` with a python3 pool, ``SERVICE_ONLY`` set in its env only."""
+def service(
+    log: Path, *args: str, pools: int = 1, wait: bool = True, kernel_pools: dict | None = None
+) -> Iterator[Service]:
+    """``hotpot-km serve`` with a python3 pool (or ``kernel_pools``), ``SERVICE_ONLY`` set in
+    its env only."""
     env = runner_env(SERVICE_ONLY="from-the-service")
     env.pop("RUNNER_ONLY")
-    argv = [HOTPOT_KM, "serve", f"--PooledKernelManager.kernel_pools={{\"python3\": {pools}}}",
+    sizes = json.dumps(kernel_pools or {"python3": pools})
+    argv = [HOTPOT_KM, "serve", f"--PooledKernelManager.kernel_pools={sizes}",
             "--PooledKernelManager.fill_delay=0", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,

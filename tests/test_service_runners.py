@@ -195,3 +195,49 @@ def test_jupyter_server_with_no_hotpot_configuration(setup):
             sock.close()
         assert api(server, "DELETE", f"/api/kernels/{kid}").status_code == 204
         assert status()["leases"] == []
+
+
+#: An R cell that reports its kernel as PROBE_CELL does for Python.
+R_PROBE_CELL = """\
+ppid <- as.integer(strsplit(sub(".*[)] ", "", readLines("/proc/self/stat")), " ")[[1]][2])
+probe <- list(pid = Sys.getpid(), ppid = ppid, cwd = getwd(), preimported = exists("hotpot_init"),
+              runner_only = Sys.getenv("RUNNER_ONLY", NA), service_only = Sys.getenv("SERVICE_ONLY", NA),
+              handout = Sys.getenv("HOTPOT_KM_HANDOUT", NA))
+json <- jsonlite::toJSON(probe, auto_unbox = TRUE, na = "null")
+writeLines(json, file.path(Sys.getenv("PROBE_DIR"), paste0("probe-", Sys.getpid(), ".json")))
+cat(json)
+"""
+
+
+def test_papermill_runs_an_r_notebook_on_a_pooled_r_kernel(jupyter_dirs, monkeypatch, tmp_path):
+    """``hotpot-km kernelspec install ir`` and ``hotpot-km serve`` with an ``ir`` pool: papermill
+    runs an R notebook, unchanged, on a warm R kernel in its --cwd with the runner's env."""
+    (jupyter_dirs["config"] / "kernel_pool_init_ir.R").write_text(
+        "library(stats); library(methods); hotpot_init <- TRUE\n"
+    )
+    probe_dir = tmp_path / "probes"
+    probe_dir.mkdir()
+    monkeypatch.setenv("PROBE_DIR", str(probe_dir))
+    install_kernelspec("ir")
+    work, other = jupyter_dirs["work"], tmp_path / "elsewhere"
+    other.mkdir()
+    notebook = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "ir", "display_name": "R", "language": "R"}},
+        "cells": [{"cell_type": "code", "id": "c0", "metadata": {}, "outputs": [],
+                   "execution_count": None, "source": R_PROBE_CELL}],
+    }
+    (work / "in.ipynb").write_text(json.dumps(notebook))
+    with service(tmp_path / "service.log", kernel_pools={"ir": 1}) as svc:
+        run(["papermill", "--cwd", str(other), "in.ipynb", "out.ipynb"], cwd=work)
+        [seen] = probes(probe_dir)
+        assert seen["ppid"] == svc.pid
+        assert seen["preimported"] is True
+        assert seen["cwd"] == str(other)
+        assert seen["runner_only"] == "from-the-runner"
+        assert seen["service_only"] is None
+        assert seen["handout"] is None
+        out = json.loads((work / "out.ipynb").read_text())
+        assert json.loads(out["cells"][0]["outputs"][0]["text"][0]) == seen
+        assert status()["leases"] == []
