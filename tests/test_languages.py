@@ -12,11 +12,21 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 from conftest import MARKER, describe, pooled_manager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from kernel_helpers import run, write_kernelspec
-from servers import TOKEN, KernelSocket, jupyter_server, new_session, port_of, running
+from servers import (
+    TOKEN,
+    KernelSocket,
+    free_port,
+    jupyter_server,
+    new_session,
+    port_of,
+    running,
+)
 
+from hotpot_km.langs import R
 from hotpot_km.langs.handout import HANDOUT_FILE_VAR
 from hotpot_km.languages import ENTRY_POINT_GROUP, _preparations, preparation_for
 
@@ -361,3 +371,46 @@ def test_jupyter_server_sessions_of_r_and_bash_get_warm_kernels(jupyter_dirs, tm
             assert session.endswith(f"sub dir/{name}.ipynb")
             assert handout == "-"
             assert int(pid) in pooled  # R itself, or bash_kernel that runs the bash
+
+
+def test_kernel_gateway_hands_out_a_warm_r_kernel_with_the_request_env(jupyter_dirs, tmp_path):
+    """Kernel Gateway gives a kernel with a request env only PATH, the request's KERNEL_*
+    variables and what ``env_process_whitelist`` lets through from its own env: listing the
+    variables R reads at start (HOME, ...) there lets the pool's R kernels serve it."""
+    startup = {k: v for k, v in os.environ.items() if k in R.startup_env and k != "PATH"}
+    (jupyter_dirs["config"] / "jupyter_kernel_gateway_config.py").write_text(
+        'c.KernelGatewayApp.kernel_manager_class = "hotpot_km.mapping.PooledMappingKernelManager"\n'
+        'c.PooledKernelManager.kernel_pools = {"ir": 1}\n'
+        "c.PooledKernelManager._wait_at_startup = True\n"
+        f"c.KernelGatewayApp.env_process_whitelist = {sorted(startup)!r}\n"
+    )
+    port = free_port()
+    argv = [sys.executable, "-m", "kernel_gateway", "--KernelGatewayApp.ip=127.0.0.1",
+            f"--KernelGatewayApp.port={port}", "--KernelGatewayApp.port_retries=0",
+            f"--KernelGatewayApp.auth_token={TOKEN}"]
+    with running(argv, cwd=tmp_path, port=port, ready_path="/api", log=tmp_path / "kg.log") as server:
+        pooled = {
+            p.pid
+            for p in psutil.Process(server.proc.pid).children()
+            if "IRkernel::main()" in p.cmdline()
+        }
+        assert len(pooled) == 1
+        response = requests.post(
+            server.url + "/api/kernels",
+            json={"name": "ir", "env": {"KERNEL_USERNAME": "al'ice $(x)\n\u00e9"}},
+            headers={"Authorization": f"token {TOKEN}"},
+            timeout=60,
+        )
+        assert response.status_code == 201, server.log()[-3000:]
+        sock = KernelSocket(server, response.json()["id"])
+        try:
+            out, reply = sock.run(
+                'cat(Sys.getpid(), getwd(), Sys.getenv("KERNEL_USERNAME"), sep = "\\n")'
+            )
+        finally:
+            sock.close()
+        assert reply["status"] == "ok", reply
+        pid, cwd, user = out.split("\n", 2)
+        assert int(pid) in pooled
+        assert cwd == str(tmp_path)
+        assert user.removesuffix("\n") == "al'ice $(x)\n\u00e9"
