@@ -7,19 +7,19 @@ from __future__ import annotations
 from ..languages import Preparation
 from .common import PROCESS_START
 
-# The first command of the warm-up turns history off and deletes its own line, so neither
-# the pool's commands nor the init file appear in `history` (or ~/.bash_history).
-_BOOTSTRAP = """\
-set +o history; history -d -1 2>/dev/null; env -0 > "$HOTPOT_KM_HANDOUT"
-"""
-
+# The warm-up's first command turns history off and deletes its own line, so neither the
+# pool's commands nor the init file appear in `history` (or ~/.bash_history); it defines
+# the handout's function now, so the handout itself is one line (bash_kernel sends a cell
+# line by line, waiting for each prompt). The function:
 # bash_kernel's own prompt variables keep their values (and are exported only if the
 # request's env has them, as a cold start would); PWD is exported and OLDPWD unset as in
 # a shell that just started. History comes back on, but bash_kernel's own check of the
 # exit status that follows (the next line) is kept out of it by HISTIGNORE, restored at
 # the second prompt from now, which then leaves PROMPT_COMMAND empty, as bash_kernel set
 # it (bash restores the history switch itself after PROMPT_COMMAND, so it can't be there).
-_APPLY = """\
+# The file is removed last: the pool takes a file left behind as a failed handout.
+_BOOTSTRAP = """\
+set +o history; history -d -1 2>/dev/null
 __hotpot_km_apply() {
   local __hotpot_km_fd __hotpot_km_cwd __hotpot_km_kv __hotpot_km_k
   local __hotpot_km_file=$HOTPOT_KM_HANDOUT
@@ -38,20 +38,16 @@ __hotpot_km_apply() {
     esac
   done
   exec {__hotpot_km_fd}<&-
-  rm -- "$__hotpot_km_file" || return 1
   if [[ -v OLDPWD ]]; then
     __hotpot_km_kv=$OLDPWD
-    cd -- "$__hotpot_km_cwd" || return 1
+    builtin cd -- "$__hotpot_km_cwd" || return 1
     OLDPWD=$__hotpot_km_kv
   else
-    cd -- "$__hotpot_km_cwd" || return 1
+    builtin cd -- "$__hotpot_km_cwd" || return 1
     unset -v OLDPWD
   fi
   export PWD
   hash -r
-}
-if __hotpot_km_apply; then
-  unset -f __hotpot_km_apply
   set -o history
   if [[ -v HISTIGNORE ]]; then
     __hotpot_km_hi=$HISTIGNORE
@@ -61,10 +57,12 @@ if __hotpot_km_apply; then
     PROMPT_COMMAND="PROMPT_COMMAND='unset -v HISTIGNORE; PROMPT_COMMAND='"
   fi
   HISTIGNORE='{ echo $?; } 2>/dev/null'
-else
-  false
-fi
+  command rm -- "$__hotpot_km_file"
+}
+env -0 > "$HOTPOT_KM_HANDOUT"
 """
+
+_APPLY = "__hotpot_km_apply && unset -f __hotpot_km_apply\n"
 
 BASH = Preparation(
     language="bash",

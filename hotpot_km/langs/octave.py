@@ -7,13 +7,11 @@ from __future__ import annotations
 from ..languages import Preparation
 from .common import NUMERIC_THREADS, PROCESS_START
 
+# The handout's function is defined by the warm-up (octave_kernel sends a cell line by
+# line, waiting for each prompt), so the handout itself is one line; the function is
+# cleared again after it ran. The file is removed last: the pool takes a file left behind
+# as a failed handout (octave_kernel answers "ok" whatever happened).
 _BOOTSTRAP = """\
-__hotpot_km_status__ = system ("env -0 > \\"$HOTPOT_KM_HANDOUT\\"");
-if (__hotpot_km_status__ != 0) error ("hotpot_km: could not record the environment"); endif
-clear __hotpot_km_status__
-"""
-
-_APPLY = """\
 function __hotpot_km_apply__ ()
   path = getenv ("HOTPOT_KM_HANDOUT");
   fid = fopen (path, "r");
@@ -34,9 +32,12 @@ function __hotpot_km_apply__ ()
   cd (fields{1});
   if (unlink (path) != 0) error ("hotpot_km: could not remove the handout"); endif
 endfunction
-__hotpot_km_apply__ ();
-clear __hotpot_km_apply__
+__hotpot_km_status__ = system ("env -0 > \\"$HOTPOT_KM_HANDOUT\\"");
+if (__hotpot_km_status__ != 0) error ("hotpot_km: could not record the environment"); endif
+clear __hotpot_km_status__
 """
+
+_APPLY = "__hotpot_km_apply__ (); clear __hotpot_km_apply__\n"
 
 OCTAVE = Preparation(
     language="octave",
