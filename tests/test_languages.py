@@ -414,3 +414,29 @@ def test_kernel_gateway_hands_out_a_warm_r_kernel_with_the_request_env(jupyter_d
         assert int(pid) in pooled
         assert cwd == str(tmp_path)
         assert user.removesuffix("\n") == "al'ice $(x)\n\u00e9"
+
+
+async def test_restarts_of_an_r_kernel_keep_its_cwd_and_env(jupyter_dirs, tmp_path, log):
+    """A restart onto a ready pooled R kernel, then one with none ready: both get the
+    original request's cwd and env again."""
+    km = pooled_manager(kernel_pools={"ir": 1}, fill_delay=0)
+    km.log = log
+    code = 'cat(Sys.getpid(), getwd(), Sys.getenv("HOTPOT_QUOTES"), sep = "\\n")'
+    try:
+        await km.wait_for_pool()
+        cwd = request_dir(tmp_path)
+        kid = await km.start_kernel(kernel_name="ir", cwd=str(cwd), env=dict(os.environ, **HOSTILE))
+        pids = []
+        for restart in (False, True, True):
+            if restart:
+                await km.restart_kernel(kid)
+            out, reply = await run(km, kid, code)
+            assert reply["status"] == "ok", reply
+            pid, where, quotes = out.split("\n", 2)
+            assert where == str(cwd)
+            assert quotes.removesuffix("\n") == HOSTILE["HOTPOT_QUOTES"]
+            pids.append(pid)
+            await km.wait_for_pool()
+        assert len(set(pids)) == 3
+    finally:
+        await km.shutdown_all()
