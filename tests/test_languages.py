@@ -5,8 +5,10 @@ count and the names left in its workspace or history."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from servers import (
     new_session,
     port_of,
     running,
+    voila_command,
 )
 
 from hotpot_km.langs import R
@@ -440,3 +443,47 @@ async def test_restarts_of_an_r_kernel_keep_its_cwd_and_env(jupyter_dirs, tmp_pa
         assert len(set(pids)) == 3
     finally:
         await km.shutdown_all()
+
+
+def test_voila_serves_an_r_notebook_from_the_pool(jupyter_dirs, tmp_path):
+    """Voila configured as users write it, with an R pool: each page gets a warm R kernel
+    with its own request's env (VOILA_REQUEST_URL) in the notebook's directory."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "voila.json").write_text(json.dumps({
+        "VoilaConfiguration": {
+            "multi_kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"
+        },
+        "PooledKernelManager": {"kernel_pools": {"ir": 2}, "_wait_at_startup": True},
+    }))
+    (jupyter_dirs["config"] / "kernel_pool_init_ir.R").write_text("hotpot_init <- TRUE\n")
+    cell = ('cat("PREIMPORTED", exists("hotpot_init"), "\\nCWD", getwd(), "\\nPID", Sys.getpid(),'
+            ' "\\nURL", Sys.getenv("VOILA_REQUEST_URL"), "\\n")')
+    (app / "dashboard.ipynb").write_text(json.dumps({
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "ir", "display_name": "R", "language": "R"}},
+        "cells": [{"cell_type": "code", "id": "c0", "metadata": {}, "outputs": [],
+                   "execution_count": None, "source": cell}],
+    }))
+    port = free_port()
+    with running(voila_command("dashboard.ipynb", port), cwd=app, port=port,
+                 ready_path="/voila/files/voila.json", log=tmp_path / "voila.log") as server:
+        pooled = {
+            p.pid
+            for p in psutil.Process(server.proc.pid).children()
+            if "IRkernel::main()" in p.cmdline()
+        }
+        assert len(pooled) == 2
+        pids = []
+        for query in ("?a=1", "?b=2"):
+            page = requests.get(server.url + "/" + query, timeout=120)
+            assert page.status_code == 200, server.log()[-3000:]
+            text = page.text
+            assert "PREIMPORTED TRUE" in text
+            assert f"CWD {app}" in text
+            pid = int(re.search(r"PID (\d+)", text).group(1))
+            assert pid in pooled
+            pids.append(pid)
+            assert query in re.search(r"URL (\S+)", text).group(1)
+        assert pids[0] != pids[1]
