@@ -188,7 +188,7 @@ async def test_handout_equals_a_cold_start(name, jupyter_dirs, tmp_path, monkeyp
 
 #: Per language: an init file defining ``hotpot_init``, and code printing whether it exists.
 INIT_FILES = {
-    "ir": (".R", "library(stats); library(methods); hotpot_init <- 1\n", 'cat(exists("hotpot_init"))'),
+    "ir": (".R", "library(stats); library(methods); hotpot_init <- 1; setwd <- function(...) stop(\"no\")\n", 'cat(exists("hotpot_init"))'),
     "bash": (".sh", "hotpot_init=1\n", 'echo "${hotpot_init+TRUE}"'),
     "xpython": (".py", "hotpot_init = 1\n", 'print("hotpot_init" in globals())'),
     "octave": (".m", "hotpot_init = 1;\n", 'disp(exist("hotpot_init"))'),

@@ -1,6 +1,7 @@
 """R (IRkernel): the handout file is read with ``readBin`` and applied with ``setwd``,
 ``Sys.unsetenv`` and ``Sys.setenv``, everything inside ``local()`` so no variable is left
-in the global environment."""
+in the global environment, in an environment whose parent is base's, so that names an
+init file defines in the global environment can't stand in for base's functions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from ..languages import Preparation
 from .common import NUMERIC_THREADS, PROCESS_START
 
 _BOOTSTRAP = """\
-local({
+base::local({
   env <- Sys.getenv()
   con <- file(Sys.getenv("HOTPOT_KM_HANDOUT"), "wb")
   on.exit(close(con))
@@ -16,15 +17,15 @@ local({
     writeBin(c(charToRaw(paste0(key, "=", env[[key]])), as.raw(0L)), con)
   }
   invisible(NULL)
-})
+}, envir = base::new.env(parent = base::baseenv()))
 """
 
 _APPLY = """\
-local({
+base::local({
   path <- Sys.getenv("HOTPOT_KM_HANDOUT")
   data <- readBin(path, "raw", file.info(path)$size)
   ends <- which(data == as.raw(0L))
-  starts <- c(1L, head(ends, -1L) + 1L)
+  starts <- c(1L, ends[-length(ends)] + 1L)
   fields <- lapply(seq_along(ends), function(i) data[seq_len(ends[i] - starts[i]) + starts[i] - 1L])
   setwd(rawToChar(fields[[1L]]))
   if (!all(Sys.unsetenv(names(Sys.getenv())))) stop("could not clear the environment")
@@ -36,7 +37,7 @@ local({
   }
   if (!file.remove(path)) stop("could not remove the handout")
   invisible(NULL)
-})
+}, envir = base::new.env(parent = base::baseenv()))
 """
 
 R = Preparation(
