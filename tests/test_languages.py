@@ -31,7 +31,7 @@ from servers import (
 
 from hotpot_km.langs import R
 from hotpot_km.langs.handout import HANDOUT_FILE_VAR
-from hotpot_km.languages import ENTRY_POINT_GROUP, _preparations, preparation_for
+from hotpot_km.languages import ENTRY_POINT_GROUP, _preparations, kernel_language, preparation_for
 
 
 def marked_processes() -> list[psutil.Process]:
@@ -487,3 +487,36 @@ def test_voila_serves_an_r_notebook_from_the_pool(jupyter_dirs, tmp_path):
             pids.append(pid)
             assert query in re.search(r"URL (\S+)", text).group(1)
         assert pids[0] != pids[1]
+
+
+def test_a_broken_language_entry_point_is_left_out_and_logged(tmp_path, caplog):
+    """One that fails to import, and one that is not a Preparation named like its entry
+    point: both are logged, the others (built-in ones included) still work."""
+    site = tmp_path / "site"
+    (site / "broken_lang").mkdir(parents=True)
+    (site / "broken_lang" / "__init__.py").write_text(
+        "from hotpot_km.langs import BASH\nWRONG = BASH\nraise_here = 1 / 0\n"
+    )
+    (site / "wrong_lang.py").write_text("from hotpot_km.langs import BASH\nWRONG = BASH\n")
+    dist = site / "broken_lang-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-lang\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nbroken = broken_lang:WRONG\nzsh = wrong_lang:WRONG\n"
+    )
+    sys.path.insert(0, str(site))
+    _preparations.cache_clear()
+    try:
+        with caplog.at_level(logging.ERROR, logger="hotpot_km.languages"):
+            assert preparation_for("broken") is None
+            assert preparation_for("zsh") is None
+            assert preparation_for("r") is R
+            assert kernel_language("python", ["python", "-m", "xpython_launcher"]) == "xpython"
+        messages = " ".join(r.getMessage() for r in caplog.records)
+        assert "'broken' failed to load" in messages
+        assert "'zsh' is not a Preparation whose language is 'zsh'" in messages
+    finally:
+        sys.path.remove(str(site))
+        sys.modules.pop("broken_lang", None)
+        sys.modules.pop("wrong_lang", None)
+        _preparations.cache_clear()
