@@ -520,3 +520,19 @@ def test_a_broken_language_entry_point_is_left_out_and_logged(tmp_path, caplog):
         sys.modules.pop("broken_lang", None)
         sys.modules.pop("wrong_lang", None)
         _preparations.cache_clear()
+
+
+def test_kernels_on_a_remote_gateway_get_only_the_control_message_handout():
+    """A file on this machine can't reach a kernel a remote gateway runs: there, R kernels
+    serve only requests with the pool's own env (reason ``language``); Python keeps its
+    control-message handout."""
+    from hotpot_km.languages import remote_language
+    from hotpot_km.request import ColdReason, LaunchRequest, mismatch
+
+    assert remote_language("python") == "python"
+    remote_r = remote_language("R")
+    assert preparation_for(remote_r) is None
+    pooled = LaunchRequest("ir", None, {"A": "1"})
+    assert mismatch(pooled, remote_r, LaunchRequest("ir", None, {"A": "1"})) is None
+    found = mismatch(pooled, remote_r, LaunchRequest("ir", None, {"A": "2"}))
+    assert found is not None and found.reason is ColdReason.LANGUAGE
