@@ -109,7 +109,7 @@ PER_PROCESS = {"_", "PS1", "PS2", "R_SESSION_TMPDIR"}
 
 HOSTILE = {
     "HOTPOT_QUOTES": "it's \"quoted\" \\ back`tick`",
-    "HOTPOT_SUBST": "$(touch /tmp/hotpot_km_pwned) `id` ${HOME} %s %(x)s",
+    "HOTPOT_SUBST": "$(touch hotpot_km_pwned) `id` ${HOME} %s %(x)s",
     "HOTPOT_LINES": "one\ntwo\r\nthree\n",
     "HOTPOT_UNICODE": "\u00e9t\u00e9 \u65e5\u672c \U0001f600",
     "HOTPOT_LONG": "x" * 2500 + "\u00e9" * 2500,
@@ -179,7 +179,7 @@ async def test_handout_equals_a_cold_start(name, jupyter_dirs, tmp_path, monkeyp
         assert HANDOUT_FILE_VAR not in seen["env"]
         assert seen["shown"].splitlines() == reference["shown"].splitlines()
         assert seen["execution_count"] == reference["execution_count"]
-        assert not os.path.exists("/tmp/hotpot_km_pwned")
+        assert not list(tmp_path.rglob("hotpot_km_pwned"))  # nothing ran it, in any cwd
     finally:
         await cold.shutdown_all()
         await km.shutdown_all()
