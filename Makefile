@@ -23,6 +23,25 @@ CHP := node_modules/.bin/configurable-http-proxy
 $(CHP):
 	npm install --no-save --no-audit --no-fund configurable-http-proxy@5
 
+# Kernels of every language the pool prepares (tests/test_languages.py): R with IRkernel
+# and Octave from Debian (installed when missing, which takes root, as .ci/run has), and
+# bash_kernel, xeus-python and octave_kernel (the test extra) registered in the venv.
+DEBIAN_KERNELS := r-base-core r-cran-irkernel octave
+IR_SPEC := {"argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"], \
+            "display_name": "R", "language": "R"}
+$(VENV)/.kernels-installed: $(VENV)/.test-installed
+	@missing=$$(for p in $(DEBIAN_KERNELS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "as root: apt-get install" $$missing >&2; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(BIN)/python -m bash_kernel.install --sys-prefix
+	mkdir -p $(VENV)/share/jupyter/kernels/ir
+	echo '$(IR_SPEC)' > $(VENV)/share/jupyter/kernels/ir/kernel.json
+	touch $@
+
 $(EG_VENV)/.installed: $(EG_REQUIREMENTS)
 	rm -rf $(EG_VENV)
 	$(PYTHON) -m venv $(EG_VENV)
@@ -36,7 +55,7 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.test-installed $(EG_VENV)/.installed $(CHP)
+test: $(VENV)/.test-installed $(VENV)/.kernels-installed $(EG_VENV)/.installed $(CHP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check hotpot_km
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -39,6 +39,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 from traitlets import Bool, Float, List, Unicode, default
 
 from .budget import Slot
+from .languages import remote_language
 from .pool import reapply
 from .pooled import PooledKernelManager
 from .priority import ProcessPriority
@@ -241,7 +242,8 @@ class GatewayKernelAdapter:
         specs = (await ksm.list_kernel_specs()).get("kernelspecs") or {}
         if self.name not in specs:
             raise KeyError(f"no kernelspec {self.name!r} on the gateway")
-        self.language = language = (specs[self.name].get("spec") or {}).get("language")
+        language = remote_language((specs[self.name].get("spec") or {}).get("language"))
+        self.language = language
         payload = gateway_env(kwargs.pop("env", None), kwargs.pop("cwd", None))
         self.launch = self.manager.remote_request(
             self.name, payload, {POOL_MARKER: self.manager.pool_marker}

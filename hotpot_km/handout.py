@@ -84,11 +84,12 @@ class _ReadyInOneRoundTrip:
             events = dict(await poller.poll(max(int((wake - now) * 1000), 1)))
             if shell.socket in events:
                 msg = await ensure_async(shell.get_msg(timeout=0))
-                if msg["parent_header"].get("msg_id") == last:
+                if (msg.get("parent_header") or {}).get("msg_id") == last:
                     reply, replied_at = msg, loop.time()
             if iopub.socket in events:
                 msg = await ensure_async(iopub.get_msg(timeout=0))
-                parent = msg["parent_header"].get("msg_id")
+                # xeus kernels' IOPub welcome message has no parent header
+                parent = (msg.get("parent_header") or {}).get("msg_id")
                 if parent in sent and msg["msg_type"] == "status":
                     subscribed = True
                     if parent == last and msg["content"]["execution_state"] == "idle":

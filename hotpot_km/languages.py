@@ -9,6 +9,11 @@ and are never spliced into source.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 #: Message type of the handout, sent on the control channel (see :class:`Preparation`).
@@ -38,6 +43,34 @@ class Preparation:
     bootstrap: str
     import_modules: str
     startup_env: frozenset[str] = field(default_factory=frozenset)
+    #: Constant code run (silently, on the shell channel) at handout by kernels that can't
+    #: receive a control message: the pool runs it before the host gets the kernel, with the
+    #: request's values in a file (see :mod:`hotpot_km.langs.handout`). Empty: the
+    #: control-message handout above.
+    apply: str = ""
+    #: The kernelspec ``language`` this preparation serves, when it is not ``language``
+    #: itself (xeus-python's kernelspec says ``python``).
+    spec_language: str | None = None
+    #: Basenames of which one must be in the kernelspec's ``argv`` (its program or module,
+    #: e.g. ``xpython_launcher``) for this preparation to serve it; empty: any kernel of
+    #: ``spec_language``.
+    executables: frozenset[str] = field(default_factory=frozenset)
+    #: Variables the bootstrap's view of the environment shows that the kernel itself does
+    #: not hold (e.g. a shell's ``PWD`` when the dump goes through ``/bin/sh``).
+    per_process_env: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def handout_by_file(self) -> bool:
+        """Whether the handout is the :attr:`apply` code and a file, not a control message."""
+        return bool(self.apply)
+
+    def serves(self, language: str | None, argv: Sequence[str]) -> bool:
+        """Whether kernels of a kernelspec with this ``language`` and ``argv`` are prepared here."""
+        if (language or "").lower() != (self.spec_language or self.language).lower():
+            return False
+        return not self.executables or any(
+            os.path.basename(arg) in self.executables for arg in argv
+        )
 
 
 _PYTHON_BOOTSTRAP = """\
@@ -202,7 +235,57 @@ PYTHON = Preparation(
     ),
 )
 
-_PREPARATIONS = {p.language: p for p in (PYTHON,)}
+#: Entry point group of language preparations: ``name = "module:PREPARATION"``, each a
+#: :class:`Preparation` whose ``language`` is ``name`` (see docs/languages.md).
+ENTRY_POINT_GROUP = "hotpot_km.languages"
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _preparations() -> dict[str, Preparation]:
+    """Every known preparation by ``language``: the built-in ones, then the entry points
+    (read once per process; a broken one is logged and left out)."""
+    from .langs import BUILTIN
+
+    found = {p.language: p for p in (PYTHON, *BUILTIN)}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            prep = entry.load()
+        except Exception:
+            log.exception("hotpot_km: language entry point %r failed to load", entry.name)
+            continue
+        if not isinstance(prep, Preparation) or prep.language != entry.name:
+            log.error(
+                "hotpot_km: language entry point %r is not a Preparation whose language is %r",
+                entry.name,
+                entry.name,
+            )
+            continue
+        found.setdefault(prep.language, prep)  # the built-in ones are registered as themselves
+    return found
+
+
+def kernel_language(language: str | None, argv: Sequence[str]) -> str | None:
+    """The pool's name for the language of a kernelspec (``language``, ``argv``): the
+    preparation that serves it, preferring one limited to the spec's program; else the
+    kernelspec's own language."""
+    preps = sorted(_preparations().values(), key=lambda p: not p.executables)
+    for prep in preps:
+        if prep.serves(language, argv):
+            return prep.language
+    return language
+
+
+def remote_language(language: str | None) -> str | None:
+    """The pool's name for the language of a kernel another machine runs: only a
+    control-message handout reaches it (the file of :attr:`Preparation.apply` would be on
+    this machine), so other languages go cold on a cwd/env change."""
+    prep = preparation_for(language)
+    if prep is not None and prep.handout_by_file:
+        return f"{language} (remote)"
+    return language
+
 
 #: Init-file extensions for languages the pool cannot hand out with a new cwd/env.
 _EXTENSIONS = {
@@ -227,12 +310,15 @@ _EXTENSIONS = {
 
 def preparation_for(language: str | None) -> Preparation | None:
     """How to prepare kernels of a kernelspec ``language``; ``None``: cwd/env can't be applied."""
-    return _PREPARATIONS.get((language or "").lower())
+    return _preparations().get((language or "").lower())
 
 
 def init_file_extension(language: str | None, reported: str | None = None) -> str | None:
-    """Extension of ``kernel_pool_init_<name>.<ext>``: the kernel's own ``language_info`` wins."""
+    """Extension of ``kernel_pool_init_<name>.<ext>``: a prepared language's own (IRkernel
+    reports ``.r``, the files are ``.R``), else the kernel's ``language_info``'s."""
+    prep = preparation_for(language)
+    if prep is not None:
+        return prep.file_extension
     if reported:
         return reported if reported.startswith(".") else f".{reported}"
-    prep = preparation_for(language)
-    return prep.file_extension if prep else _EXTENSIONS.get((language or "").lower())
+    return _EXTENSIONS.get((language or "").lower())

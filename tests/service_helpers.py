@@ -155,14 +155,21 @@ class Service:
 
 
 @contextmanager
-def service(log: Path, *args: str, pools: int = 1, wait: bool = True,
-            python: Path | None = None) -> Iterator[Service]:
-    """``hotpot-km serve`` with a python3 pool, ``SERVICE_ONLY`` set in its env only; with
-    ``python``, that interpreter's."""
+def service(
+    log: Path,
+    *args: str,
+    pools: int = 1,
+    wait: bool = True,
+    kernel_pools: dict | None = None,
+    python: Path | None = None,
+) -> Iterator[Service]:
+    """``hotpot-km serve`` with a python3 pool (or ``kernel_pools``), ``SERVICE_ONLY`` set in
+    its env only; with ``python``, that interpreter's."""
     env = runner_env(SERVICE_ONLY="from-the-service")
     env.pop("RUNNER_ONLY")
+    sizes = json.dumps(kernel_pools or {"python3": pools})
     command = [str(python), "-m", "hotpot_km"] if python else [HOTPOT_KM]
-    argv = [*command, "serve", f"--PooledKernelManager.kernel_pools={{\"python3\": {pools}}}",
+    argv = [*command, "serve", f"--PooledKernelManager.kernel_pools={sizes}",
             "--PooledKernelManager.fill_delay=0", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,

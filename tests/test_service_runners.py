@@ -13,8 +13,10 @@ environment's kernelspecs come before the user's.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -252,3 +254,55 @@ def test_install_for_the_user_in_a_venv_warns_that_it_loses(setup):
     assert f"'python3' still resolves to {setup['spec']}" in done.stderr
     assert "install without --user/--prefix" in done.stderr
     assert (setup["data"] / "kernels" / "python3" / "hotpot_km.json").exists()
+
+
+#: An R cell that reports its kernel as PROBE_CELL does for Python.
+R_PROBE_CELL = """\
+ppid <- as.integer(strsplit(sub(".*[)] ", "", readLines("/proc/self/stat")), " ")[[1]][2])
+probe <- list(pid = Sys.getpid(), ppid = ppid, cwd = getwd(), preimported = exists("hotpot_init"),
+              runner_only = Sys.getenv("RUNNER_ONLY", NA), service_only = Sys.getenv("SERVICE_ONLY", NA),
+              handout = Sys.getenv("HOTPOT_KM_HANDOUT", NA))
+json <- jsonlite::toJSON(probe, auto_unbox = TRUE, na = "null")
+writeLines(json, file.path(Sys.getenv("PROBE_DIR"), paste0("probe-", Sys.getpid(), ".json")))
+cat(json)
+"""
+
+
+def test_papermill_runs_an_r_notebook_on_a_pooled_r_kernel(jupyter_dirs, monkeypatch, tmp_path):
+    """``hotpot-km kernelspec install ir`` in a user's venv and ``hotpot-km serve`` with an
+    ``ir`` pool: papermill runs an R notebook, unchanged, on a warm R kernel in its --cwd
+    with the runner's env."""
+    (jupyter_dirs["config"] / "kernel_pool_init_ir.R").write_text(
+        "library(stats); library(methods); hotpot_init <- TRUE\n"
+    )
+    probe_dir = tmp_path / "probes"
+    probe_dir.mkdir()
+    monkeypatch.setenv("PROBE_DIR", str(probe_dir))
+    python = virtual_env(tmp_path / "venv")
+    ir_spec = Path(sys.prefix, "share", "jupyter", "kernels", "ir")
+    shutil.copytree(ir_spec, tmp_path / "venv" / "share" / "jupyter" / "kernels" / "ir")
+    installed = hotpot_km("kernelspec", "install", "ir", python=python)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    work, other = jupyter_dirs["work"], tmp_path / "elsewhere"
+    other.mkdir()
+    notebook = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "ir", "display_name": "R", "language": "R"}},
+        "cells": [{"cell_type": "code", "id": "c0", "metadata": {}, "outputs": [],
+                   "execution_count": None, "source": R_PROBE_CELL}],
+    }
+    (work / "in.ipynb").write_text(json.dumps(notebook))
+    with service(tmp_path / "service.log", kernel_pools={"ir": 1}, python=python) as svc:
+        run([str(python), "-m", "papermill", "--cwd", str(other), "in.ipynb", "out.ipynb"],
+            cwd=work)
+        [seen] = probes(probe_dir)
+        assert seen["ppid"] == svc.pid
+        assert seen["preimported"] is True
+        assert seen["cwd"] == str(other)
+        assert seen["runner_only"] == "from-the-runner"
+        assert seen["service_only"] is None
+        assert seen["handout"] is None
+        out = json.loads((work / "out.ipynb").read_text())
+        assert json.loads(out["cells"][0]["outputs"][0]["text"][0]) == seen
+        assert status()["leases"] == []

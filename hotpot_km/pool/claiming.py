@@ -12,7 +12,7 @@ from ..budget import MaximumKernelsException, Slot
 from ..languages import preparation_for
 from ..request import ColdReason, LaunchRequest, fixed_options, mismatch
 from .model import HandedOut, HandoutError, PooledKernel, PoolState, Reservation, WarmupError
-from .settling import send_handout
+from .settling import apply_by_file, send_handout
 
 
 class Claiming(PoolState):
@@ -139,7 +139,8 @@ class Claiming(PoolState):
         if not await kernel.adapter.is_alive():
             raise HandoutError("it died while waiting in the pool", ColdReason.DEAD_KERNEL)
         handout: str | None = None
-        if preparation_for(kernel.language) is not None:
+        prep = preparation_for(kernel.language)
+        if prep is not None:
             if request.cwd is not None and request.cwd != kernel.launch.cwd:
                 try:
                     await kernel.adapter.check_cwd(request.cwd)
@@ -147,7 +148,12 @@ class Claiming(PoolState):
                     self.unclaim(kernel)  # nothing was sent: the kernel is untouched
                     raise
             await self._at_normal_priority(kernel)
-            handout = send_handout(kernel.client, kernel.launch, request)
+            if prep.handout_by_file:
+                # no gate in such a kernel: applied before the host gets the kernel
+                settings = self._host.pool_settings()
+                await apply_by_file(kernel, prep, request, settings.startup_timeout)
+            else:
+                handout = send_handout(kernel.client, kernel.launch, request)
         else:
             await self._at_normal_priority(kernel)
         return self._detach(kernel, handout)

@@ -20,6 +20,8 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from .. import keeper, priority
 from ..budget import Slot
 from ..kernel_io import close_client
+from ..langs import handout as handout_file
+from ..languages import kernel_language, preparation_for
 from ..priority import ProcessPriority
 from ..request import LaunchRequest, absolute_cwd, final_env, fixed_options
 from .model import HandedOut
@@ -56,6 +58,8 @@ class LocalKernelAdapter:
         self._start_kwargs: dict[str, Any] = {}
         self._client: AsyncKernelClient | None = None
         self._handed: KernelProvisionerBase | None = None  # the process's, once handed out
+        #: where a language that is handed out through a file exchanges it with the kernel
+        self.handout_path: str | None = None
 
     async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
         spec = await self.pool.spec(self.manager.kernel_name)
@@ -69,8 +73,14 @@ class LocalKernelAdapter:
             self.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
         )
         self.manager._kernel_spec = spec  # already read off the loop
-        self._start_kwargs = {"cwd": cwd, "env": dict(os.environ if env is None else env), **kwargs}
-        return launch, spec.language
+        start_env = dict(os.environ if env is None else env)
+        language = kernel_language(spec.language, spec.argv)
+        prep = preparation_for(language)
+        if prep is not None and prep.handout_by_file:
+            self.handout_path = await asyncio.to_thread(handout_file.new_handout_path)
+            start_env[handout_file.HANDOUT_FILE_VAR] = self.handout_path
+        self._start_kwargs = {"cwd": cwd, "env": start_env, **kwargs}
+        return launch, language
 
     async def start(self, timeout: float, slot: Slot) -> AsyncKernelClient:
         cwd = self._start_kwargs["cwd"]
@@ -134,6 +144,8 @@ class LocalKernelAdapter:
                 await self.manager.cleanup_resources()
         finally:
             await until_gone(provisioner, self.pool.log)
+            if self.handout_path is not None:
+                await asyncio.to_thread(handout_file.remove, self.handout_path)
 
     @property
     def pid(self) -> int | None:

@@ -6,6 +6,7 @@ the same handout again for a kernel a remote gateway relaunched (:func:`reapply`
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from queue import Empty
 from typing import Any
@@ -15,10 +16,18 @@ import zmq.asyncio
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import Session
 
-from ..kernel_io import METADATA_KEY, KernelDiedError, ShellClient, request_reply, run_code
-from ..languages import HANDOUT_REPLY, HANDOUT_REQUEST, preparation_for
-from ..request import LaunchRequest
-from .model import PooledKernel, PoolState
+from ..kernel_io import (
+    METADATA_KEY,
+    KernelCodeError,
+    KernelDiedError,
+    ShellClient,
+    request_reply,
+    run_code,
+)
+from ..langs import handout as handout_file
+from ..languages import HANDOUT_REPLY, HANDOUT_REQUEST, Preparation, preparation_for
+from ..request import ColdReason, LaunchRequest
+from .model import HandoutError, PooledKernel, PoolState
 
 #: Seconds a handed-out kernel must stay idle after its new owner's first execution
 #: before its replacement starts (cells of a page follow each other much faster).
@@ -108,6 +117,39 @@ async def handout_reply(
             continue
         if reply["parent_header"].get("msg_id") == msg_id and reply["msg_type"] == HANDOUT_REPLY:
             return
+
+
+async def apply_by_file(
+    kernel: PooledKernel, prep: Preparation, request: LaunchRequest, timeout: float
+) -> None:
+    """The handout of a language without a control-message handler: write the request's
+    cwd and the environment a cold start would have to the kernel's handout file, and run
+    the language's constant ``apply`` code, which reads it. Raises :class:`HandoutError`
+    (the kernel is discarded, never handed out) if anything fails."""
+    assert kernel.launch is not None and kernel.client is not None
+    path = getattr(kernel.adapter, "handout_path", None)
+    if path is None:
+        raise HandoutError("its handout file is unknown", ColdReason.HANDOUT_FAILED)
+    cwd = request.cwd if request.cwd is not None else kernel.launch.cwd
+    try:
+        await asyncio.to_thread(
+            handout_file.prepare_handout,
+            path,
+            prep.per_process_env,
+            kernel.launch.env,
+            (kernel.launch.cwd, cwd or "."),
+            request.env,
+        )
+        await run_code(kernel.client, prep.apply, timeout=timeout, is_alive=kernel.adapter.is_alive)
+        # the apply code's last step removes the file: some kernels (IRkernel, octave_kernel)
+        # answer "ok" to silent code that failed
+        if await asyncio.to_thread(os.path.exists, path):
+            raise OSError("the kernel did not take its handout")
+    except (OSError, KernelCodeError, KernelDiedError, TimeoutError) as error:
+        await asyncio.to_thread(handout_file.remove, path)
+        raise HandoutError(
+            f"applying the request's cwd/env failed: {error}", ColdReason.HANDOUT_FAILED
+        ) from None
 
 
 def bootstrap_data(launch: LaunchRequest) -> dict[str, Any]:

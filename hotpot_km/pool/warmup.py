@@ -117,8 +117,9 @@ class Warmup(PoolState):
         steps: list[tuple[str, str, Any]] = []
         prep = preparation_for(kernel.language)
         if prep is not None:
-            steps.append(("hotpot_km bootstrap", prep.bootstrap, bootstrap_data(kernel.launch)))
-            if settings.python_imports:
+            data = None if prep.handout_by_file else bootstrap_data(kernel.launch)
+            steps.append(("hotpot_km bootstrap", prep.bootstrap, data))
+            if settings.python_imports and prep.import_modules:
                 modules = list(settings.python_imports)
                 steps.append(("python_imports", prep.import_modules, {"modules": modules}))
         code = settings.initialization_code.get(kernel.name)

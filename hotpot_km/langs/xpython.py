@@ -1,0 +1,51 @@
+"""Python without ipykernel (xeus-python): no control thread to gate the shell, so the
+handout is constant Python run before the host gets the kernel, reading the file."""
+
+from __future__ import annotations
+
+from ..languages import PYTHON, Preparation
+from .common import PROCESS_START
+
+_BOOTSTRAP = """\
+def __hotpot_km_bootstrap():
+    import os
+
+    fd = os.open(os.environ["HOTPOT_KM_HANDOUT"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"".join(k + b"=" + v + b"\\0" for k, v in os.environb.items()))
+
+
+__hotpot_km_bootstrap()
+del __hotpot_km_bootstrap
+"""
+
+_APPLY = """\
+def __hotpot_km_apply():
+    import os, time
+
+    path = os.environ["HOTPOT_KM_HANDOUT"]
+    with open(path, "rb") as f:
+        fields = f.read().split(b"\\0")[:-1]
+    os.chdir(fields[0])
+    env = dict(field.split(b"=", 1) for field in fields[1:])
+    os.environb.clear()
+    os.environb.update(env)
+    if hasattr(time, "tzset"):
+        time.tzset()
+    os.remove(path)
+
+
+__hotpot_km_apply()
+del __hotpot_km_apply
+"""
+
+XPYTHON = Preparation(
+    language="xpython",
+    spec_language="python",
+    executables=frozenset({"xpython", "xpython_launcher"}),
+    file_extension=".py",
+    bootstrap=_BOOTSTRAP,
+    import_modules="",
+    apply=_APPLY,
+    startup_env=PYTHON.startup_env | PROCESS_START,
+)
