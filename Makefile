@@ -7,8 +7,17 @@ BIN    := $(VENV)/bin
 # used by tests/gateways.py. Its kernels run the project's ipykernel from .venv.
 EG_VENV ?= .venv-eg
 EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
+# Tests run in parallel in PYTEST_WORKERS processes (pytest-xdist; 0: in this process, one
+# after another). Each test has its own Jupyter dirs and its own ports, and most of its time
+# is spent waiting for real kernels and servers; more workers than this on 2 CPUs start
+# so many kernels at once that their starts time out. A worker takes its next test when it
+# is done with one (--maxschedchunk 1), the longest first (tests/conftest.py).
+PYTEST_WORKERS ?= 3
+XDIST := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
+# Enterprise Gateway's python for tests/gateways.py, wherever EG_VENV is
+PYTEST := HOTPOT_KM_EG_PYTHON=$(abspath $(EG_VENV))/bin/python $(BIN)/python -m pytest
 
-.PHONY: demo test test-fork test-pythons bench lint clean docs
+.PHONY: demo venvs test test-fork test-root test-pythons bench lint clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,18 +64,29 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/python examples/demo.py
 
-test: $(VENV)/.test-installed $(VENV)/.kernels-installed $(EG_VENV)/.installed $(CHP)
+# Both venvs at once: on a fresh clone they take much of make test's time.
+venvs:
+	$(MAKE) -j2 $(VENV)/.test-installed $(EG_VENV)/.installed
+
+test: venvs $(VENV)/.kernels-installed $(CHP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check hotpot_km
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(XDIST) $(PYTEST_ARGS)
+
+# The tests marked `root` again, as root: what they check as a normal user differs from
+# what only root can do (e.g. give a kernel back its normal CPU priority). CI runs the
+# suite as a normal user, then this.
+test-root: $(VENV)/.test-installed
+	@test "$$(id -u)" = 0 || { echo "make test-root: run it as root"; exit 1; }
+	$(PYTEST) -m root $(XDIST) $(PYTEST_ARGS)
 
 test-pythons: $(VENV)/.test-installed
-	$(BIN)/nox $(NOX_ARGS)
+	PYTEST_WORKERS=$(PYTEST_WORKERS) $(BIN)/nox $(NOX_ARGS)
 # The fault suite again, with fork mode on for every kernel name the tests use.
 FORK_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/test_concurrency.py \
               tests/test_hostile.py tests/test_pooled.py
 test-fork: $(VENV)/.test-installed
-	HOTPOT_KM_TEST_FORK=1 $(BIN)/python -m pytest $(FORK_SUITE) $(PYTEST_ARGS)
+	HOTPOT_KM_TEST_FORK=1 $(PYTEST) $(FORK_SUITE) $(XDIST) $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
@@ -84,5 +104,6 @@ $(VENV)/.docs-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[docs]"
 	touch $@
 
+DOCS_BUILD ?= docs/_build
 docs: $(VENV)/.docs-installed
-	$(BIN)/python -m sphinx -E -W --keep-going -n -b html docs docs/_build/html
+	$(BIN)/python -m sphinx -E -W --keep-going -n -b html docs $(DOCS_BUILD)/html

@@ -79,4 +79,7 @@ def core(session: nox.Session) -> None:
         not arg.startswith("-") and Path(arg.split("::")[0]).exists() for arg in session.posargs
     )
     tests = [] if names_tests else CORE_TESTS
-    session.run("python", "-m", "pytest", *tests, *session.posargs)
+    # in parallel as `make test` runs them (the Makefile passes its PYTEST_WORKERS)
+    workers = os.environ.get("PYTEST_WORKERS", "0")
+    xdist = ["-n", workers, "--dist", "load", "--maxschedchunk", "1"] if workers != "0" else []
+    session.run("python", "-m", "pytest", *tests, *xdist, *session.posargs)

@@ -38,6 +38,12 @@ FORK_NAMES = ("python3", "broken", "other", "plain")
 TEMPLATE_MARK = "hotpot_km/fork/template.py"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first (the order is otherwise kept): run in parallel (``make test``), the
+    longest ones start at once instead of keeping one worker busy after the others are done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def fork_config() -> dict[str, bool]:
     """``fork_from_template`` for this run: every test kernel name in a fork run, else none."""
     return dict.fromkeys(FORK_NAMES, True) if FORK else {}
