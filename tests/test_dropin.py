@@ -52,8 +52,13 @@ def test_server_with_only_pooled_kernels_stops_them(jupyter_dirs, tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     argv = jupyter_server(tmp_path, root)
-    with running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
-                 log=tmp_path / "server.log") as server:
+    with running(
+        argv,
+        cwd=root,
+        port=port_of(argv),
+        ready_path=f"/api/status?token={TOKEN}",
+        log=tmp_path / "server.log",
+    ) as server:
         assert api(server, "GET", "/api/kernels").json() == []
         assert len(server.kernel_pids()) == 2
         assert len(pool_files(jupyter_dirs["runtime"])) == 2
@@ -79,8 +84,13 @@ def test_server_stopped_while_a_start_waits_for_a_warming_kernel(jupyter_dirs, t
     root = tmp_path / "root"
     root.mkdir()
     argv = jupyter_server(tmp_path, root)
-    with running(argv, cwd=root, port=port_of(argv), ready_path=f"/api/status?token={TOKEN}",
-                 log=tmp_path / "server.log") as server:
+    with running(
+        argv,
+        cwd=root,
+        port=port_of(argv),
+        ready_path=f"/api/status?token={TOKEN}",
+        log=tmp_path / "server.log",
+    ) as server:
         response = api(server, "POST", "/api/kernels", json={"name": "python3"})
         assert response.status_code == 201, response.text
         assert server.stop(signal.SIGTERM, timeout=120) == 0
@@ -149,7 +159,11 @@ def test_dropped_manager_closes_its_pool(jupyter_dirs):
         del loop
         gc.collect()
     assert not hotpot_warnings(caught)
-    alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        pid
+        for pid in pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
     assert not alive
     assert not pool_files(jupyter_dirs["runtime"])
 

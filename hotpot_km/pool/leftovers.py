@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import threading
-
 from typing import Any
 
 import zmq

@@ -34,7 +34,7 @@ from hotpot_km.limited import LimitedKernelManager
 
 #: Starts seen by the pooled managers: pooled, and cold per reason.
 _STARTS: dict[str, int] = {}
-_SWAPPED: dict[type, type] = {}
+_SWAPPED: dict[tuple[type, bool], type] = {}
 
 
 class _Counter(PoolObserver):
@@ -57,7 +57,7 @@ def pooled(base: type, pool_class: type, piped: bool = False) -> type:
     (launched with stdout and stderr piped if ``piped``, as the starts of the tests are)."""
     if issubclass(base, LimitedKernelManager):
         return base
-    if base not in _SWAPPED:
+    if (base, piped) not in _SWAPPED:
         namespace: dict[str, Any] = {
             "_pool_of_one": default("kernel_pools")(_pool_of_one),
             "__module__": __name__,
@@ -72,8 +72,8 @@ def pooled(base: type, pool_class: type, piped: bool = False) -> type:
             self.kernel_pool.observer.add(_Counter())
 
         cls.__init__ = __init__
-        _SWAPPED[base] = cls
-    return _SWAPPED[base]
+        _SWAPPED[base, piped] = cls
+    return _SWAPPED[base, piped]
 
 
 def _swap_server() -> None:
@@ -88,6 +88,10 @@ def _swap_server() -> None:
     original = ServerApp.init_configurables
 
     def init_configurables(self: ServerApp) -> None:
+        from jupyter_server.gateway.gateway_client import GatewayClient
+
+        # what init_configurables makes first: the class's default depends on it
+        self.gateway_config = GatewayClient.instance(parent=self)
         cls = self.kernel_manager_class
         if isinstance(cls, type) and issubclass(cls, AsyncMappingKernelManager):
             self.kernel_manager_class = pooled(cls, PooledMappingKernelManager)
@@ -101,7 +105,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Swap the manager classes the collected test modules instantiate."""
+    """Swap the multi-kernel managers jupyter_client's test modules instantiate (a server's
+    manager is swapped where the server makes it: it is named in its config)."""
+    try:
+        from jupyter_server.services.kernels.kernelmanager import MappingKernelManager
+    except ImportError:
+        MappingKernelManager = None
     modules = {id(item.module): item.module for item in items if getattr(item, "module", None)}
     for module in modules.values():
         for name, value in list(vars(module).items()):
@@ -109,6 +118,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 isinstance(value, type)
                 and issubclass(value, AsyncMultiKernelManager)
                 and not issubclass(value, LimitedKernelManager)
+                and not (MappingKernelManager and issubclass(value, MappingKernelManager))
                 and value.__module__.startswith(("jupyter_client", "tests"))
             ):
                 setattr(module, name, pooled(value, PooledKernelManager, piped=True))
@@ -117,7 +127,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     path = os.environ.get("HOTPOT_KM_PEERS_REPORT")
     if path:
-        swapped = sorted(f"{b.__module__}.{b.__qualname__}" for b in _SWAPPED)
+        swapped = sorted({f"{b.__module__}.{b.__qualname__}" for b, _ in _SWAPPED})
         with open(path, "w") as f:
             json.dump({"starts": _STARTS, "swapped": swapped}, f)
 
@@ -125,5 +135,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(
         f"hotpot_km: starts by the pooled managers: {dict(sorted(_STARTS.items()))}; "
-        f"classes swapped: {sorted(b.__name__ for b in _SWAPPED)}"
+        f"classes swapped: {sorted({b.__name__ for b, _ in _SWAPPED})}"
     )

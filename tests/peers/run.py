@@ -54,11 +54,8 @@ def fetch(dist: str, cache: Path) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     archive = next(downloads.glob(f"{dist}-{ver}.tar.gz"), None)
     if archive is None:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
-            + ["--no-build-isolation", "-d", str(downloads), f"{dist}=={ver}"],
-            check=True,
-        )
+        pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+        subprocess.run([*pip, "-d", str(downloads), f"{dist}=={ver}"], check=True)
         archive = downloads / f"{dist}-{ver}.tar.gz"
     staging = cache / f".{dist}-{ver}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -115,7 +112,9 @@ def run(dist: str, where: Path, pooled: bool, skip: dict[str, str]) -> tuple[dic
     started = time.monotonic()
     proc = subprocess.run(args, cwd=where, env=env, capture_output=True, text=True)
     tail = "\n".join(proc.stdout.splitlines()[-15:])
-    print(f"-- {dist} {label}: exit {proc.returncode} in {time.monotonic() - started:.0f} s\n{tail}")
+    print(
+        f"-- {dist} {label}: exit {proc.returncode} in {time.monotonic() - started:.0f} s\n{tail}"
+    )
     found = outcomes(junit) if junit.exists() else {}
     served = json.loads(report.read_text()) if report.exists() else {}
     return found, served
