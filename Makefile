@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 EG_VENV ?= .venv-eg
 EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
 
-.PHONY: demo test test-fork test-pythons bench lint clean
+.PHONY: demo test test-fork test-pythons test-peers bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,17 @@ FORK_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/te
               tests/test_hostile.py tests/test_pooled.py
 test-fork: $(VENV)/.test-installed
 	HOTPOT_KM_TEST_FORK=1 $(BIN)/python -m pytest $(FORK_SUITE) $(PYTEST_ARGS)
+
+# jupyter_server's and jupyter_client's own kernel, session and multikernelmanager tests, from
+# the PyPI sdists of the installed versions (cached in PEERS_DIR), stock and with the pooled
+# managers swapped in: fails if a test that passes stock fails pooled (tests/peers/run.py).
+PEERS_DIR ?= $(VENV)/peers
+$(VENV)/.peers-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,test-peers]"
+	touch $@
+
+test-peers: $(VENV)/.test-installed $(VENV)/.peers-installed
+	$(BIN)/python tests/peers/run.py $(PEERS_DIR)
 
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
