@@ -25,6 +25,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: ``HOTPOT_KM_PEERS_PARALLEL=1`` runs the stock and the pooled run of a peer at the same time
+PARALLEL = os.environ.get("HOTPOT_KM_PEERS_PARALLEL", "") == "1"
 
 #: distribution -> the test paths of it that exercise kernel managers
 PEERS = {
@@ -89,35 +91,49 @@ def outcomes(junit: Path) -> dict[str, str]:
     return out
 
 
-def run(dist: str, where: Path, pooled: bool, skip: dict[str, str]) -> tuple[dict[str, str], dict]:
-    label = "pooled" if pooled else "stock"
-    junit = where / f"junit-{label}.xml"
-    report = where / f"report-{label}.json"
-    report.unlink(missing_ok=True)
-    # tornado's gen_test guards each jupyter_client test with 5 s by default: a hang guard, not
-    # an assertion, that a shared CI machine can exceed; both runs get the same, longer one
-    env = {**os.environ, "ASYNC_TEST_TIMEOUT": "30"}
-    args = [str(Path(sys.executable).with_name("pytest")), *PEERS[dist], "-q", "--color=no"]
-    args += ["-p", "no:cacheprovider", f"--junitxml={junit}", "-o", "junit_family=xunit1"]
-    args += ["-o", "log_cli=false"]  # their debug log on the terminal: megabytes per run
-    # plugins of this venv their own CI does not load (pytest-asyncio would take their tests)
-    args += ["-p", "no:asyncio"]
-    if pooled:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-        env["HOTPOT_KM_PEERS_REPORT"] = str(report)
-        args += ["-p", "hotpot_km_peers"]
-        for node in skip:
-            if node.split("::")[0].startswith(tuple(PEERS[dist])):
-                args += ["--deselect", node]
-    started = time.monotonic()
-    proc = subprocess.run(args, cwd=where, env=env, capture_output=True, text=True)
-    tail = "\n".join(proc.stdout.splitlines()[-15:])
-    print(
-        f"-- {dist} {label}: exit {proc.returncode} in {time.monotonic() - started:.0f} s\n{tail}"
-    )
-    found = outcomes(junit) if junit.exists() else {}
-    served = json.loads(report.read_text()) if report.exists() else {}
-    return found, served
+class Run:
+    """One pytest run of a peer's tests, stock or pooled, in a process of its own."""
+
+    def __init__(self, dist: str, where: Path, pooled: bool, skip: dict[str, str]) -> None:
+        self.dist, self.label = dist, "pooled" if pooled else "stock"
+        self.junit = where / f"junit-{self.label}.xml"
+        self.report = where / f"report-{self.label}.json"
+        self.log = where / f"pytest-{self.label}.log"
+        for path in (self.junit, self.report):
+            path.unlink(missing_ok=True)
+        # tornado's gen_test guards each jupyter_client test with 5 s by default: a hang guard,
+        # not an assertion, that a shared CI machine can exceed; both runs get the same, longer one
+        env = {**os.environ, "ASYNC_TEST_TIMEOUT": "30"}
+        args = [str(Path(sys.executable).with_name("pytest")), *PEERS[dist], "-q", "--color=no"]
+        args += ["-p", "no:cacheprovider", f"--junitxml={self.junit}", "-o", "junit_family=xunit1"]
+        args += ["-o", "log_cli=false"]  # their debug log on the terminal: megabytes per run
+        # plugins of this venv their own CI does not load (pytest-asyncio would take their tests)
+        args += ["-p", "no:asyncio"]
+        if pooled:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+            env["HOTPOT_KM_PEERS_REPORT"] = str(self.report)
+            args += ["-p", "hotpot_km_peers"]
+            for node in skip:
+                if node.split("::")[0].startswith(tuple(PEERS[dist])):
+                    args += ["--deselect", node]
+        self.started = time.monotonic()
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(args, cwd=where, env=env, stdout=out, stderr=out)
+
+    def result(self) -> tuple[dict[str, str], dict]:
+        """Wait for the run; its outcomes per node id and what the pooled managers reported."""
+        code = self.proc.wait()
+        lines = self.log.read_text(errors="replace").splitlines()
+        summary = [line for line in lines if line.startswith(("FAILED", "ERROR", "hotpot_km:"))]
+        print(
+            f"-- {self.dist} {self.label}: exit {code} in {time.monotonic() - self.started:.0f} s"
+        )
+        print("\n".join(summary + lines[-1:]))
+        found = outcomes(self.junit) if self.junit.exists() else {}
+        if not found:
+            print("\n".join(lines[-60:]))  # collection failed or the run was killed
+        served = json.loads(self.report.read_text()) if self.report.exists() else {}
+        return found, served
 
 
 def main() -> int:
@@ -127,8 +143,12 @@ def main() -> int:
     pooled_starts = 0
     for dist in sys.argv[2:] or PEERS:
         where = fetch(dist, cache)
-        stock, _ = run(dist, where, pooled=False, skip=skip)
-        pooled, served = run(dist, where, pooled=True, skip=skip)
+        if PARALLEL:  # both at once: half the time where the machine has the CPUs for it
+            runs = [Run(dist, where, pooled, skip) for pooled in (False, True)]
+            (stock, _), (pooled, served) = (r.result() for r in runs)
+        else:
+            stock, _ = Run(dist, where, False, skip).result()
+            pooled, served = Run(dist, where, True, skip).result()
         passing = {n for n, o in stock.items() if o == "passed"}
         regressed = sorted(n for n in passing - set(skip) if pooled.get(n) != "passed")
         listed = sorted(n for n in skip if n in stock)
