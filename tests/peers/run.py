@@ -25,8 +25,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-#: ``HOTPOT_KM_PEERS_PARALLEL=1`` runs the stock and the pooled run of a peer at the same time
-PARALLEL = os.environ.get("HOTPOT_KM_PEERS_PARALLEL", "") == "1"
+#: The stock and the pooled run of a peer go side by side (half the time);
+#: ``HOTPOT_KM_PEERS_PARALLEL=0`` runs one after the other.
+PARALLEL = os.environ.get("HOTPOT_KM_PEERS_PARALLEL", "1") != "0"
 
 #: distribution -> the test paths of it that exercise kernel managers
 PEERS = {
@@ -143,7 +144,7 @@ def main() -> int:
     pooled_starts = 0
     for dist in sys.argv[2:] or PEERS:
         where = fetch(dist, cache)
-        if PARALLEL:  # both at once: half the time where the machine has the CPUs for it
+        if PARALLEL:
             runs = [Run(dist, where, pooled, skip) for pooled in (False, True)]
             (stock, _), (pooled, served) = (r.result() for r in runs)
         else:
