@@ -17,7 +17,7 @@ XDIST := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
 # Enterprise Gateway's python for tests/gateways.py, wherever EG_VENV is
 PYTEST := HOTPOT_KM_EG_PYTHON=$(abspath $(EG_VENV))/bin/python $(BIN)/python -m pytest
 
-.PHONY: demo venvs test test-fork test-root test-pythons bench lint clean docs
+.PHONY: demo venvs test test-fork test-root test-pythons test-peers bench lint clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +87,17 @@ FORK_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/te
               tests/test_hostile.py tests/test_pooled.py
 test-fork: $(VENV)/.test-installed
 	HOTPOT_KM_TEST_FORK=1 $(PYTEST) $(FORK_SUITE) $(XDIST) $(PYTEST_ARGS)
+
+# jupyter_server's and jupyter_client's own kernel, session and multikernelmanager tests, from
+# the PyPI sdists of the installed versions (cached in PEERS_DIR), stock and with the pooled
+# managers swapped in: fails if a test that passes stock fails pooled (tests/peers/run.py).
+PEERS_DIR ?= $(VENV)/peers
+$(VENV)/.peers-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,test-peers]"
+	touch $@
+
+test-peers: $(VENV)/.test-installed $(VENV)/.peers-installed
+	$(BIN)/python tests/peers/run.py $(PEERS_DIR)
 
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

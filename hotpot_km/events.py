@@ -252,6 +252,7 @@ class PoolLog(PoolObserver):
         self._fill = fill  # kernel name -> (ready kernels, pool size)
         self._filled: set[str] = set()  # full at least once
         self._dry: dict[str, int] = {}  # dry pools -> requests that found no ready kernel
+        self._unservable: set[tuple[str, ColdReason]] = set()  # already logged
 
     def _ran_dry(self, kernel_name: str) -> None:
         ready, size = self._fill(kernel_name)
@@ -279,6 +280,17 @@ class PoolLog(PoolObserver):
     ) -> None:
         if reason is ColdReason.POOL_EMPTY:
             self._ran_dry(kernel_name)
+        elif reason in _UNSERVABLE and (kernel_name, reason) not in self._unservable:
+            _, size = self._fill(kernel_name)
+            if size > 0:
+                self._unservable.add((kernel_name, reason))
+                self._log().warning(
+                    "hotpot_km: a %r kernel start went cold (%s): %s; such starts never get a "
+                    "pooled kernel (logged once per kernel name and reason)",
+                    kernel_name,
+                    reason,
+                    _UNSERVABLE[reason],
+                )
 
     def waited_for_warmup(self, kernel_name: str, seconds: float) -> None:
         self._ran_dry(kernel_name)
@@ -299,3 +311,14 @@ class PoolLog(PoolObserver):
                 ready,
                 missed,
             )
+
+
+#: Cold starts that come from the request itself, not from the pool's state: the pool can
+#: never serve such a start, so the log says it (once), with what to change.
+_UNSERVABLE = {
+    ColdReason.START_ARGUMENTS: "its start arguments other than cwd/env (e.g. stdout, stderr, "
+    "extra_arguments) or its transport encryption differ from PooledKernelManager.pool_kwargs",
+    ColdReason.STARTUP_ENV: "it sets an environment variable a process reads only at startup "
+    "(e.g. PYTHONPATH) to another value than the pooled kernels have",
+    ColdReason.LANGUAGE: "the pool can't apply its cwd/env to kernels of this language",
+}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import weakref
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -51,6 +52,16 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         if self.kernel_spec_manager is None:
             self.kernel_spec_manager = KernelSpecManager(parent=self)
         metrics.watch(self._pool)
+        # dropped without shutdown_all() (or its loop closed under it): no pooled process,
+        # socket or connection file outlives it; at exit too
+        weakref.finalize(self, self._pool.leftovers.close)
+
+    def __bool__(self) -> bool:
+        """Always true: a ``MultiKernelManager`` is falsy while it lists no kernel
+        (``__len__``), and hosts test it that way before shutting it down
+        (``ServerApp.cleanup_kernels``); pooled kernels are not listed, yet the pool must close.
+        """
+        return True
 
     @property
     def kernel_pool(self) -> KernelPool:

@@ -208,6 +208,9 @@ class Claiming(PoolState):
         settle in the background (see :meth:`~hotpot_km.pool.settling.Settling._settle`)."""
         self._claimed.discard(kernel)
         handed = kernel.adapter.detach(kernel.slot)
+        if self.closed:  # handed out while the pool closes: no refill to hold back for it
+            kernel.close_client()
+            return handed
         self._settling.add(kernel)
         self._pause_warmups()
         settler = self._spawn(self._settle(kernel, handout), "hotpot_km settle")

@@ -33,6 +33,7 @@ from ..request import ColdReason, LaunchRequest, mismatch
 from ..snapshot import KernelView, PoolSnapshot, PoolView
 from .claiming import Claiming
 from .filling import Filling
+from .leftovers import Leftovers
 from .model import PooledKernel, PoolHost
 from .ownership import _CLOSE_WAIT, Ownership
 from .pausing import Pausing
@@ -80,6 +81,8 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
         self._last_error: dict[str, str] = {}
         self._specs: dict[str, KernelSpec] = {}  # read off the loop, per kernel name
         self._context: zmq.asyncio.Context | None = None
+        #: closed by the host's finalizer if it is dropped without aclose()
+        self.leftovers = Leftovers()
         self._retiring = 0  # replaced processes still being seen out (see retire)
         self._templates: dict[str, tuple[LaunchRequest, str | None]] = {}  # last launch per name
         self.closed = False
@@ -168,7 +171,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
 
     def _zmq_context(self) -> zmq.asyncio.Context:
         if self._context is None:
-            self._context = zmq.asyncio.Context()
+            self._context = self.leftovers.new_context()
         return self._context
 
     # -- observation -------------------------------------------------------------------------

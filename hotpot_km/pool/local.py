@@ -88,6 +88,8 @@ class LocalKernelAdapter:
         await keeper.ensure_running()
         self.manager.slot = slot  # bound to the process group in the launch step itself
         await asyncio.wait_for(self.manager.start_kernel(**self._start_kwargs), timeout)
+        process = getattr(self.manager.provisioner, "process", None)
+        self.pool.leftovers.add(process, self.manager.connection_file)
         pid = self.pid
         if pid is not None:
             self.priority = ProcessPriority(pid)
@@ -116,6 +118,7 @@ class LocalKernelAdapter:
         manager = self.manager
         provisioner = manager.provisioner
         assert provisioner is not None
+        self.pool.leftovers.forget(getattr(provisioner, "pid", None))
         handed = HandedOut(
             provisioner=provisioner,
             connection_info=dict(manager.get_connection_info()),
@@ -144,6 +147,7 @@ class LocalKernelAdapter:
                 await self.manager.cleanup_resources()
         finally:
             await until_gone(provisioner, self.pool.log)
+            self.pool.leftovers.forget(getattr(provisioner, "pid", None))
             if self.handout_path is not None:
                 await asyncio.to_thread(handout_file.remove, self.handout_path)
 
