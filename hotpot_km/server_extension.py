@@ -63,6 +63,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Called by jupyter_server for the ``hotpot_km`` entry of ``jpserver_extensions``."""
     web_app = serverapp.web_app
     web_app.add_handlers(".*$", status_rules(web_app.settings["base_url"]))
+    from .overload import answer_limits
+
+    answer_limits(web_app)  # POST /api/sessions: a refused start is a 503, not a 500
 
 
 def attach_to_voila(manager: Any) -> None:
