@@ -25,7 +25,7 @@ class KernelLimitHTTPError(web.HTTPError, KernelLimitReached):
     ``MaximumKernelsException``) for code that calls the manager directly."""
 
     def __init__(self, error: KernelLimitReached) -> None:
-        web.HTTPError.__init__(self, 503, "%s", str(error), reason="Service Unavailable")
+        web.HTTPError.__init__(self, 503, str(error), reason="Service Unavailable")
         self.limit = error.limit
         self.value = error.value
         self.message = str(error)
