@@ -132,6 +132,15 @@ class ServerHostMixin(LoggingConfigurable):
 
     start_kernel = _async_start_kernel
 
+    async def _async_shutdown_all(self, now: bool = False) -> None:
+        """No page timer fires while the server shuts every kernel down."""
+        for timer in self._page_timers.values():
+            timer.cancel()
+        self._page_timers.clear()
+        await super()._async_shutdown_all(now=now)  # type: ignore[misc]
+
+    shutdown_all = _async_shutdown_all
+
     # -- websockets (jupyter_server counts them in _kernel_connections) ----------------------
 
     def notify_connect(self, kernel_id: str) -> None:

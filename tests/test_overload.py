@@ -21,19 +21,25 @@ LIMIT_MESSAGE = "the limit of 2 kernel processes (max_kernels) is reached"
 
 
 def test_voila_at_max_kernels_answers_503_naming_the_limit(jupyter_dirs, tmp_path):
-    """The seed's voila.json plus max_kernels 2: two pages run, the third gets Voila's error
-    page with 503 and the limit, at once; when a page closes, the next one is served."""
+    """The seed's voila.json plus max_kernels 2: pages run until the limit, then the next one
+    gets Voila's error page with 503 and the limit, at once; when a page closes, the next one
+    is served."""
     voila_config(jupyter_dirs["config"], PooledKernelManager={"max_kernels": 2})
     root = seed_app(tmp_path)
     with voila(root, tmp_path) as server:
-        first, first_kernel = visit(server)
-        visit(server)
-        refused = requests.get(server.url + "/", timeout=120)
+        served = [visit(server)]
+        while True:  # a second page fits unless a fork template holds a slot
+            refused = requests.get(server.url + "/", timeout=120)
+            if refused.status_code != 200:
+                break
+            served.append((None, None))
+            assert len(served) <= 2, "max_kernels 2 let a third page start a kernel"
         assert refused.status_code == 503, refused.text[-2000:]
         assert LIMIT_MESSAGE in refused.text
         assert refused.headers.get("Retry-After")
-        assert len(server.kernel_pids()) == 2
-        assert beacon(server, first, first_kernel) == 204
+        assert len(server.kernel_pids()) <= 2
+        http, kernel_id = served[0]
+        assert beacon(server, http, kernel_id) == 204
         wait_for(lambda: requests.get(server.url + "/", timeout=120).status_code == 200,
                  timeout=120, what="a page served once one closed")
         assert len(server.kernel_pids()) <= 2
@@ -56,11 +62,13 @@ def test_jupyter_server_answers_503_at_max_kernels(jupyter_dirs, tmp_path):
     with running(argv, cwd=root, port=port_of(argv), ready_path="/api/status",
                  log=tmp_path / "server.log") as server:
         kernels = []
-        for _ in range(2):
-            started = api(server, "POST", "/api/kernels", json={"name": "python3"})
-            assert started.status_code == 201, started.text
-            kernels.append(started.json()["id"])
-        refused = api(server, "POST", "/api/kernels", json={"name": "python3"})
+        while True:  # two fit, or one when a fork template holds a slot
+            refused = api(server, "POST", "/api/kernels", json={"name": "python3"})
+            if refused.status_code != 201:
+                break
+            kernels.append(refused.json()["id"])
+            assert len(kernels) <= 2, "max_kernels 2 let a third kernel start"
+        assert kernels
         assert refused.status_code == 503, refused.text
         assert LIMIT_MESSAGE in refused.json()["message"]
         session = {"path": "nb.ipynb", "type": "notebook", "name": "nb.ipynb",
@@ -73,7 +81,7 @@ def test_jupyter_server_answers_503_at_max_kernels(jupyter_dirs, tmp_path):
         assert api(server, "DELETE", f"/api/kernels/{kernels[0]}").status_code == 204
         created = api(server, "POST", "/api/sessions", json=session)
         assert created.status_code == 201, created.text
-        assert len(server.kernel_pids()) == 2
+        assert len(server.kernel_pids()) <= 2
         assert "Traceback" not in server.log()
 
 
