@@ -115,6 +115,21 @@ def pool_back(server: Server, ready: Path) -> set[int]:
     return server.kernel_pids()
 
 
+def tracebacks(log: str) -> list[str]:
+    """The tracebacks in a server log but two that are not the pool's and lose nothing:
+    tornado's for a message sent to a websocket that a closing tab closed meanwhile
+    (jupyter_server doesn't await the write, so tornado reports a task exception nobody
+    retrieved), and a kernel's heartbeat thread whose port another process took between
+    jupyter_client's choice of ports and the kernel's bind (a busy machine's port race)."""
+    blocks = log.split("Traceback (most recent call last):")[1:]
+    closed = re.compile(r'\s+File "[^"]*tornado/websocket.py", line \d+, in wrapper')
+    return [
+        block for block in blocks
+        if not closed.match(block)
+        and not ("ipykernel/heartbeat.py" in block and "Address already in use" in block)
+    ]
+
+
 def shut_down_by_us(server: Server, kernel_id: str) -> bool:
     return f"shutting down kernel {kernel_id} of a Voila page" in server.log()
 
@@ -158,7 +173,7 @@ def test_tabs_closed_give_their_kernels_back_and_an_open_tab_keeps_its_kernel(
             after = pool_back(server, ready)
             assert len(after) == POOL + 1  # the pool, and the open tab's kernel
         log = server.log()
-        assert "403 POST" not in log and "Traceback" not in log, log[-3000:]
+        assert "403 POST" not in log and not tracebacks(log), log[-3000:]
     assert not marked_kernels()
 
 
@@ -177,7 +192,7 @@ def test_curl_visitors_kernels_are_shut_down_after_the_timeout(jupyter_dirs, tmp
             assert shut_down_by_us(server, kernel_id)
         assert "no websocket reached it within 2 s of its page" in server.log()
         assert len(pool_back(server, ready)) == len(before) == POOL
-        assert "Traceback" not in server.log()
+        assert not tracebacks(server.log())
 
 
 def test_a_page_whose_websocket_closed_ends_after_the_grace_and_an_open_one_stays(
@@ -209,7 +224,7 @@ def test_a_page_whose_websocket_closed_ends_after_the_grace_and_an_open_one_stay
         finally:
             open_socket.close()
         wait_for(lambda: kernel_model(server, back) is None, timeout=60, what="back shut down")
-        assert "Traceback" not in server.log()
+        assert not tracebacks(server.log())
 
 
 def test_the_beacon_passes_with_the_cookie_and_xsrf_still_holds(jupyter_dirs, tmp_path):
@@ -231,7 +246,7 @@ def test_the_beacon_passes_with_the_cookie_and_xsrf_still_holds(jupyter_dirs, tm
         assert kernel_model(server, kernel_id) is not None
         assert beacon(server, http, kernel_id) == 204
         assert kernel_model(server, kernel_id) is None
-        assert "Traceback" not in server.log()
+        assert not tracebacks(server.log())
 
 
 SOAK_VISITS = 30
@@ -263,7 +278,7 @@ def test_a_soak_of_browser_like_visits_leaves_no_kernel(jupyter_dirs, tmp_path):
         print(f"kernel processes: {len(before)} before, {len(after)} after {SOAK_VISITS} visits")
         assert len(after) == len(before) == POOL
         log = server.log()
-        assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+        assert not tracebacks(log) and "ERROR" not in log, log[-3000:]
 
 
 def test_the_servers_own_culler_still_works_in_voila(jupyter_dirs, tmp_path):
