@@ -115,19 +115,24 @@ def pool_back(server: Server, ready: Path) -> set[int]:
     return server.kernel_pids()
 
 
+#: Exceptions in a server log that are not the pool's and lose nothing: a message sent to a
+#: websocket that a closing tab closed meanwhile (jupyter_server doesn't await the write).
+CLOSED_WEBSOCKET = ("tornado.websocket.WebSocketClosedError", "tornado.iostream.StreamClosedError")
+
+
 def tracebacks(log: str) -> list[str]:
-    """The tracebacks in a server log but two that are not the pool's and lose nothing:
-    tornado's for a message sent to a websocket that a closing tab closed meanwhile
-    (jupyter_server doesn't await the write, so tornado reports a task exception nobody
-    retrieved), and a kernel's heartbeat thread whose port another process took between
+    """The tracebacks in a server log, but those of a write to a websocket that just closed
+    and of a kernel's heartbeat thread whose port another process took between
     jupyter_client's choice of ports and the kernel's bind (a busy machine's port race)."""
-    blocks = log.split("Traceback (most recent call last):")[1:]
-    closed = re.compile(r'\s+File "[^"]*tornado/websocket.py", line \d+, in wrapper')
-    return [
-        block for block in blocks
-        if not closed.match(block)
-        and not ("ipykernel/heartbeat.py" in block and "Address already in use" in block)
-    ]
+    found = []
+    for block in log.split("Traceback (most recent call last):")[1:]:
+        error = next((line for line in block.splitlines() if line and not line[0].isspace()), "")
+        if error.startswith(CLOSED_WEBSOCKET):
+            continue
+        if "ipykernel/heartbeat.py" in block and "Address already in use" in error:
+            continue
+        found.append(block)
+    return found
 
 
 def shut_down_by_us(server: Server, kernel_id: str) -> bool:
