@@ -223,13 +223,18 @@ class ServerHostMixin(LoggingConfigurable):
             if attempt < 600:
                 loop.call_later(0.1, self._wrap_voila_pages, loop, attempt + 1)
             return
+        from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
         from voila.handler import VoilaHandler
 
         for rule in _rules(app.default_router):
             target = rule.target
-            if isinstance(target, type) and issubclass(target, VoilaHandler):
-                if not issubclass(target, _PageHandler):
-                    rule.target = type(target.__name__, (_PageHandler, target), {})
+            if not isinstance(target, type):
+                continue
+            if issubclass(target, VoilaHandler) and not issubclass(target, _PageHandler):
+                rule.target = type(target.__name__, (_PageHandler, target), {})
+            elif issubclass(target, KernelWebsocketHandler):
+                if not issubclass(target, _PlainErrors):
+                    rule.target = type(target.__name__, (_PlainErrors, target), {})
 
 
 class _PageHandler(web.RequestHandler):
@@ -264,6 +269,16 @@ class _PageHandler(web.RequestHandler):
                 "error.html", status_code=status_code, status_message=message, message=message
             )
         )
+
+
+class _PlainErrors(web.RequestHandler):
+    """Voila's kernel websocket, refusing in plain text: a closing page reconnects to the
+    kernel its beacon just shut down, and jupyter_server's HTML error page for that 404
+    needs a ``static_path`` standalone Voila lacks (a 500 and two tracebacks instead)."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "text/plain; charset=UTF-8")
+        self.finish(f"{status_code} {self._reason}\n")
 
 
 def default_max_kernels() -> int:
