@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "1.0.0.dev0"
 
 if TYPE_CHECKING:
-    from .budget import MaximumKernelsException
+    from .budget import KernelLimitReached, MaximumKernelsException
     from .limited import LimitedKernelManager
     from .pool import WarmupError
     from .pooled import PooledKernelManager
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 #: the service's kernel provisioner (``hotpot_km.service.provisioner``) does not pay for the
 #: pool engine and prometheus_client (~0.1 s) in every run.
 _EXPORTS = {
+    "KernelLimitReached": ".budget",
     "LimitedKernelManager": ".limited",
     "MaximumKernelsException": ".budget",
     "PooledKernelManager": ".pooled",
@@ -39,6 +40,7 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 __all__ = [
+    "KernelLimitReached",
     "LimitedKernelManager",
     "MaximumKernelsException",
     "PooledKernelManager",

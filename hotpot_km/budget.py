@@ -20,6 +20,18 @@ class MaximumKernelsException(Exception):
     """Raised when starting a kernel would exceed ``max_kernels``."""
 
 
+class KernelLimitReached(MaximumKernelsException):
+    """A start refused because a limit on kernels is reached: ``limit`` names it (the trait,
+    e.g. ``"max_kernels"``) and ``value`` is its value. Hosts answer it as an overload (HTTP
+    503 with the message), not as an error of the server; every refusal of a start for want
+    of room is one of these, whatever the limit."""
+
+    def __init__(self, message: str, limit: str = "max_kernels", value: object = None) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+
+
 class Slot:
     """Permission for one kernel process to exist; :meth:`release` is idempotent."""
 

@@ -25,14 +25,17 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from .kernel_io import KernelDiedError, request_reply
 from .languages import HANDOUT_REPLY, HANDOUT_REQUEST
+from .pages import ServerHostMixin
 from .pooled import PooledKernelManager
 from .server_extension import attach_to_voila
 
 __all__ = ["PooledMappingKernelManager"]
 
 
-class PooledMappingKernelManager(PooledKernelManager, AsyncMappingKernelManager):  # type: ignore[misc]
-    """jupyter_server's own mapping manager; only the launch step takes pooled kernels."""
+class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMappingKernelManager):  # type: ignore[misc]
+    """jupyter_server's own mapping manager; only the launch step takes pooled kernels.
+    A start refused for want of room is a 503; in Voila, kernels end with their pages
+    (:mod:`hotpot_km.pages`)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

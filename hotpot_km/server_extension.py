@@ -140,6 +140,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         PathMatches(url_path_join(web_app.settings["base_url"], "/metrics")), MetricsHandler
     )
     web_app.default_router.rules.insert(0, metrics)  # ahead of jupyter_server's own
+    from .overload import answer_limits
+
+    answer_limits(web_app)  # POST /api/sessions: a refused start is a 503, not a 500
 
 
 def _allowed(app: Any) -> bool:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ..budget import MaximumKernelsException, Slot
+from ..budget import KernelLimitReached, Slot
 from ..languages import preparation_for
 from ..request import ColdReason, LaunchRequest, fixed_options, mismatch
 from .model import HandedOut, HandoutError, PooledKernel, PoolState, Reservation, WarmupError
@@ -21,7 +21,7 @@ class Claiming(PoolState):
     def reserve(self, name: str, kwargs: Mapping[str, Any]) -> Reservation:
         """Room for one start, synchronously: a pooled kernel, a free slot, or a victim.
 
-        Raises :class:`MaximumKernelsException` when none is left.
+        Raises :class:`~hotpot_km.budget.KernelLimitReached` when none is left.
         """
         self._ensure_started()
         kernel = self.claim(name, None, ready_only=False, options=fixed_options(kwargs))
@@ -34,9 +34,11 @@ class Claiming(PoolState):
         if victim is not None:
             return Reservation(victim=victim)
         self.observer.start_refused(name)
-        raise MaximumKernelsException(
+        raise KernelLimitReached(
             f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel processes "
-            f"(max_kernels) is reached by running, starting and pooled kernels."
+            f"(max_kernels) is reached by running, starting and pooled kernels.",
+            "max_kernels",
+            self.budget.limit,
         )
 
     def _ensure_started(self) -> None:
@@ -228,9 +230,11 @@ class Claiming(PoolState):
                 slot = await self.discard(victim) or self.budget.try_take()
         if slot is None:
             self.observer.start_refused(name)
-            raise MaximumKernelsException(
+            raise KernelLimitReached(
                 f"Cannot start a {name!r} kernel: the limit of {self.budget.limit} kernel "
-                f"processes (max_kernels) is reached."
+                f"processes (max_kernels) is reached.",
+                "max_kernels",
+                self.budget.limit,
             )
         return slot
 
