@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +42,9 @@ class PoolSettings:
     max_retry_delay: float = 60.0
     warm_restarts: bool = True
     refill_pause: float = 3.0
+    #: seconds a start waits at most for a warming kernel; ``None``: as long as a cold
+    #: start is expected to take (see :meth:`Claiming.warmup_wait`)
+    max_warmup_wait: float | None = None
 
 
 class KernelAdapter(Protocol):
@@ -145,6 +149,9 @@ class PooledKernel:
     pause: asyncio.TimerHandle | None = None
     paused_at: float = 0.0  # loop time of the current pause
     paused_for: float = 0.0  # seconds spent standing still, earlier pauses
+    #: a start waited for this warming kernel as long as a cold start takes: later starts
+    #: don't wait for it (it is handed out once ready)
+    overdue: bool = False
 
     @property
     def is_ready(self) -> bool:
@@ -209,6 +216,7 @@ class PoolState:
     _changed: asyncio.Event  # for wait_full()
     _not_before: dict[str, float]
     _failures: dict[str, int]
+    _start_seconds: dict[str, deque[float]]  # recent kernel starts (launch to first reply)
     _last_error: dict[str, str]
     _specs: dict[str, KernelSpec]
     _context: zmq.asyncio.Context | None
