@@ -49,9 +49,7 @@ def cold_starts(reason: str) -> float:
     return total
 
 
-async def test_a_hanging_init_file_never_holds_a_start_longer_than_a_cold_start(
-    jupyter_dirs, log
-):
+async def test_a_hanging_init_file_never_holds_a_start_longer_than_a_cold_start(jupyter_dirs, log):
     hung = jupyter_dirs["work"] / "hanging"
     (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text(
         HANGING.format(where=str(hung))
