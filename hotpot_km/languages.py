@@ -196,6 +196,19 @@ PYTHON = Preparation(
             "PYTHONBREAKPOINT",
             # read by debugpy when ipykernel imports it (a default it sets if missing)
             "PYDEVD_USE_FRAME_EVAL",
+            # where the user site, IPython's profile (its config and startup files) and
+            # the kernel's Jupyter config are read from while it starts
+            "HOME",
+            "IPYTHONDIR",
+            "JUPYTER_CONFIG_DIR",
+            "JUPYTER_CONFIG_PATH",
+            "JUPYTER_DATA_DIR",
+            "JUPYTER_PATH",
+            "JUPYTER_PLATFORM_DIRS",
+            "JUPYTER_PREFER_ENV_PATH",
+            "JUPYTER_NO_CONFIG",
+            "XDG_CONFIG_HOME",
+            "XDG_DATA_HOME",
             # read by the dynamic loader and the C library at startup
             "LD_PRELOAD",
             "LD_LIBRARY_PATH",

@@ -126,19 +126,19 @@ async def test_a_handed_out_kernel_holds_no_host_variable_the_request_lacks(
 
 async def test_a_kernelspec_env_the_request_gets_otherwise_starts_cold(jupyter_dirs, log):
     """A kernelspec's ``env`` is fixed in the process at launch: a request whose value differs
-    (a template over another ``HOME``) starts cold, saying so."""
+    (a template over another value of the request's) starts cold, saying so."""
     spec_dir = jupyter_dirs["data"] / "kernels" / "python3"
     spec_dir.mkdir(parents=True)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (spec env)",
         "language": "python",
-        "env": {"SPEC_HOME_DATA": "${HOME}/data"},
+        "env": {"SPEC_DATA": "${SPEC_ROOT}/data"},
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     km = pooled_manager(kernel_pools={"python3": 1}, fill_delay=0)
     km.log = log
-    kwargs = {"env": dict(os.environ, HOME=str(jupyter_dirs["work"]))}
+    kwargs = {"env": dict(os.environ, SPEC_ROOT=str(jupyter_dirs["work"]))}
     try:
         seen = await pooled_look(km, kwargs)
         assert not seen["pooled"]
@@ -146,7 +146,7 @@ async def test_a_kernelspec_env_the_request_gets_otherwise_starts_cold(jupyter_d
     finally:
         await shut_down(km)
     cold = await cold_look(kwargs)
-    assert seen["env"]["SPEC_HOME_DATA"] == f"{jupyter_dirs['work']}/data"
+    assert seen["env"]["SPEC_DATA"] == f"{jupyter_dirs['work']}/data"
     assert_as_cold(seen, cold)
 
 
@@ -173,3 +173,29 @@ async def test_env_values_and_cwds_that_are_not_utf8_arrive_exactly(jupyter_dirs
         assert_as_cold(pooled, await cold_look(kwargs))
     assert seen[0]["env"]["ODD_VALUE"] == os.fsdecode(b"caf\xe9 \xff")
     assert seen[1]["cwd"] == str(odd_dir)
+
+
+async def test_a_scrubbed_request_gets_a_scrubbed_kernel_pooled_or_cold(jupyter_dirs, log):
+    """A request that carries only ``PATH`` and ``KERNEL_*`` (what Kernel Gateway sends): no
+    ``HOME``, nothing of the host's, exactly as a cold start; pooled when the pool is
+    configured with such an env, cold (``HOME`` is read at startup) when the pool has the
+    host's."""
+    env = {"PATH": os.environ["PATH"], "KERNEL_USERNAME": "alice"}
+    kwargs = {"env": env, "cwd": str(jupyter_dirs["work"])}
+    scrubbed = pooled_manager(
+        kernel_pools={"python3": 1}, fill_delay=0, pool_kwargs={"python3": {"env": dict(env)}}
+    )
+    host = pooled_manager(kernel_pools={"python3": 1}, fill_delay=0)
+    scrubbed.log = host.log = log
+    try:
+        from_scrubbed = await pooled_look(scrubbed, kwargs)
+        from_host = await pooled_look(host, kwargs)
+        assert from_scrubbed["pooled"] and cold_reasons(scrubbed) == {}
+        assert not from_host["pooled"] and cold_reasons(host) == {"startup_env": 1}
+    finally:
+        await shut_down(scrubbed)
+        await shut_down(host)
+    cold = await cold_look(kwargs)
+    assert "HOME" not in cold["env"]
+    assert_as_cold(from_scrubbed, cold)
+    assert_as_cold(from_host, cold)
