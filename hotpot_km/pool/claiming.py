@@ -288,6 +288,8 @@ class Claiming(PoolState):
                     return f"the request has {why}"
         if name in self._last_error:
             return f"no ready kernel in the pool ({self._last_error[name]})"
+        if any(k.overdue and not k.ready.done() for k in self._idle.get(name, ())):
+            return "no ready kernel in the pool (still warming after as long as a cold start takes)"
         if self.budget.free() == 0:
             return f"no ready kernel in the pool (max_kernels={self.budget.limit} is reached)"
         return "no ready kernel in the pool (all taken; it is refilling)"
