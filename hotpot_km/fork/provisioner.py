@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning import LocalProvisioner
 
 from ..pool import PoolProcessManager
-from ..request import absolute_cwd, final_env, launch_env, launch_program
+from ..request import absolute_cwd, final_env, launch_env, launch_program, utf8_clean
 from .host import ForkedProcess
 
 if TYPE_CHECKING:
@@ -59,6 +59,11 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def _fork(self, cmd: list[str], kwargs: dict[str, Any]) -> ForkedProcess | None:
         if set(kwargs) - _FORKABLE_KWARGS:
             return None
+        texts = [str(kwargs.get("cwd") or ""), *cmd]
+        for key, value in (kwargs.get("env") or {}).items():
+            texts += [key, value]
+        if not all(utf8_clean(text) for text in texts):
+            return None  # the birth travels as JSON: such text is launched, exactly
         name = self.parent.kernel_name
         env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
         base = None
