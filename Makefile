@@ -84,7 +84,8 @@ test-pythons: $(VENV)/.test-installed
 	PYTEST_WORKERS=$(PYTEST_WORKERS) $(BIN)/nox $(NOX_ARGS)
 # The fault suite again, with fork mode on for every kernel name the tests use.
 FORK_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/test_concurrency.py \
-              tests/test_hostile.py tests/test_pooled.py
+              tests/test_hostile.py tests/test_pooled.py tests/test_env_isolation.py \
+              tests/test_bounded_waits.py
 test-fork: $(VENV)/.test-installed
 	HOTPOT_KM_TEST_FORK=1 $(PYTEST) $(FORK_SUITE) $(XDIST) $(PYTEST_ARGS)
 

@@ -406,7 +406,7 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
         kernel gets on the gateway (``None``: wherever the gateway starts kernels)."""
         options = {f"env:{k}": payload.get(k) for k in self.launch_only_env if k in payload}
         cwd = payload.get("KERNEL_WORKING_DIR") if self.mirror_working_dirs else None
-        return LaunchRequest(name, cwd, {**payload, **(extras or {})}, options)
+        return LaunchRequest(name, cwd, {**payload, **(extras or {})}, options, process_env=False)
 
     # -- the host's own code path ------------------------------------------------------------
 

@@ -36,6 +36,16 @@ class Preparation:
     ``startup_env`` lists variables read only while the process starts (or while the
     warm-up imports run): a request that changes one of them cannot be served by a
     pooled kernel.
+
+    A pooled kernel's process is launched with only the kernelspec's ``env``, the
+    ``startup_env`` variables of the pool's env and, for a program found on the
+    ``PATH``, ``PATH`` (:func:`hotpot_km.request.launch_env`); the bootstrap's
+    ``launch_env`` is exactly that. The handout's ``env`` is the request's whole final
+    env, a superset of ``launch_env`` with equal values: the handout replaces the
+    kernel's environment with it, keeps what the kernel itself set or removed while
+    starting (compared with ``launch_env``), and makes the language's runtime see the
+    change (Python: ``os.environ``, ``time.tzset()``, ``tempfile``'s cached directory),
+    so children it spawns get it too.
     """
 
     language: str
@@ -121,14 +131,17 @@ def __hotpot_km_bootstrap():
         os.chdir(cwd)
         env = dict(request_env)
         for key, value in own.items():
-            # A value the kernel overwrote is overwritten again; a value it only
-            # added as a default gives way to the request's own.
-            if key in launch or key not in env:
-                env[key] = value
+            # What the kernel set while starting (IPython's TERM, PAGER, ...) it would
+            # set over the request's env too; a default it sets only where missing is
+            # read at startup, so it is listed in startup_env and equal in both envs.
+            env[key] = value
         for key in dropped:
             env.pop(key, None)
+        before = {k: os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")}
         os.environ.clear()
         os.environ.update(env)
+        if any(env.get(k) != v for k, v in before.items()) and "tempfile" in sys.modules:
+            sys.modules["tempfile"].tempdir = None  # gettempdir() looks again
         if hasattr(time, "tzset"):
             time.tzset()
         history = getattr(shell, "history_manager", None)
@@ -214,6 +227,21 @@ PYTHON = Preparation(
             "PYTHONNODEBUGRANGES",
             "PYTHONSTARTUP",
             "PYTHONBREAKPOINT",
+            # read by debugpy when ipykernel imports it (a default it sets if missing)
+            "PYDEVD_USE_FRAME_EVAL",
+            # where the user site, IPython's profile (its config and startup files) and
+            # the kernel's Jupyter config are read from while it starts
+            "HOME",
+            "IPYTHONDIR",
+            "JUPYTER_CONFIG_DIR",
+            "JUPYTER_CONFIG_PATH",
+            "JUPYTER_DATA_DIR",
+            "JUPYTER_PATH",
+            "JUPYTER_PLATFORM_DIRS",
+            "JUPYTER_PREFER_ENV_PATH",
+            "JUPYTER_NO_CONFIG",
+            "XDG_CONFIG_HOME",
+            "XDG_DATA_HOME",
             # read by the dynamic loader and the C library at startup
             "LD_PRELOAD",
             "LD_LIBRARY_PATH",

@@ -101,6 +101,17 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         a request waits for never stand still. Local kernels on POSIX; 0: never.""",
     )
 
+    max_warmup_wait = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Seconds a start waits at most for a pooled kernel that is still warming up
+        before it starts cold instead (reason warmup_slow). None (default): as long as a cold
+        start is expected to take, the longest of this pool's recent kernel starts (launch
+        to first reply), or 30 s before any was measured. Starts never wait while the
+        pool's warm-ups are failing.""",
+    )
+
     idle_priority = Bool(
         True,
         config=True,
@@ -262,6 +273,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             refill_pause=max(self.refill_pause, 0.0),
             scale_down_after=max(self.scale_down_after, 0.0),
             memory_floor=max(self.memory_floor, 0) * 2**20,
+            max_warmup_wait=None if self.max_warmup_wait is None else max(self.max_warmup_wait, 0),
         )
 
     def new_pool_manager(

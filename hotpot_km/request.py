@@ -9,6 +9,7 @@ reads while starting.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -36,6 +37,10 @@ class LaunchRequest:
     env: Mapping[str, str]
     options: Mapping[str, Any] = field(default_factory=dict)
     encryption: str = "disabled"
+    #: whether a pooled kernel's process holds ``env`` as its own environment block (a
+    #: local launch): then it only serves requests whose env contains all of ``env``. A
+    #: remote gateway decides its kernels' process env itself (``False``).
+    process_env: bool = True
 
 
 def fixed_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,6 +108,48 @@ async def final_env(
     return plain_env(kwargs["env"])
 
 
+def launch_program(spec: KernelSpec) -> str:
+    """The program a launch of ``spec`` runs, as jupyter_client resolves ``python``."""
+    program = spec.argv[0] if spec.argv else ""
+    major, minor = sys.version_info[:2]
+    return (
+        sys.executable
+        if program in {"python", f"python{major}", f"python{major}.{minor}"}
+        else program
+    )
+
+
+def launch_env(
+    env: Mapping[str, str], spec_env: Mapping[str, str], language: str | None, program: str
+) -> dict[str, str]:
+    """The part of a pooled kernel's final ``env`` its process is launched with.
+
+    A pooled kernel is launched before any request, so its process's own environment
+    block (``/proc/<pid>/environ``, what children inherit unless changed) must hold
+    nothing a request might not carry: only what must be fixed at process start. That
+    is the kernelspec's ``env``, the language's ``startup_env`` variables and, for a
+    program looked up on the ``PATH``, ``PATH``. Everything else comes with the handout.
+    A language the pool can't hand out to keeps its whole env (it only serves requests
+    with that very env).
+    """
+    prep = preparation_for(language)
+    if prep is None:
+        return dict(env)
+    keep = set(spec_env) | prep.startup_env
+    if os.sep not in program:
+        keep.add("PATH")
+    return {k: v for k, v in env.items() if k in keep}
+
+
+def utf8_clean(text: str) -> bool:
+    """Whether ``text`` survives JSON as UTF-8 (no lone surrogates from undecodable bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class ColdReason(str, Enum):
     """Why a start did not get a pooled kernel: a small, fixed vocabulary.
 
@@ -126,6 +173,14 @@ class ColdReason(str, Enum):
     DEAD_KERNEL = "dead_kernel"
     #: applying cwd/env to the pooled kernel failed
     HANDOUT_FAILED = "handout_failed"
+    #: the pooled kernel's process was launched with a variable (from the kernelspec's
+    #: ``env``, or the program's lookup ``PATH``) that the request lacks or sets otherwise
+    LAUNCH_ENV = "launch_env"
+    #: the pool's kernel was still warming after as long as a cold start takes
+    WARMUP_SLOW = "warmup_slow"
+    #: the request's cwd or env holds text that is not UTF-8 (it can't travel to the kernel
+    #: as JSON exactly), e.g. bytes decoded with ``surrogateescape``
+    NOT_UTF8 = "not_utf8"
 
     def __str__(self) -> str:
         return self.value
@@ -168,4 +223,14 @@ def mismatch(
     if changed:
         detail = f"env variables read only at process start: {', '.join(changed)}"
         return Mismatch(ColdReason.STARTUP_ENV, detail)
+    # The kernel's process keeps the env it was launched with (``/proc/self/environ``):
+    # a request may only get it if that env is part of its own, value for value.
+    other = sorted(k for k, v in pooled.env.items() if request.env.get(k) != v)
+    if other and pooled.process_env:
+        detail = f"env variables the pooled kernel was launched with: {', '.join(other)}"
+        return Mismatch(ColdReason.LAUNCH_ENV, detail)
+    unclean = [k for k, v in request.env.items() if not (utf8_clean(k) and utf8_clean(v))]
+    if unclean or (request.cwd is not None and not utf8_clean(request.cwd)):
+        what = "the working directory" if not unclean else "env variables"
+        return Mismatch(ColdReason.NOT_UTF8, f"{what} with text that is not UTF-8")
     return None

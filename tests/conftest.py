@@ -72,7 +72,9 @@ def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     monkeypatch.setenv("JUPYTER_NO_CONFIG", "")
     monkeypatch.delenv("JUPYTER_CONFIG_PATH", raising=False)
     monkeypatch.delenv("JUPYTER_PATH", raising=False)
-    monkeypatch.setenv(MARKER, uuid.uuid4().hex)
+    marker = uuid.uuid4().hex
+    monkeypatch.setenv(MARKER, marker)
+    _MARKED[marker] = base
     monkeypatch.chdir(dirs["work"])
     if FORK:  # what a user writes to turn fork mode on, for every server the test starts
         config = json.dumps({"PooledKernelManager": {"fork_from_template": fork_config()}})
@@ -87,16 +89,38 @@ def jupyter_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, P
     return isolate_jupyter(tmp_path, monkeypatch)
 
 
+#: The test directory of each marker (see :func:`isolate_jupyter`).
+_MARKED: dict[str, Path] = {}
+
+
+def _marked(proc: psutil.Process, marker: str) -> bool:
+    """Whether ``proc`` belongs to the test of ``marker``: the marker is in its process
+    env (a cold start's), or, for a pooled kernel or template (launched with only what
+    must be fixed at process start, see hotpot_km.request.launch_env), its connection
+    file or working directory is in the test's directory."""
+    if proc.environ().get(MARKER) == marker:
+        return True
+    base = _MARKED.get(marker)
+    if base is None:
+        return False
+    inside = str(base) + os.sep
+    if any(arg.startswith(inside) for arg in proc.cmdline()):
+        return True
+    try:
+        return (proc.cwd() + os.sep).startswith(inside)
+    except (psutil.AccessDenied, FileNotFoundError):
+        return False
+
+
 def marked_kernels(marker: str | None = None) -> list[psutil.Process]:
-    """Live kernel processes carrying this test's marker in their environment."""
+    """Live kernel processes of this test (see :func:`_marked`)."""
     marker = marker or os.environ[MARKER]
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.pid == os.getpid():
                 continue
-            env = proc.environ()
-            if env.get(MARKER) == marker and "ipykernel" in " ".join(proc.cmdline()):
+            if "ipykernel" in " ".join(proc.cmdline()) and _marked(proc, marker):
                 if proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -169,7 +193,7 @@ def no_leftover_kernels(jupyter_dirs: dict[str, Path]) -> Iterator[None]:
 
 
 def marked_processes(needle: str, marker: str | None = None) -> list[psutil.Process]:
-    """Live processes carrying this test's marker whose command line contains ``needle``
+    """Live processes of this test (see :func:`_marked`) whose command line contains ``needle``
     (for kernels that are not ipykernel, e.g. a broken kernelspec's program)."""
     marker = marker or os.environ[MARKER]
     found = []
@@ -177,7 +201,7 @@ def marked_processes(needle: str, marker: str | None = None) -> list[psutil.Proc
         try:
             if proc.pid == os.getpid():
                 continue
-            if needle in " ".join(proc.cmdline()) and proc.environ().get(MARKER) == marker:
+            if needle in " ".join(proc.cmdline()) and _marked(proc, marker):
                 if proc.status() != psutil.STATUS_ZOMBIE:
                     found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -61,6 +62,14 @@ def errors(records: list[logging.LogRecord]) -> list[str]:
 
 def warnings_(records: list[logging.LogRecord]) -> list[str]:
     return [r.getMessage() for r in records if r.levelno == logging.WARNING]
+
+
+def ready_python3(km: PooledKernelManager) -> Callable[[], bool]:
+    def ready() -> bool:
+        pools = {p.kernel_name: p for p in km.kernel_pool.snapshot().pools}
+        return pools["python3"].count("ready") >= 1
+
+    return ready
 
 
 async def fill(km: PooledKernelManager, timeout: float = 60) -> None:
@@ -245,7 +254,9 @@ async def test_broken_kernelspec_backs_off_and_answers_like_a_cold_start(
         # failed attempts leave no process behind (one may be warming right now)
         assert len(marked_processes(NEVER_ANSWERS)) <= 1
 
-        # the manager stays up: the other pool still serves warm kernels
+        # the manager stays up: the other pool still serves warm kernels (once ready: a start
+        # waits for a warming one no longer than a cold start takes)
+        await wait_until(ready_python3(km), what="the python3 pool is ready")
         pooled = pool_pids()
         kid = await km.start_kernel()
         assert (await probe(km, kid))["pid"] in pooled

@@ -117,8 +117,12 @@ print(json.dumps({
     "stdin_is_pipe": stat.S_ISFIFO(os.fstat(0).st_mode), "stdin_at_eof": os.read(0, 1) == b"",
     "gc": gc.isenabled(),
     # (a forked kernel's poller is a ParentPollerUnix that watches the host, not its parent)
+    # (ipykernel watches fds 1/2 with a thread of each unless PYTEST_CURRENT_TEST was in the
+    # env it started with: a test runner's variable a pooled kernel, launched with only what
+    # is fixed at process start, never had)
     "threads": sorted("parent poller" if isinstance(t, ParentPollerUnix) else type(t).__name__
-                      for t in threading.enumerate()),
+                      for t in threading.enumerate()
+                      if "_watch_pipe_fd" not in getattr(t, "name", "")),
     "poller": isinstance(app.poller, ParentPollerUnix), "parent_handle": app.parent_handle,
     "backend": matplotlib.get_backend(),
     "main_is_user_ns": sys.modules["__main__"].__dict__ is globals(),

@@ -227,3 +227,64 @@ async def check_impossible(pool: Pool, kind: str, text: str, cut: int) -> None:
 @example(kind="equals_in_key", text="A", cut=1)
 def test_impossible_values_fail_clearly_like_a_cold_start(pool, kind, text, cut):
     pool.run(check_impossible(pool, kind, text, cut))
+
+
+#: Any text, lone surrogates and NUL included, and text decoded from arbitrary bytes as
+#: os.environ and os.listdir decode them (``surrogateescape``).
+any_text = st.text(st.characters(), max_size=12)
+from_bytes = st.binary(max_size=12).map(os.fsdecode)
+arbitrary = st.one_of(any_text, from_bytes, hostile_text)
+arbitrary_envs = st.dictionaries(arbitrary.map(lambda s: "X_" + s), arbitrary, max_size=3)
+arbitrary_names = st.one_of(from_bytes, any_text).map(lambda s: s.replace("/", "_")).filter(
+    lambda s: s not in ("", ".", "..")
+)
+
+
+async def start_and_look(manager: AsyncMultiKernelManager, kwargs: dict[str, Any]) -> Any:
+    """What a kernel started with ``kwargs`` sees, or the start's error."""
+    try:
+        kid = await manager.start_kernel(**kwargs)
+    except Exception as error:
+        return error
+    try:
+        return await probe(manager, kid)
+    finally:
+        await manager.shutdown_kernel(kid, now=True)
+
+
+async def as_cold(pool: Pool, env: dict[str, str], name: str) -> None:
+    cwd = pool.base / "cwds" / uuid.uuid4().hex / name
+    try:
+        cwd.mkdir(parents=True)
+    except (ValueError, UnicodeEncodeError):  # a name no directory can have: a clear error
+        pass
+    kwargs = {"cwd": str(cwd), "env": {**pool.base_env, **env}}
+    await pool.km.wait_for_pool()
+    pooled = await start_and_look(pool.km, kwargs)
+    cold = await start_and_look(pool.cold, kwargs)
+    if isinstance(cold, Exception):
+        assert type(pooled) is type(cold), (pooled, cold)
+    else:
+        assert not isinstance(pooled, Exception), pooled
+        assert (pooled["cwd"], pooled["env"]) == (cold["cwd"], cold["env"])
+        assert pooled["execution_count"] == 1
+    assert pool.km.list_kernel_ids() == []
+    assert not pwned(pool.base)
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(env=arbitrary_envs, name=arbitrary_names)
+@example(env={"X_LATIN1": os.fsdecode(b"caf\xe9 \xff")}, name=os.fsdecode(b"caf\xe9"))
+@example(env={"X_" + os.fsdecode(b"\xff"): "x"}, name="plain")
+@example(env={"X_LONE": "\ud800"}, name="plain")
+@example(env={}, name="nul\0")
+def test_arbitrary_cwd_and_env_get_a_cold_starts_result_or_its_error(pool, env, name):
+    """Whatever the text (any code point, or bytes as os.environ decodes them), a pooled
+    manager's start gets what a real cold start of the same request gets: the same cwd
+    and env in the kernel, or an error of the same type; no kernel is left behind."""
+    pool.run(as_cold(pool, env, name))

@@ -148,6 +148,7 @@ class TemplateProcess:
         self.key = key
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        self.launch_env: dict[str, str] = {}  # what it was started with (see start)
         self.stopping = False
         self.forks = 0
         self._on_exit = on_exit
@@ -180,6 +181,7 @@ class TemplateProcess:
     async def start(self, cwd: str, env: Mapping[str, str], room: int, timeout: float) -> None:
         """Start the template and wait until it is ready; raise :class:`TemplateError` if not."""
         loop = asyncio.get_running_loop()
+        self.launch_env = dict(env)  # every child's /proc/<pid>/environ
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [*self.key.prefix, TEMPLATE_FILE, str(theirs.fileno()), " " * room]
         spawn = asyncio.ensure_future(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning import LocalProvisioner
 
 from ..pool import PoolProcessManager
-from ..request import absolute_cwd, final_env
+from ..request import absolute_cwd, final_env, launch_env, launch_program, utf8_clean
 from .host import ForkedProcess
 
 if TYPE_CHECKING:
@@ -59,6 +59,11 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def _fork(self, cmd: list[str], kwargs: dict[str, Any]) -> ForkedProcess | None:
         if set(kwargs) - _FORKABLE_KWARGS:
             return None
+        texts = [str(kwargs.get("cwd") or ""), *cmd]
+        for key, value in (kwargs.get("env") or {}).items():
+            texts += [key, value]
+        if not all(utf8_clean(text) for text in texts):
+            return None  # the birth travels as JSON: such text is launched, exactly
         name = self.parent.kernel_name
         env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
         base = None
@@ -68,7 +73,10 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self._wait:
             base = env  # the pool's own start: its env is the pool's, not a request's
         else:
-            base = await final_env(self.kernel_spec, None)
+            spec = self.kernel_spec
+            full = await final_env(spec, None)
+            # what a pooled launch keeps (see launch_env): every child shows the template's
+            base = launch_env(full, spec.env or {}, spec.language, launch_program(spec))
             base["JPY_PARENT_PID"] = str(os.getpid())
         cwd = absolute_cwd(kwargs.get("cwd"))
         argv = _expand_user(cmd)

@@ -149,7 +149,10 @@ class Template:
 
     def prepare(self, imports: list[str]) -> str | None:
         """Import what every kernel needs; return why forking would be unsafe, if it is."""
-        before = dict(os.environ)
+        # Compared with the env the template was launched with, so that what the interpreter
+        # set while starting (PEP 538 sets LC_CTYPE in a C locale) counts too: a launched
+        # kernel's interpreter does the same.
+        before = launched_environ()
         try:
             return self._prepare(imports)
         finally:
@@ -467,6 +470,18 @@ def become_kernel(birth: Birth) -> None:
         pass
     channel.close()
     app.start()
+
+
+def launched_environ() -> dict[str, str]:
+    """The environment this process was started with (``/proc/self/environ``), before the
+    interpreter changed anything; ``os.environ`` where that can't be read."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            block = f.read()
+    except OSError:
+        return dict(os.environ)
+    items = (item.split(b"=", 1) for item in block.split(b"\0") if b"=" in item)
+    return {os.fsdecode(k): os.fsdecode(v) for k, v in items}
 
 
 def env_after_imports(env: dict[str, str], template: Template) -> dict[str, str]:

@@ -140,6 +140,9 @@ class Templates:
         template = await self._template(name, key, cwd, base_env, argv, wait=wait)
         if template is None:
             return None
+        if any(env.get(k) != v for k, v in template.launch_env.items()):
+            # a child's process env is the template's: only for starts whose env holds it
+            return None
         try:
             return await template.fork(argv, cwd, env, timeout=self._host.startup_timeout)
         except TemplateError as error:

@@ -14,6 +14,14 @@ from ..request import ColdReason, LaunchRequest, fixed_options, mismatch
 from .model import HandedOut, HandoutError, PooledKernel, PoolState, Reservation, WarmupError
 from .settling import apply_by_file, send_handout
 
+#: Seconds a start waits at most for a warming kernel before the pool measured how long
+#: a kernel start takes (see :meth:`Claiming.warmup_wait`).
+WARMUP_WAIT_CAP = 30.0
+
+
+class _Overdue(Exception):
+    """The claimed kernel was still warming after as long as a cold start takes."""
+
 
 class Claiming(PoolState):
     """Gives pooled kernels to starts, or says why it can't."""
@@ -60,10 +68,12 @@ class Claiming(PoolState):
         if self.closed:
             return None
         candidates = []
+        # while warm-ups fail, or once a start waited in vain, nobody waits for one
+        no_waiting = ready_only or bool(self._failures.get(name))
         for kernel in self._idle.get(name, ()):
             if kernel.ready.done() and not kernel.is_ready:
                 continue
-            if not kernel.is_ready and ready_only:
+            if not kernel.is_ready and (no_waiting or kernel.overdue):
                 continue
             if kernel.launch is not None:
                 if request is not None and mismatch(kernel.launch, kernel.language, request):
@@ -124,6 +134,10 @@ class Claiming(PoolState):
         """
         waiting = None if kernel.ready.done() else time.monotonic()
         try:
+            if not await self._ready_in_time(kernel):
+                kernel.overdue = True
+                self.unclaim(kernel)  # it goes on warming, and serves a later start
+                raise _Overdue
             await asyncio.shield(kernel.ready)
         except asyncio.CancelledError:
             if not kernel.ready.done():  # our caller was cancelled, not the warm-up
@@ -160,6 +174,28 @@ class Claiming(PoolState):
             await self._at_normal_priority(kernel)
         return self._detach(kernel, handout)
 
+    def warmup_wait(self, name: str) -> float:
+        """Seconds a start waits at most for a warming kernel of ``name``: as long as a cold
+        start is expected to take, the longest of the pool's recent kernel starts (launch to
+        first reply), :data:`WARMUP_WAIT_CAP` before any; or ``max_warmup_wait``."""
+        configured = self._host.pool_settings().max_warmup_wait
+        if configured is not None:
+            return configured
+        measured = self._start_seconds.get(name)
+        return max(measured) if measured else WARMUP_WAIT_CAP
+
+    async def _ready_in_time(self, kernel: PooledKernel) -> bool:
+        """Wait until the kernel's warm-up ended (either way); ``False`` if that takes longer
+        than :meth:`warmup_wait` (checked again as measurements come in)."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while not kernel.ready.done():
+            left = began + self.warmup_wait(kernel.name) - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait([kernel.ready], timeout=min(left, 0.5))
+        return True
+
     async def take(
         self, request: LaunchRequest, *, ready_only: bool, kernel: PooledKernel | None = None
     ) -> tuple[Any, Slot | None, ColdReason | None]:
@@ -179,6 +215,14 @@ class Claiming(PoolState):
                 break
             try:
                 return await self.hand_out(kernel, request), spare, None
+            except _Overdue:
+                self.log.info(
+                    "hotpot_km: a pooled %r kernel is still warming after %.1f s, as long as a "
+                    "cold start takes; starting cold",
+                    request.kernel_name,
+                    self.warmup_wait(request.kernel_name),
+                )
+                return None, spare, ColdReason.WARMUP_SLOW
             except asyncio.CancelledError:
                 if kernel in self._claimed:  # cancelled while applying: nobody can use it
                     self._spawn(self._discard_unowned(kernel), "hotpot_km discard")
@@ -265,6 +309,8 @@ class Claiming(PoolState):
                     return f"the request has {why}"
         if name in self._last_error:
             return f"no ready kernel in the pool ({self._last_error[name]})"
+        if any(k.overdue and not k.ready.done() for k in self._idle.get(name, ())):
+            return "no ready kernel in the pool (still warming after as long as a cold start takes)"
         if self.budget.free() == 0:
             return f"no ready kernel in the pool (max_kernels={self.budget.limit} is reached)"
         return "no ready kernel in the pool (all taken; it is refilling)"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -78,6 +79,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
         self._changed = asyncio.Event()  # for wait_full()
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._start_seconds: dict[str, deque[float]] = {}  # see Claiming.warmup_wait
         self._last_error: dict[str, str] = {}
         self._specs: dict[str, KernelSpec] = {}  # read off the loop, per kernel name
         self._context: zmq.asyncio.Context | None = None
@@ -187,6 +189,8 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
                 return found.reason
         if self._failures.get(name):
             return ColdReason.WARMUP_FAILING
+        if any(k.overdue and not k.ready.done() for k in self._idle.get(name, ())):
+            return ColdReason.WARMUP_SLOW
         return ColdReason.POOL_EMPTY
 
     def _fill_level(self, name: str) -> tuple[int, int]:

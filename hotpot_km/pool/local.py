@@ -23,7 +23,14 @@ from ..kernel_io import close_client
 from ..langs import handout as handout_file
 from ..languages import kernel_language, preparation_for
 from ..priority import ProcessPriority
-from ..request import LaunchRequest, absolute_cwd, final_env, fixed_options
+from ..request import (
+    LaunchRequest,
+    absolute_cwd,
+    final_env,
+    fixed_options,
+    launch_env,
+    launch_program,
+)
 from .model import HandedOut
 from .settling import subscribe_statuses
 
@@ -38,8 +45,13 @@ class PoolProcessManager(AsyncKernelManager):  # type: ignore[misc]
     :mod:`hotpot_km.keeper`)."""
 
     slot: Slot | None = None
+    #: names of the variables the process is launched with (see :func:`launch_env`); the
+    #: rest of the pool's env reaches the kernel with its handout. ``None``: all of it.
+    launch_keys: frozenset[str] | None = None
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        if self.launch_keys is not None and kw.get("env") is not None:
+            kw["env"] = {k: v for k, v in kw["env"].items() if k in self.launch_keys}
         with keeper.launching(self.connection_file):
             await super()._async_launch_kernel(kernel_cmd, **kw)
             if self.slot is not None:
@@ -65,10 +77,13 @@ class LocalKernelAdapter:
         spec = await self.pool.spec(self.manager.kernel_name)
         env = kwargs.pop("env", None)
         cwd = absolute_cwd(kwargs.pop("cwd", None))
+        full = await final_env(spec, env)
+        process = launch_env(full, spec.env or {}, spec.language, launch_program(spec))
+        self.manager.launch_keys = frozenset(process)
         launch = LaunchRequest(
             self.manager.kernel_name,
             cwd,
-            await final_env(spec, env),
+            process,
             fixed_options(kwargs),
             self.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
         )

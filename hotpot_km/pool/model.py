@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,9 @@ class PoolSettings:
     refill_pause: float = 3.0
     scale_down_after: float = 120.0
     memory_floor: int = 256 * 2**20  # bytes; 0: no floor
+    #: seconds a start waits at most for a warming kernel; ``None``: as long as a cold
+    #: start is expected to take (see :meth:`Claiming.warmup_wait`)
+    max_warmup_wait: float | None = None
 
 
 class KernelAdapter(Protocol):
@@ -154,6 +158,9 @@ class PooledKernel:
     pause: asyncio.TimerHandle | None = None
     paused_at: float = 0.0  # loop time of the current pause
     paused_for: float = 0.0  # seconds spent standing still, earlier pauses
+    #: a start waited for this warming kernel as long as a cold start takes: later starts
+    #: don't wait for it (it is handed out once ready)
+    overdue: bool = False
 
     @property
     def is_ready(self) -> bool:
@@ -219,6 +226,7 @@ class PoolState:
     _changed: asyncio.Event  # for wait_full()
     _not_before: dict[str, float]
     _failures: dict[str, int]
+    _start_seconds: dict[str, deque[float]]  # recent kernel starts (launch to first reply)
     _last_error: dict[str, str]
     _specs: dict[str, KernelSpec]
     _context: zmq.asyncio.Context | None

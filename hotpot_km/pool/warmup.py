@@ -4,6 +4,7 @@ init files, at idle CPU priority while nobody waits for it; back off after failu
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class Warmup(PoolState):
             kwargs = dict(settings.launch_kwargs.get(kernel.name, {}))
             kernel.launch, kernel.language = await kernel.adapter.prepare(kwargs)
             self._templates[kernel.name] = (kernel.launch, kernel.language)
+            began, still = loop.time(), kernel.stood_still()
             client = await kernel.adapter.start(settings.startup_timeout, kernel.slot)
             kernel.client = client
             prio = kernel.adapter.priority
@@ -45,6 +47,9 @@ class Warmup(PoolState):
                 resend_every=1.0,
                 stood_still=kernel.stood_still,  # its timeouts don't count a pause
             )
+            # what a cold start takes: the bound of a start's wait for a warming kernel
+            took = loop.time() - began - (kernel.stood_still() - still)
+            self._start_seconds.setdefault(kernel.name, deque(maxlen=10)).append(took)
             deadline, before = loop.time() + settings.init_timeout, kernel.stood_still()
             for step, code, data in await self._warmup_steps(kernel, settings, reply["content"]):
                 source = step
