@@ -73,8 +73,10 @@ BASH = Preparation(
     startup_env=PROCESS_START
     | frozenset(
         {
-            # read by bash (and its rc files) while the shell starts
+            # read by bash (and its rc files) while the shell starts; SHLVL is counted up
+            # from what it inherits
             "HOME",
+            "SHLVL",
             "BASH_ENV",
             "ENV",
             "SHELLOPTS",

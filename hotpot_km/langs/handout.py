@@ -57,8 +57,8 @@ def handout_env(
 ) -> dict[str, str]:
     """The environment a cold start with ``request``'s env would show, given what a kernel
     launched with ``launch`` showed after start-up (``started``): what the runtime set or
-    changed itself is set again (a default it added gives way to the request's own value),
-    what it removed stays removed. The same rule as the Python bootstrap's. ``cwds`` is
+    changed itself is set again, what it removed stays removed. The same rule as the Python
+    bootstrap's. ``cwds`` is
     (launch cwd, request cwd): a ``PWD`` the runtime set to its working directory (R's
     front end is a shell script) names the request's."""
     skip = PER_PROCESS | per_process
@@ -66,9 +66,10 @@ def handout_env(
     if own.get("PWD") is not None and own["PWD"] == cwds[0]:
         own["PWD"] = cwds[1]
     env = dict(request)
-    for key, value in own.items():
-        if key in launch or key not in env:
-            env[key] = value
+    # The kernel was launched with only what is fixed at its start (request.launch_env), so
+    # whatever else it shows it set itself, as it would over the request's env: a default it
+    # sets only when a variable is missing belongs in its language's ``startup_env``.
+    env.update(own)
     for key in launch:
         if key not in started and key not in skip:
             env.pop(key, None)

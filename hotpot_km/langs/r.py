@@ -50,7 +50,9 @@ R = Preparation(
     | NUMERIC_THREADS
     | frozenset(
         {
-            # read by the R front end and R's start-up (Renviron, profiles, library paths)
+            # read by the R front end and R's start-up (Renviron, profiles, library paths);
+            # the front end is a shell script, which counts SHLVL up from what it inherits
+            "SHLVL",
             "R_HOME",
             "R_ARCH",
             "R_SHARE_DIR",

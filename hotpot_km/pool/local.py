@@ -78,7 +78,8 @@ class LocalKernelAdapter:
         env = kwargs.pop("env", None)
         cwd = absolute_cwd(kwargs.pop("cwd", None))
         full = await final_env(spec, env)
-        process = launch_env(full, spec.env or {}, spec.language, launch_program(spec))
+        language = kernel_language(spec.language, spec.argv)
+        process = launch_env(full, spec.env or {}, language, launch_program(spec))
         self.manager.launch_keys = frozenset(process)
         launch = LaunchRequest(
             self.manager.kernel_name,
@@ -89,11 +90,12 @@ class LocalKernelAdapter:
         )
         self.manager._kernel_spec = spec  # already read off the loop
         start_env = dict(os.environ if env is None else env)
-        language = kernel_language(spec.language, spec.argv)
         prep = preparation_for(language)
         if prep is not None and prep.handout_by_file:
             self.handout_path = await asyncio.to_thread(handout_file.new_handout_path)
             start_env[handout_file.HANDOUT_FILE_VAR] = self.handout_path
+            # the pool's own exchange with the kernel: launched with it, gone at handout
+            self.manager.launch_keys |= {handout_file.HANDOUT_FILE_VAR}
         self._start_kwargs = {"cwd": cwd, "env": start_env, **kwargs}
         return launch, language
 
