@@ -49,8 +49,9 @@ class PoolObserver:
         for a warming kernel); for a cold start, the time until that was decided.
         """
 
-    def start_refused(self, kernel_name: str) -> None:
-        """A start was refused because ``max_kernels`` processes run already."""
+    def start_refused(self, kernel_name: str, limit: str = "max_kernels") -> None:
+        """A start was refused because a limit is reached: ``max_kernels`` processes run
+        already, or available memory is below ``memory_floor``."""
 
     def warmup_succeeded(self, kernel_name: str, seconds: float) -> None:
         """A pooled kernel became ready ``seconds`` after its launch began."""
@@ -100,8 +101,8 @@ class Observers(PoolObserver):
             seconds=seconds,
         )
 
-    def start_refused(self, kernel_name: str) -> None:
-        self._each("start_refused", kernel_name)
+    def start_refused(self, kernel_name: str, limit: str = "max_kernels") -> None:
+        self._each("start_refused", kernel_name, limit)
 
     def warmup_succeeded(self, kernel_name: str, seconds: float) -> None:
         self._each("warmup_succeeded", kernel_name, seconds)
@@ -185,8 +186,8 @@ class PoolStats(PoolObserver):
         if pooled:
             self.handouts.setdefault(kernel_name, Durations()).add(seconds)
 
-    def start_refused(self, kernel_name: str) -> None:
-        self.starts[kernel_name, "refused", "max_kernels"] += 1
+    def start_refused(self, kernel_name: str, limit: str = "max_kernels") -> None:
+        self.starts[kernel_name, "refused", limit] += 1
 
     def warmup_succeeded(self, kernel_name: str, seconds: float) -> None:
         self.warmups.setdefault(kernel_name, Durations()).add(seconds)

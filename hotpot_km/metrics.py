@@ -40,7 +40,8 @@ _WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.
 STARTS = Counter(
     "hotpot_km_kernel_starts",
     "Kernel start requests by result: pooled (a warm kernel was handed out), cold (with the "
-    "reason the pool could not serve it), refused (max_kernels reached).",
+    "reason the pool could not serve it), refused (with the limit reached: max_kernels or "
+    "memory_floor).",
     ["kernel_name", "result", "reason"],
 )
 RESTARTS = Counter(
@@ -110,8 +111,8 @@ class PrometheusObserver(PoolObserver):
         if pooled:
             HANDOUT_SECONDS.labels(kernel_name).observe(seconds)
 
-    def start_refused(self, kernel_name: str) -> None:
-        STARTS.labels(kernel_name, "refused", "max_kernels").inc()
+    def start_refused(self, kernel_name: str, limit: str = "max_kernels") -> None:
+        STARTS.labels(kernel_name, "refused", limit).inc()
 
     def warmup_succeeded(self, kernel_name: str, seconds: float) -> None:
         WARMUP_SECONDS.labels(kernel_name).observe(seconds)

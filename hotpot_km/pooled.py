@@ -210,8 +210,11 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         256,
         config=True,
         help="""MiB of available memory (MemAvailable, or what this process's cgroup v2
-        memory.max leaves, whichever is less) below which no pool grows: no warm-up starts
-        until more is free; the log, the status document and /metrics say so. 0: no floor.""",
+        memory.max leaves, whichever is less) below which no pool grows (no warm-up starts
+        until more is free) and a start that needs a new process is refused with
+        KernelLimitReached (servers answer HTTP 503 naming the floor; a ready pooled kernel
+        is still handed out); the log, the status document and /metrics say so. 0: no
+        floor.""",
     )
 
     @validate("kernel_pools")

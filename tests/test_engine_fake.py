@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hotpot_km import MaximumKernelsException
+from hotpot_km import KernelLimitReached, MaximumKernelsException
 from hotpot_km.pool import KernelPool
 from hotpot_km.pool.fake import (
     FakeClockLoop,
@@ -331,3 +331,27 @@ def test_a_cancelled_start_gives_its_warming_kernel_back() -> None:
         await again.end()
 
     run(host, main)
+
+
+def test_below_the_memory_floor_a_start_that_needs_a_process_is_refused() -> None:
+    """No pooled kernel and too little memory for a new process: the start is refused with
+    the limit named (hosts answer it as an overload, HTTP 503); a pooled kernel is still
+    handed out, and once memory is back a cold start goes through."""
+    host = host_of({"a": 1}, memory_floor=256 * 2**20)
+    memory = {"free": 4 * 2**30}
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await pool.wait_full()
+        memory["free"] = 100 * 2**20
+        served = await start_kernel(pool, "a")  # the ready kernel needs no new process
+        assert served.warm
+        with pytest.raises(KernelLimitReached) as refused:
+            await start_kernel(pool, "a")
+        assert (refused.value.limit, refused.value.value) == ("memory_floor", 256)
+        assert "below the memory_floor of 256 MiB" in str(refused.value)
+        assert pool.stats.starts["a", "refused", "memory_floor"] == 1
+        memory["free"] = 4 * 2**30
+        later = await start_kernel(pool, "a")
+        assert later.warm or later.slot is not None
+
+    run(host, main, memory=lambda: memory["free"])

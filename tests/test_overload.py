@@ -85,6 +85,32 @@ def test_jupyter_server_answers_503_at_max_kernels(jupyter_dirs, tmp_path):
         assert "Traceback" not in server.log()
 
 
+def test_below_the_memory_floor_jupyter_server_answers_503_naming_it(jupyter_dirs, tmp_path):
+    """A machine with less memory available than ``memory_floor`` (here: a floor no machine
+    reaches): a new session is a 503 naming the floor, nothing is left half-started, and the
+    server keeps serving."""
+    (jupyter_dirs["config"] / "jupyter_server_config.py").write_text(
+        'c.ServerApp.kernel_manager_class = "hotpot_km.mapping.PooledMappingKernelManager"\n'
+        'c.PooledKernelManager.kernel_pools = {"python3": 1}\n'
+        "c.PooledKernelManager.memory_floor = 2**40  # MiB\n"
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = jupyter_server(tmp_path, root)
+    with running(argv, cwd=root, port=port_of(argv), ready_path="/api/status",
+                 log=tmp_path / "server.log") as server:
+        session = {"path": "nb.ipynb", "type": "notebook", "name": "nb.ipynb",
+                   "kernel": {"name": "python3"}}
+        refused = api(server, "POST", "/api/sessions", json=session)
+        assert refused.status_code == 503, refused.text
+        assert "below the memory_floor" in refused.json()["message"]
+        assert api(server, "GET", "/api/sessions").json() == []
+        assert api(server, "GET", "/api/kernels").json() == []
+        assert server.kernel_pids() == set()  # the pool does not grow below the floor either
+        assert api(server, "GET", "/api/status").status_code == 200
+        assert "Traceback" not in server.log()
+
+
 @pytest.fixture
 def service_setup(jupyter_dirs, monkeypatch, tmp_path):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))

@@ -29,12 +29,23 @@ class Claiming(PoolState):
     def reserve(self, name: str, kwargs: Mapping[str, Any]) -> Reservation:
         """Room for one start, synchronously: a pooled kernel, a free slot, or a victim.
 
-        Raises :class:`~hotpot_km.budget.KernelLimitReached` when none is left.
+        Raises :class:`~hotpot_km.budget.KernelLimitReached` when none is left, or when a
+        new process is needed while available memory is below ``memory_floor``.
         """
         self._ensure_started()
         kernel = self.claim(name, None, ready_only=False, options=fixed_options(kwargs))
         if kernel is not None:
             return Reservation(kernel=kernel)
+        low = self.sizing.below_floor()
+        if low is not None:
+            self.observer.start_refused(name, "memory_floor")
+            available, floor = low
+            raise KernelLimitReached(
+                f"Cannot start a {name!r} kernel: {available // 2**20} MiB of memory is "
+                f"available, below the memory_floor of {floor // 2**20} MiB.",
+                "memory_floor",
+                floor // 2**20,
+            )
         slot = self.budget.try_take()
         if slot is not None:
             return Reservation(slot=slot)

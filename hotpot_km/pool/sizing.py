@@ -118,6 +118,18 @@ class Sizing:
         """How long a replacement takes to become ready (measured; a default before)."""
         return self._warmup.get(name, DEFAULT_WARMUP)
 
+    def below_floor(self) -> tuple[int, int] | None:
+        """(available, floor) in bytes while available memory is below ``memory_floor``:
+        then a start that needs a new process is refused (an overload answer, not an
+        out-of-memory kill of whatever runs)."""
+        floor = self._settings().memory_floor
+        if floor <= 0:
+            return None
+        available = self._memory()
+        if available is None or available >= floor:
+            return None
+        return available, floor
+
     # -- the answer --------------------------------------------------------------------------
 
     def target_size(self, name: str) -> int:
