@@ -9,10 +9,12 @@ EG_VENV ?= .venv-eg
 EG_REQUIREMENTS := tests/enterprise-gateway-requirements.txt
 # Tests run in parallel in PYTEST_WORKERS processes (pytest-xdist; 0: in this process, one
 # after another). Each test has its own Jupyter dirs and its own ports, and most of its time
-# is spent waiting for real kernels and servers; more workers than this on 2 CPUs start
-# so many kernels at once that their starts time out. A worker takes its next test when it
-# is done with one (--maxschedchunk 1), the longest first (tests/conftest.py).
-PYTEST_WORKERS ?= 3
+# is spent waiting for real kernels and servers. More workers than this on 2 CPUs start so
+# many kernels at once that their starts time out, and kernels started at the same moment by
+# different processes pick the same free port more often (jupyter_client picks a kernel's
+# ports in the process that starts it). A worker takes its next test when it is done with
+# one (--maxschedchunk 1), the longest first (tests/conftest.py).
+PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
 # Enterprise Gateway's python for tests/gateways.py, wherever EG_VENV is
 PYTEST := HOTPOT_KM_EG_PYTHON=$(abspath $(EG_VENV))/bin/python $(BIN)/python -m pytest

@@ -102,6 +102,11 @@ def __hotpot_km_bootstrap():
     # start with the request's env would do the same on top of that env.
     own = {k: v for k, v in started.items() if launch.get(k) != v}
     dropped = [k for k in launch if k not in started]
+    # The warm-up's code sees the pool's whole env, in os.environ only (the process's own
+    # environment block keeps just the launch's); the handout replaces it.
+    for key, value in parent["metadata"]["hotpot_km"].get("warmup_env", {}).items():
+        if key not in started and key not in launch:
+            os.environ[key] = value
     handlers = kernel.shell_handlers
     released = Future()
 

@@ -107,9 +107,11 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         config=True,
         help="""Seconds a start waits at most for a pooled kernel that is still warming up
         before it starts cold instead (reason warmup_slow). None (default): as long as a cold
-        start is expected to take, the longest of this pool's recent kernel starts (launch
-        to first reply), or 30 s before any was measured. Starts never wait while the
-        pool's warm-ups are failing.""",
+        start is expected to take: once warm-ups finish, 1.5 times the pool's warm-up time
+        (launch to ready: a cold start's notebook does that import and init work itself),
+        at least the longest of its recent kernel starts (launch to first reply); only the
+        latter while no warm-up finishes (an init step that hangs); 30 s before any
+        measurement. Starts never wait while the pool's warm-ups are failing.""",
     )
 
     idle_priority = Bool(

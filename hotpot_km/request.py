@@ -41,6 +41,10 @@ class LaunchRequest:
     #: local launch): then it only serves requests whose env contains all of ``env``. A
     #: remote gateway decides its kernels' process env itself (``False``).
     process_env: bool = True
+    #: a pooled kernel's whole final env, of which only ``env`` is in its process: its
+    #: warm-up code (imports, init files) sees the rest in ``os.environ`` alone, as it would
+    #: in a process launched with it, until the handout replaces it with the request's
+    warmup_env: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 def fixed_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -209,6 +209,18 @@ def marked_processes(needle: str, marker: str | None = None) -> list[psutil.Proc
     return found
 
 
+def winning_kernels_dir(jupyter_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``kernels`` dir whose specs win over the venv's own (``python3``) with jupyter_core's
+    default path order: the user's data dir if that comes first (``JUPYTER_PREFER_ENV_PATH=0``),
+    else a dir put first in ``JUPYTER_PATH``."""
+    if prefer_environment_over_user():
+        first = jupyter_dirs["data"].parent / "path"
+        monkeypatch.setenv("JUPYTER_PATH", str(first))
+    else:
+        first = jupyter_dirs["data"]
+    return first / "kernels"
+
+
 @pytest.fixture
 def unwatched_kernels(jupyter_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """A ``python3`` kernelspec whose kernels do not exit when their parent dies.
@@ -218,12 +230,7 @@ def unwatched_kernels(jupyter_dirs: dict[str, Path], monkeypatch: pytest.MonkeyP
     It is written where it wins over the venv's own ``python3``: in the user's data dir if
     that comes first (``JUPYTER_PREFER_ENV_PATH=0``), else first in ``JUPYTER_PATH``.
     """
-    if prefer_environment_over_user():
-        first = jupyter_dirs["data"].parent / "path"
-        monkeypatch.setenv("JUPYTER_PATH", str(first))
-    else:
-        first = jupyter_dirs["data"]
-    path = first / "kernels" / "python3"
+    path = winning_kernels_dir(jupyter_dirs, monkeypatch) / "python3"
     path.mkdir(parents=True)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",

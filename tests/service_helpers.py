@@ -76,8 +76,12 @@ def virtual_env(path: Path) -> Path:
 
 
 def install_kernelspec(*args: str) -> None:
+    """``hotpot-km kernelspec install``, never into the suite's own venv (the install goes
+    where the spec wins, which in a venv is the venv: a test in this process's env sets
+    ``JUPYTER_PREFER_ENV_PATH=0``, one as a user's venv has it uses :func:`virtual_env`)."""
     done = hotpot_km("kernelspec", "install", *args)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f" in {sys.prefix}{os.sep}" not in done.stdout, done.stdout
 
 
 def status(timeout: float = 30) -> dict[str, Any] | None:

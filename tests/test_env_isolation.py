@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import kernel_children, pooled_manager
+from conftest import kernel_children, pooled_manager, winning_kernels_dir
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from kernel_helpers import run, shut_down
 
@@ -124,10 +124,12 @@ async def test_a_handed_out_kernel_holds_no_host_variable_the_request_lacks(
     assert_as_cold(seen, cold)
 
 
-async def test_a_kernelspec_env_the_request_gets_otherwise_starts_cold(jupyter_dirs, log):
+async def test_a_kernelspec_env_the_request_gets_otherwise_starts_cold(
+    jupyter_dirs, log, monkeypatch
+):
     """A kernelspec's ``env`` is fixed in the process at launch: a request whose value differs
     (a template over another value of the request's) starts cold, saying so."""
-    spec_dir = jupyter_dirs["data"] / "kernels" / "python3"
+    spec_dir = winning_kernels_dir(jupyter_dirs, monkeypatch) / "python3"
     spec_dir.mkdir(parents=True)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import MARKER
+from conftest import MARKER, _marked
 from servers import (
     TOKEN,
     Server,
@@ -84,14 +84,15 @@ def wrapped_kernelspec(data_dir: Path) -> None:
 
 
 def marked(needle: str = "") -> list[psutil.Process]:
-    """Live processes of this test (they carry its marker), but the test itself."""
+    """Live processes of this test (its marker or its directory, see conftest._marked),
+    but the test itself."""
     marker = os.environ[MARKER]
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
             if proc.pid == os.getpid() or proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if proc.environ().get(MARKER) == marker and needle in " ".join(proc.cmdline()):
+            if needle in " ".join(proc.cmdline()) and _marked(proc, marker):
                 found.append(proc)
         except psutil.Error:
             continue

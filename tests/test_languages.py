@@ -153,6 +153,9 @@ def request_dir(base: Path) -> Path:
 @pytest.mark.parametrize("name", ["ir", "bash", "xpython", "octave"])
 async def test_handout_equals_a_cold_start(name, jupyter_dirs, tmp_path, monkeypatch, log):
     monkeypatch.setenv("HOTPOT_DROPPED", "present at launch, not in the request")
+    # bash loads ~/.bash_history at start, which every bash kernel of the machine (other
+    # tests') appends to when it exits: a history of this test's own
+    monkeypatch.setenv("HISTFILE", str(tmp_path / "bash_history"))
     km = pooled_manager(kernel_pools={name: 1}, fill_delay=0)
     km.log = log
     cold = AsyncMultiKernelManager()

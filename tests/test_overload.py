@@ -114,6 +114,8 @@ def test_below_the_memory_floor_jupyter_server_answers_503_naming_it(jupyter_dir
 @pytest.fixture
 def service_setup(jupyter_dirs, monkeypatch, tmp_path):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    # the kernelspec goes to this test's data dir, not the suite's venv (see test_service.py)
+    monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")
     return tmp_path
 
 

@@ -17,6 +17,8 @@ from .settling import apply_by_file, send_handout
 #: Seconds a start waits at most for a warming kernel before the pool measured how long
 #: a kernel start takes (see :meth:`Claiming.warmup_wait`).
 WARMUP_WAIT_CAP = 30.0
+#: A start waits for a warming kernel up to this many of the pool's warm-up times.
+WARMUP_WAIT_SLACK = 1.5
 
 
 class _Overdue(Exception):
@@ -187,13 +189,24 @@ class Claiming(PoolState):
 
     def warmup_wait(self, name: str) -> float:
         """Seconds a start waits at most for a warming kernel of ``name``: as long as a cold
-        start is expected to take, the longest of the pool's recent kernel starts (launch to
-        first reply), :data:`WARMUP_WAIT_CAP` before any; or ``max_warmup_wait``."""
+        start is expected to take, :data:`WARMUP_WAIT_CAP` before the pool measured any; or
+        ``max_warmup_wait``.
+
+        A cold start is ready once it answers (the longest of the pool's recent launches to
+        a first reply), but its notebook then does the imports and init work the pool's
+        warm-up did: once warm-ups finish, the bound is a whole warm-up (the pool's running
+        estimate, with :data:`WARMUP_WAIT_SLACK`), so a visitor waits for a kernel that
+        will be warm rather than starting one that is not. A pool whose warm-ups never
+        finish (an init step that hangs) has no such measurement: its starts wait only a
+        launch's time."""
         configured = self._host.pool_settings().max_warmup_wait
         if configured is not None:
             return configured
         measured = self._start_seconds.get(name)
-        return max(measured) if measured else WARMUP_WAIT_CAP
+        if not measured:
+            return WARMUP_WAIT_CAP
+        warmup = self.sizing.measured_warmup(name)
+        return max(max(measured), WARMUP_WAIT_SLACK * warmup if warmup is not None else 0.0)
 
     async def _ready_in_time(self, kernel: PooledKernel) -> bool:
         """Wait until the kernel's warm-up ended (either way); ``False`` if that takes longer

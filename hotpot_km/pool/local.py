@@ -87,6 +87,7 @@ class LocalKernelAdapter:
             process,
             fixed_options(kwargs),
             self.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
+            warmup_env=full,
         )
         self.manager._kernel_spec = spec  # already read off the loop
         start_env = dict(os.environ if env is None else env)

@@ -154,8 +154,9 @@ async def apply_by_file(
 
 def bootstrap_data(launch: LaunchRequest) -> dict[str, Any]:
     """What the language's bootstrap receives: the env the kernel was launched with, so the
-    handout can tell the kernel's own additions from the launch's values."""
-    return {"launch_env": dict(launch.env)}
+    handout can tell the kernel's own additions from the launch's values, and the pool's
+    whole env for its warm-up code (see :attr:`LaunchRequest.warmup_env`)."""
+    return {"launch_env": dict(launch.env), "warmup_env": dict(launch.warmup_env)}
 
 
 async def reapply(

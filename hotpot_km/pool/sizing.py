@@ -118,6 +118,10 @@ class Sizing:
         """How long a replacement takes to become ready (measured; a default before)."""
         return self._warmup.get(name, DEFAULT_WARMUP)
 
+    def measured_warmup(self, name: str) -> float | None:
+        """The running estimate of a whole warm-up (launch to ready), once one finished."""
+        return self._warmup.get(name)
+
     def below_floor(self) -> tuple[int, int] | None:
         """(available, floor) in bytes while available memory is below ``memory_floor``:
         then a start that needs a new process is refused (an overload answer, not an
