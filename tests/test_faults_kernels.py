@@ -172,6 +172,7 @@ async def test_kernel_killed_mid_warmup_while_a_request_waits_for_it(
         initialization_code={"python3": hang_once_code(pid_file)},
         max_retry_delay=1,
         max_kernels=max_kernels,
+        max_warmup_wait=3600,  # the request waits for the warming kernel until it dies
     )
     with ChildSampler(os.getpid(), interval=0.002) as counter:
         try:

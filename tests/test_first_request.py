@@ -18,6 +18,7 @@ from conftest import kernel_children, marked_kernels
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from servers import free_port, running, voila_command, wait_for
 from servers import write_notebook as notebook
+from test_voila_pages import tracebacks
 
 from hotpot_km import PooledKernelManager
 from hotpot_km.handout import ready_client_class
@@ -138,5 +139,8 @@ def test_50_voila_pages_in_a_row_each_with_its_full_output(jupyter_dirs, tmp_pat
             closed = http.post(f"{server.url}/voila/api/shutdown/{kernel_id}", timeout=60,
                                headers={"X-XSRFToken": xsrf, "Cookie": f"_xsrf={xsrf}"})
             assert closed.status_code == 204, closed.status_code
-        assert "Traceback" not in server.log()
+        # the server's own tracebacks; a pooled kernel that could not start writes its own to
+        # the same stream (another process's kernel took a port between jupyter_client's
+        # pick and the kernel's bind), and the pool warms another instead
+        assert not tracebacks(server.log()), server.log()[-3000:]
     assert not marked_kernels()
