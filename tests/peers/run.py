@@ -47,6 +47,21 @@ def inapplicable() -> dict[str, str]:
     return out
 
 
+def extract(tar: tarfile.TarFile, into: Path) -> None:
+    """Extract the sdist's plain files and directories only (tarfile's ``data`` filter,
+    which Pythons before 3.11.4, Debian's 3.11.2 among them, lack)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    members = []
+    for member in tar.getmembers():
+        name = Path(member.name)
+        if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
+            raise ValueError(f"refusing to extract {member.name!r} from {tar.name}")
+        members.append(member)
+    tar.extractall(into, members=members)  # checked above
+
+
 def fetch(dist: str, cache: Path) -> Path:
     """A directory with the tests and pyproject.toml of the installed ``dist``'s sdist."""
     ver = version(dist)
@@ -63,7 +78,7 @@ def fetch(dist: str, cache: Path) -> Path:
     staging = cache / f".{dist}-{ver}"
     shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(staging, filter="data")
+        extract(tar, staging)
     root = staging / f"{dist}-{ver}"
     target.mkdir(parents=True)
     shutil.move(root / "tests", target / "tests")
