@@ -120,6 +120,7 @@ class Run:
         # tornado's gen_test guards each jupyter_client test with 5 s by default: a hang guard,
         # not an assertion, that a shared CI machine can exceed; both runs get the same, longer one
         env = {**os.environ, "ASYNC_TEST_TIMEOUT": "30"}
+        env.pop("PYTEST_ADDOPTS", None)  # ours (e.g. CI's cache_dir) are not their settings
         args = [str(Path(sys.executable).with_name("pytest")), *PEERS[dist], "-q", "--color=no"]
         args += ["-p", "no:cacheprovider", f"--junitxml={self.junit}", "-o", "junit_family=xunit1"]
         args += ["-o", "log_cli=false"]  # their debug log on the terminal: megabytes per run
