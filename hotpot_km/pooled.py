@@ -29,6 +29,7 @@ from traitlets import (
 from .fork import ForkProvisioner, TemplateKernelManager, Templates
 from .limited import LimitedKernelManager
 from .pool import PoolProcessManager, PoolSettings, WarmupError
+from .pool.claiming import WARMUP_WAIT_CAP
 
 __all__ = ["PooledKernelManager"]
 
@@ -111,7 +112,8 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         (launch to ready: a cold start's notebook does that import and init work itself),
         at least the longest of its recent kernel starts (launch to first reply); only the
         latter while no warm-up finishes (an init step that hangs); 30 s before any
-        measurement. Starts never wait while the pool's warm-ups are failing.""",
+        measurement. Starts never wait while the pool's warm-ups are failing.
+        wait_at_startup holds the server back for at most this (30 s when None).""",
     )
 
     idle_priority = Bool(
@@ -141,14 +143,16 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
     _wait_at_startup = Bool(
         False,
         config=True,
-        help="Wait till all kernel pools are filled at startup (alias: wait_at_startup).",
+        help="""Wait till all kernel pools are filled at startup (alias: wait_at_startup), at
+        most max_warmup_wait (30 s when None).""",
     )
 
     wait_at_startup = Bool(
         False,
         config=True,
         help="""Wait till all kernel pools are filled when the manager is created, so the
-        first requests already get warm kernels.""",
+        first requests already get warm kernels; at most max_warmup_wait (30 s when None), so
+        an init step that hangs delays the server's start by that, not by init_timeout.""",
     )
 
     startup_timeout = Float(
@@ -252,9 +256,31 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
     def _wait_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
         self.log.info("hotpot_km: filling kernel pools %s before startup", dict(self.kernel_pools))
         try:
-            loop.run_until_complete(self.wait_for_pool())
+            if not loop.run_until_complete(self._wait_at_most(self._startup_wait())):
+                self.log.warning(
+                    "hotpot_km: the pools are not full after %.0f s; serving now, the kernels "
+                    "still warming join the pools when they are ready (max_warmup_wait)",
+                    self._startup_wait(),
+                )
         except WarmupError as error:
             self.log.error("hotpot_km: the pools are not full at startup: %s", error)
+
+    def _startup_wait(self) -> float:
+        """How long ``wait_at_startup`` holds the host back: as long as a start would wait
+        for a warming kernel before any measurement (:data:`WARMUP_WAIT_CAP`, or
+        ``max_warmup_wait``), so an init step that hangs delays the server's start by
+        that, not by ``init_timeout``."""
+        configured = self.max_warmup_wait
+        return WARMUP_WAIT_CAP if configured is None else max(configured, 0.0)
+
+    async def _wait_at_most(self, seconds: float) -> bool:
+        """:meth:`wait_for_pool`, for at most ``seconds``; ``False`` if the pools are not
+        full by then."""
+        try:
+            await asyncio.wait_for(self.wait_for_pool(), seconds)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     def pool_settings(self) -> PoolSettings:
         return PoolSettings(

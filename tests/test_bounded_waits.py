@@ -10,14 +10,17 @@ the init file, not how fast it was.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 
 import pytest
+import requests
 from conftest import pooled_manager
 from kernel_helpers import probe, shut_down, wait_until
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port, running, voila_command, write_notebook
 
 from hotpot_km.status import manager_status
 
@@ -101,3 +104,42 @@ async def test_no_start_waits_for_a_warmup_while_the_pools_warmups_fail(jupyter_
     finally:
         await shut_down(km)
     assert os.path.exists(tried)
+
+
+def test_a_hanging_init_file_delays_a_waiting_servers_start_by_the_cap_only(
+    jupyter_dirs, tmp_path
+):
+    """Voila with the seed's ``_wait_at_startup`` and an init file that hangs: the server
+    listens once ``max_warmup_wait`` has passed (not ``init_timeout``: an hour here, far
+    longer than the readiness guard), and its first page is served by a cold kernel."""
+    hung = jupyter_dirs["work"] / "hanging"
+    (jupyter_dirs["config"] / "kernel_pool_init_python3.py").write_text(
+        HANGING.format(where=str(hung))
+    )
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "voila.json").write_text(
+        json.dumps(
+            {
+                "VoilaConfiguration": {
+                    "multi_kernel_manager_class": "hotpot_km.mapping.PooledMappingKernelManager"
+                },
+                "PooledKernelManager": {
+                    "kernel_pools": {"python3": 1},
+                    "_wait_at_startup": True,
+                    "init_timeout": 3600,
+                    "max_warmup_wait": 5,
+                },
+            }
+        )
+    )
+    write_notebook(app / "page.ipynb", "print('served', 6 * 7)")
+    port = free_port()
+    with running(voila_command("page.ipynb", port), cwd=app, port=port,
+                 ready_path="/voila/files/voila.json", log=tmp_path / "voila.log",
+                 timeout=GUARD) as server:
+        assert hung.exists()  # the pool's kernel was (and is) hanging in the init file
+        page = requests.get(server.url + "/", timeout=GUARD)
+        assert page.status_code == 200
+        assert "served 42" in page.text, page.text[-2000:]
+        assert "the pools are not full after 5 s" in server.log()
