@@ -36,7 +36,7 @@ from tornado import web
 from tornado.escape import json_decode, json_encode, url_escape
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
-from traitlets import Bool, Float, List, Unicode, default
+from traitlets import Bool, Float, List, Unicode
 
 from .budget import Slot
 from .languages import remote_language
@@ -211,8 +211,8 @@ class GatewayKernelAdapter:
     (:class:`~hotpot_km.pool.KernelAdapter`).
 
     Started with ``POST /api/kernels`` (in a task of its own, so a start cancelled in
-    flight is awaited and then deleted). Its env carries :data:`POOL_MARKER`. The liveness
-    poll doubles as keep-alive: every ``keepalive_interval`` seconds a silent, empty
+    flight is awaited and then deleted). Its env carries :data:`POOL_MARKER` if configured.
+    The liveness poll doubles as keep-alive: every ``keepalive_interval`` seconds a silent, empty
     ``execute_request`` gives the gateway's idle culler activity to see.
     """
 
@@ -245,8 +245,9 @@ class GatewayKernelAdapter:
         language = remote_language((specs[self.name].get("spec") or {}).get("language"))
         self.language = language
         payload = gateway_env(kwargs.pop("env", None), kwargs.pop("cwd", None))
+        marker = self.manager.pool_marker_value()
         self.launch = self.manager.remote_request(
-            self.name, payload, {POOL_MARKER: self.manager.pool_marker}
+            self.name, payload, {POOL_MARKER: marker} if marker else None
         )
         self._body = {"name": self.name, "env": dict(self.launch.env), "kernel_id": self.kernel_id}
         return self.launch, language
@@ -340,7 +341,8 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
     A start whose launch-only variables (:attr:`launch_only_env`) equal the pool's gets a
     pooled kernel with the request's env and cwd applied; any other start is the normal
     remote start. Pooled kernels are not listed by this server; on the gateway they carry
-    ``KERNEL_HOTPOT_KM_POOL`` in their env, are kept from its idle culler while they wait,
+    ``KERNEL_HOTPOT_KM_POOL`` in their env if :attr:`pool_marker` is set, are kept from its
+    idle culler while they wait,
     replaced when the gateway loses them, and deleted when this server stops.
     ``max_kernels`` counts the pool's own kernels only: the gateway limits the rest.
     """
@@ -374,12 +376,18 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
         "",
         config=True,
         help="""Value of KERNEL_HOTPOT_KM_POOL in the env of this server's pooled kernels on
-        the gateway (default: host name and process id).""",
+        the gateway, so an admin can tell them apart there (e.g. "{host}:{pid}": this
+        server's host name and process id). Empty (default): no marker. The variable is
+        fixed when the gateway starts the kernel, so it stays in the process env of the
+        kernel handed out, where a cold kernel has none: leave it empty on a public
+        server.""",
     )
 
-    @default("pool_marker")
-    def _pool_marker_default(self) -> str:
-        return f"{socket.gethostname()}:{os.getpid()}"
+    def pool_marker_value(self) -> str:
+        """:attr:`pool_marker` with ``{host}`` and ``{pid}`` filled in."""
+        return self.pool_marker.replace("{host}", socket.gethostname()).replace(
+            "{pid}", str(os.getpid())
+        )
 
     def __init__(self, **kwargs: Any) -> None:
         self._handed: dict[str, tuple[RemoteHandout, LaunchRequest]] = {}

@@ -4,6 +4,7 @@ through jupyter_server in gateway mode configured as users write it."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -92,7 +93,9 @@ def test_sessions_through_a_gateway_get_pooled_kernels_that_look_cold(kind, jupy
             pooled = gw.kernel_ids()
             assert len(pooled) == 2, gw.server.log()[-3000:]
             envs = gw.kernel_envs()
-            assert len(envs) == 2 and all(POOL_MARKER in env for env in envs.values()), envs
+            # no marker unless configured: a pooled kernel's process env holds nothing of
+            # this server's that a cold kernel's lacks
+            assert len(envs) == 2 and not any(POOL_MARKER in env for env in envs.values()), envs
             assert api(server, "GET", "/api/kernels").json() == []  # not listed locally
 
             kernel_id = new_session(server, "sub/nb.ipynb")
@@ -131,10 +134,15 @@ def test_the_gateway_culler_spares_waiting_pooled_kernels(kind, jupyter_dirs, tm
     root = tmp_path / "root"
     root.mkdir()
     with gateway(kind, tmp_path / "gateway", *cull) as gw:
-        keepalive = "c.PooledGatewayMappingKernelManager.keepalive_interval = 1.0\n"
-        with local_server(gw, tmp_path / "pooled", root, pooled=True, extra=keepalive):
+        keepalive = ("c.PooledGatewayMappingKernelManager.keepalive_interval = 1.0\n"
+                     "c.PooledGatewayMappingKernelManager.pool_marker = '{host}:{pid}'\n")
+        with local_server(gw, tmp_path / "pooled", root, pooled=True, extra=keepalive) as server:
             pooled = gw.kernel_ids()
             assert len(pooled) == 2
+            # the marker an admin asked for tells the pool's kernels apart on the gateway
+            marker = f"{socket.gethostname()}:{server.proc.pid}"
+            envs = gw.kernel_envs()
+            assert sorted(env.get(POOL_MARKER) for env in envs.values()) == [marker] * 2, envs
             # an idle kernel on the same gateway is culled meanwhile: the culler runs
             started = gw.api("POST", "/api/kernels",
                              json={"name": "python3", "env": {"KERNEL_USERNAME": "hotpot-user"}})
