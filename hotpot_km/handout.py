@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import math
-from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -28,6 +26,14 @@ from jupyter_client.client import KernelClient
 from jupyter_client.manager import AsyncKernelManager, KernelManager
 from jupyter_client.utils import run_sync
 from jupyter_core.utils import ensure_async
+
+from .compat.jupyter_client import (
+    UNDECORATED_SHUTDOWN,
+    UNDECORATED_START,
+    accept_kernel_info_reply,
+    client_is_alive,
+    run_pending,
+)
 
 #: How long after a kernel_info reply its status may still be on its way on IOPub;
 #: past that, the subscription was not established yet and the request is sent again.
@@ -75,7 +81,7 @@ class _ReadyInOneRoundTrip:
                 reply, idle = None, False
                 next_send = now + RESEND_EVERY
             if now >= next_alive:
-                if not await client._async_is_alive():
+                if not await client_is_alive(client):
                     raise RuntimeError("Kernel died before replying to kernel_info")
                 next_alive = now + RESEND_EVERY
             wake = min(next_send, next_alive, deadline)
@@ -95,7 +101,7 @@ class _ReadyInOneRoundTrip:
                     if parent == last and msg["content"]["execution_state"] == "idle":
                         idle = True
             if reply is not None and idle:
-                client._handle_kernel_info_reply(reply)
+                accept_kernel_info_reply(client, reply)
                 return
 
 
@@ -131,56 +137,31 @@ class ReadyClients:
             km.client_factory, self._host_client_factory = self._host_client_factory, None
 
 
-def _undecorated(method: Any) -> Any:
-    """jupyter_client's ``method`` without its ``in_pending_state`` decorator (None if that
-    changed)."""
-    return inspect.unwrap(method) if hasattr(method, "__wrapped__") else None
-
-
-_UNDECORATED_START = _undecorated(KernelManager._async_start_kernel)
-_UNDECORATED_SHUTDOWN = _undecorated(KernelManager._async_shutdown_kernel)
-
-
 class _HandoutStart(AsyncKernelManager):  # type: ignore[misc]
     """``start_kernel`` (and the shutdown of a warm restart) without jupyter_client's fixed
     pause.
 
     jupyter_client's ``in_pending_state`` decorator renews the ``ready`` future, awaits
     the method, sleeps 10 ms ("to ensure tests can capture the state") and resolves the
-    future. This does the same bookkeeping and keeps the pause where no pooled kernel is
-    involved: cold starts, and shutdowns that are not a restart onto a ready pooled kernel.
+    future. :func:`~hotpot_km.compat.jupyter_client.run_pending` does the same bookkeeping
+    and keeps the pause where no pooled kernel is involved: cold starts, and shutdowns
+    that are not a restart onto a ready pooled kernel.
     Placed right before ``AsyncKernelManager`` in the host class's MRO, so the host's own
     ``start_kernel``/``shutdown_kernel``/``restart_kernel`` overrides still run and reach
     it through ``super()``.
     """
 
-    async def _pending(self, method: Any, pause: Callable[[], bool], **kw: Any) -> None:
-        """``method`` as ``in_pending_state`` runs it; the pause only if ``pause()`` says so
-        once the method returned."""
-        if getattr(self, "_attempted_start", True) or not getattr(self, "_ready", None):
-            self._ready = asyncio.get_running_loop().create_future()
-        try:
-            await method(self, **kw)
-            if pause():
-                await asyncio.sleep(0.01)  # jupyter_client's own pause
-        except Exception as error:
-            self._ready.set_exception(error)
-            self.log.exception(error)
-            raise
-        if self.owns_kernel:
-            self._ready.set_result(None)
-
     async def _async_start_kernel(self, **kw: Any) -> None:
         def cold() -> bool:
             return not getattr(self.provisioner, "handed_out", False)
 
-        await self._pending(_UNDECORATED_START, cold, **kw)
+        await run_pending(self, UNDECORATED_START, cold, **kw)
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         def not_warm() -> bool:  # the provisioner claimed a ready pooled kernel for the restart
             return not (restart and getattr(self.provisioner, "restarts_warm", False))
 
-        await self._pending(_UNDECORATED_SHUTDOWN, not_warm, now=now, restart=restart)
+        await run_pending(self, UNDECORATED_SHUTDOWN, not_warm, now=now, restart=restart)
 
     start_kernel = _async_start_kernel
     shutdown_kernel = _async_shutdown_kernel
@@ -192,8 +173,8 @@ def handout_start_class(host: type[KernelManager]) -> type[KernelManager]:
     the fixed pause; ``host`` itself when that can't be done safely (not async, or
     jupyter_client's start or shutdown changed shape)."""
     if not issubclass(host, AsyncKernelManager) or None in (
-        _UNDECORATED_START,
-        _UNDECORATED_SHUTDOWN,
+        UNDECORATED_START,
+        UNDECORATED_SHUTDOWN,
     ):
         return host
     if issubclass(host, _HandoutStart):

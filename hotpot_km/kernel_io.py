@@ -17,6 +17,8 @@ from typing import Any, Protocol
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.session import Session
 
+from .compat.jupyter_client import opened_channels
+
 #: Key under which the pool sends its data in a request's ``metadata``.
 METADATA_KEY = "hotpot_km"
 
@@ -125,9 +127,8 @@ def _never() -> float:
 
 def close_client(client: AsyncKernelClient) -> None:
     """Close the channels the pool opened; ``stop_channels()`` would first create the others."""
-    for channel in (client._shell_channel, client._control_channel, client._iopub_channel):
-        if channel is not None:
-            channel.close()
+    for channel in opened_channels(client):
+        channel.close()
 
 
 async def run_code(

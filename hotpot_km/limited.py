@@ -18,6 +18,7 @@ from traitlets import Integer
 
 from . import metrics
 from .budget import MaximumKernelsException
+from .compat.jupyter_client import forget_failed_starts, set_kernel_spec
 from .handout import handout_start_class
 from .pool import KernelPool, LocalKernelAdapter, PoolProcessManager, PoolSettings
 from .provisioner import PooledProvisioner
@@ -127,7 +128,7 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         )
         spec = self._pool.cached_spec(kernel_name)
         if spec is not None:
-            km._kernel_spec = spec  # spares the handout a blocking kernelspec lookup
+            set_kernel_spec(km, spec)  # spares the handout a blocking kernelspec lookup
         return km, kernel_name, kernel_id
 
     async def kernel_connection_changed(
@@ -140,12 +141,7 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
     async def _async_shutdown_all(self, now: bool = False) -> None:
         """Stop the pool (no process of it survives), then every kernel, as the parent does."""
         await self._pool.aclose()
-        # jupyter_client keeps a start that failed (e.g. an unknown kernel name) among its
-        # pending kernels, and jupyter_server's shutdown of that id raises 404, which
-        # aborts the server's exit: forget those first.
-        for kernel_id, task in list(self._pending_kernels.items()):
-            if task.done() and kernel_id not in self._kernels:
-                self._pending_kernels.pop(kernel_id, None)
+        forget_failed_starts(self)  # e.g. an unknown kernel name: they'd abort the exit
         await super()._async_shutdown_all(now=now)
 
     shutdown_all = _async_shutdown_all

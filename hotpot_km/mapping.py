@@ -23,6 +23,16 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from zmq.eventloop.zmqstream import ZMQStream
 
+from .compat.jupyter_client import check_kernel_id, kernels_of
+from .compat.jupyter_server import closed as websocket_closed
+from .compat.jupyter_server import (
+    is_open,
+    kernel_buffers,
+    kernel_ports,
+    kernel_start_kwargs,
+    open_websockets,
+    take_activity_stream,
+)
 from .kernel_io import KernelDiedError, request_reply
 from .languages import HANDOUT_REPLY, HANDOUT_REQUEST
 from .pages import ServerHostMixin
@@ -47,7 +57,7 @@ class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMapp
         path = kwargs.pop("path", None)
         if path is not None and "cwd" not in kwargs:
             kwargs["cwd"] = self.cwd_for_path(path)
-        return self._kernel_start_kwargs(**kwargs)
+        return kernel_start_kwargs(self, **kwargs)
 
     async def _async_restart_kernel(self, kernel_id: str, now: bool = False) -> asyncio.Future[Any]:
         """Restart as jupyter_server does, and return once the new process has answered a
@@ -65,7 +75,7 @@ class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMapp
         is closed from its own callback, which makes pyzmq log "Got events for closed
         stream" when the reply is as quick as a warm kernel's.
         """
-        self._check_kernel_id(kernel_id)
+        check_kernel_id(self, kernel_id)
         kernel = self.get_kernel(kernel_id)
         before = kernel.get_connection_info()
         await self.pinned_superclass._async_restart_kernel(self, kernel_id, now=now)
@@ -104,7 +114,7 @@ class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMapp
         """A handed-out kernel is up and idle, not "starting": a new websocket's nudge then
         does not poll (every 50 ms) for a state change no message may bring."""
         super().start_watching_activity(kernel_id)
-        kernel = self._kernels[kernel_id]
+        kernel = kernels_of(self)[kernel_id]
         if getattr(kernel.provisioner, "handed_out", False):
             kernel.execution_state = "idle"
 
@@ -119,8 +129,8 @@ class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMapp
         queued for them: a session reconnecting while the kernel still sends (e.g. the statuses
         of the restart's ``kernel_info_request``) would log "Got events for closed stream"."""
         streams: dict[str, ZMQStream] = {}
-        if kernel_id in self._kernel_buffers:
-            info = self._kernel_buffers[kernel_id]
+        if kernel_id in kernel_buffers(self):
+            info = kernel_buffers(self)[kernel_id]
             streams, info["channels"] = info["channels"], {}
         super().stop_buffering(kernel_id)
         for stream in streams.values():
@@ -143,19 +153,19 @@ class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMapp
     ) -> None:
         """Give activity watching, the buffer of a closed session and every open websocket
         of a restarted kernel new sockets for ``channels``, connected to its new process."""
-        kernel = self._kernels.get(kernel_id)
+        kernel = kernels_of(self).get(kernel_id)
         if kernel is None:
             return
         self._move_buffer(kernel_id, kernel, previous, channels)
-        if kernel_id in self._kernel_ports:  # its start finished: activity is watched
-            if getattr(kernel, "_activity_stream", None) is not None:
-                _close_soon(kernel._activity_stream)
-                kernel._activity_stream = None
+        if kernel_id in kernel_ports(self):  # its start finished: activity is watched
+            stream = take_activity_stream(kernel)
+            if stream is not None:
+                _close_soon(stream)
             kernel.execution_state = "idle"  # the new process is ready and idle
             self.start_watching_activity(kernel_id)
-            self._kernel_ports[kernel_id] = kernel.ports
+            kernel_ports(self)[kernel_id] = kernel.ports
         waits = []
-        for connection in list(ZMQChannelsWebsocketConnection._open_sockets):
+        for connection in open_websockets():
             if connection.kernel_manager is kernel and connection.channels:
                 waits.append(_reattach_websocket(connection, channels))
         await asyncio.gather(*waits)
@@ -169,9 +179,9 @@ class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMapp
     ) -> None:
         """Re-sign what was buffered for a closed session with the new key, and buffer what
         the new process sends from now on, so the session's reconnect replays all of it."""
-        if kernel_id not in self._kernel_buffers:
+        if kernel_id not in kernel_buffers(self):
             return
-        info = self._kernel_buffers.pop(kernel_id)
+        info = kernel_buffers(self).pop(kernel_id)
         streams = dict(info["channels"])
         for name in channels:
             stream = streams.get(name)
@@ -194,7 +204,7 @@ class PooledMappingKernelManager(ServerHostMixin, PooledKernelManager, AsyncMapp
                 kernel_id,
             )
         self.start_buffering(kernel_id, info["session_key"], streams)
-        self._kernel_buffers[kernel_id]["buffer"][:0] = kept
+        kernel_buffers(self)[kernel_id]["buffer"][:0] = kept
 
 
 #: The channels of a kernel websocket (``ZMQChannelsWebsocketConnection.create_stream``).
@@ -225,14 +235,14 @@ async def _reattach_websocket(
             connection.channels[name] = stream
     nudged = connection.nudge()
     nudged.add_done_callback(partial(_subscribe, connection))
-    closed = asyncio.wrap_future(connection._close_future)
+    closed = websocket_closed(connection)
     await asyncio.wait([nudged, closed], return_when=asyncio.FIRST_COMPLETED)
 
 
 def _subscribe(connection: ZMQChannelsWebsocketConnection, _: object) -> None:
     """Forward the streams' messages to the websocket again, as ``connect()`` does once its
     ``nudge`` is done (the nudge takes the IOPub stream's callback while it runs)."""
-    if connection in ZMQChannelsWebsocketConnection._open_sockets:
+    if is_open(connection):
         for stream in connection.channels.values():
             stream.on_recv_stream(connection.handle_outgoing_message)
 

@@ -35,6 +35,8 @@ from traitlets import Bool, Float, default
 from traitlets.config import LoggingConfigurable
 
 from .budget import KernelLimitReached
+from .compat.jupyter_server import connection_count, is_connected_kernel
+from .compat.voila import voila_application
 from .overload import _rules, http_error
 
 __all__ = ["ServerHostMixin", "default_max_kernels"]
@@ -154,7 +156,7 @@ class ServerHostMixin(LoggingConfigurable):
         page = self._page_kernels.get(kernel_id)
         if page is None or not page.served or self._connections(kernel_id):
             return
-        if kernel_id not in self._kernel_connections:  # type: ignore[attr-defined]
+        if not is_connected_kernel(self, kernel_id):
             self._page_kernels.pop(kernel_id, None)  # shut down already
             return
         self._arm(
@@ -175,7 +177,7 @@ class ServerHostMixin(LoggingConfigurable):
                 )
 
     def _connections(self, kernel_id: str) -> int:
-        return int(self._kernel_connections.get(kernel_id, 0))  # type: ignore[attr-defined]
+        return connection_count(self, kernel_id)
 
     def _arm(self, kernel_id: str, delay: float, why: str) -> None:
         previous = self._page_timers.pop(kernel_id, None)
@@ -218,7 +220,7 @@ class ServerHostMixin(LoggingConfigurable):
     def _wrap_voila_pages(self, loop: asyncio.AbstractEventLoop, attempt: int) -> None:
         # Voila creates its tornado application right before it starts the loop;
         # this runs on the loop's first turn, before any connection is accepted.
-        app = getattr(self._voila, "app", None)
+        app = voila_application(self._voila)
         if not isinstance(app, web.Application):
             if attempt < 600:
                 loop.call_later(0.1, self._wrap_voila_pages, loop, attempt + 1)

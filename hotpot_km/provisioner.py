@@ -19,6 +19,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from . import keeper
 from .budget import Slot
+from .compat.jupyter_client import encryption_policy, set_kernel_spec
 from .handout import ReadyClients
 from .pool import PooledKernel, process_group, remove_files
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
@@ -77,13 +78,13 @@ class PooledProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[mi
         except Exception:  # e.g. no such kernelspec: the pool had nothing for this start
             self._report(name, restarting, self._pool.cold_reason(name, None), started)
             raise
-        km._kernel_spec = self.kernel_spec
+        set_kernel_spec(km, self.kernel_spec)
         request = LaunchRequest(
             kernel_name=name,
             cwd=absolute_cwd(kwargs.get("cwd")),
             env=await final_env(self.kernel_spec, kwargs.get("env"), via=self),
             options=fixed_options(kwargs),
-            encryption=km._transport_encryption_policy(),
+            encryption=encryption_policy(km),
         )
         self._request = request
         if self._victim is not None:
@@ -104,7 +105,8 @@ class PooledProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[mi
             self._slot = await self._pool.cold_slot(name)
         self._report(name, restarting, reason, started)
         # a cold start reads the kernelspec afresh, as jupyter_client's own would
-        self.kernel_spec = km._kernel_spec = await self._pool.spec(name)
+        self.kernel_spec = await self._pool.spec(name)
+        set_kernel_spec(km, self.kernel_spec)
         if self._inner is not None and self._adopted:
             self._relaunch_adopted()
         if self._inner is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import LocalProvisioner
 
+from ..compat.jupyter_client import reconcile_connection_info
 from ..pool import PoolProcessManager
 from ..request import absolute_cwd, final_env, launch_env, launch_program, utf8_clean
 from .host import ForkedProcess
@@ -43,7 +44,7 @@ class ForkProvisioner(LocalProvisioner):  # type: ignore[misc]
         # A forked kernel reads its connection file at once, not half a second later:
         # after a restart with new ports, the file must already say so (jupyter_client
         # only rewrites it after the launch, racing a launched kernel's start).
-        self.parent._reconcile_connection_info(self.connection_info)
+        reconcile_connection_info(self.parent, self.connection_info)
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:

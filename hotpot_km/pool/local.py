@@ -19,6 +19,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 
 from .. import keeper, priority
 from ..budget import Slot
+from ..compat.jupyter_client import encryption_policy, let_go, set_kernel_spec
 from ..kernel_io import close_client
 from ..langs import handout as handout_file
 from ..languages import kernel_language, preparation_for
@@ -86,10 +87,10 @@ class LocalKernelAdapter:
             cwd,
             process,
             fixed_options(kwargs),
-            self.manager._transport_encryption_policy(kwargs.get("transport_encryption")),
+            encryption_policy(self.manager, kwargs.get("transport_encryption")),
             warmup_env=full,
         )
-        self.manager._kernel_spec = spec  # already read off the loop
+        set_kernel_spec(self.manager, spec)  # already read off the loop
         start_env = dict(os.environ if env is None else env)
         prep = preparation_for(language)
         if prep is not None and prep.handout_by_file:
@@ -146,9 +147,7 @@ class LocalKernelAdapter:
         )
         # The pool's manager must neither signal the process nor delete the
         # connection file the kernel was started with once it is collected.
-        manager._close_control_socket()
-        manager.provisioner = None
-        manager._connection_file_written = False
+        let_go(manager)
         self._handed = provisioner
         return handed
 
