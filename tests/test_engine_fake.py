@@ -100,6 +100,46 @@ def test_failing_warmups_back_off_up_to_max_retry_delay() -> None:
     run(host, main)
 
 
+def test_one_death_at_start_of_a_working_kernel_is_a_warning_two_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A kernel of a name whose kernels start fine exits before answering (another process
+    took its port): retried after the first back-off step, logged as a WARNING; a second
+    death in a row is an ERROR, as is a death before any kernel of the name ever started."""
+    host = host_of({"a": 1}, fill_delay=0.0, fill_idle_timeout=0.0)
+    caplog.set_level(logging.DEBUG)
+
+    def levels() -> list[str]:
+        return [r.levelname for r in caplog.records if "failed in kernel start" in r.message]
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await pool.wait_full()
+        host.specs["a"].die_at_start = 1
+        first = await start_kernel(pool, "a")
+        assert first.warm
+        await asyncio.sleep(30)
+        assert levels() == ["WARNING"]
+        assert pool.snapshot().pools[0].count("ready") == 1  # the retry filled it
+        host.specs["a"].die_at_start = 2
+        second = await start_kernel(pool, "a")
+        assert second.warm
+        await asyncio.sleep(30)
+        assert levels() == ["WARNING", "WARNING", "ERROR"]
+        assert pool.snapshot().pools[0].count("ready") == 1
+
+    run(host, main)
+
+    caplog.clear()
+    never = host_of({"b": 1})
+    never.specs["b"].die_at_start = 1
+
+    async def broken(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await asyncio.sleep(10)
+
+    run(never, broken)
+    assert levels() == ["ERROR"]
+
+
 def test_max_kernels_caps_pool_and_starts() -> None:
     host = host_of({"a": 3})
 

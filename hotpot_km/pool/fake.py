@@ -103,6 +103,7 @@ class FakeKernelSpec:
 
     warmup: float = 1.0  # seconds of running time until the kernel answers kernel_info
     fail: str | None = None  # a warm-up that fails (its start raises this message)
+    die_at_start: int = 0  # how many of the next kernels exit before answering kernel_info
     language: str = "fake"
 
 
@@ -246,6 +247,9 @@ class FakeKernelAdapter:
         self.alive = True
         self._started_at = asyncio.get_running_loop().time()
         self.host.launched.append(self)
+        if self.spec.die_at_start > 0:  # e.g. its port was taken before it could bind it
+            self.spec.die_at_start -= 1
+            self.alive = False
         self._client = _Client(self)
         return self._client
 

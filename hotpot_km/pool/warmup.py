@@ -155,7 +155,23 @@ class Warmup(PoolState):
         delay = min(0.5 * 2 ** (failures - 1), max(settings.max_retry_delay, 0.5))
         self._not_before[kernel.name] = asyncio.get_running_loop().time() + delay
         message = f"warm-up of a pooled {kernel.name!r} kernel failed in {source}: {cause}"
-        if self._last_error.get(kernel.name) != message:
+        # A kernel of a name that starts fine dying at start is most likely a port another
+        # process took between jupyter_client choosing it and the kernel binding it
+        # (jupyter_client picks ports in the process that starts the kernel): only a
+        # second death in a row is an error.
+        died_at_start = (
+            isinstance(error, KernelDiedError)
+            and source == "kernel start"
+            and bool(self._start_seconds.get(kernel.name))
+        )
+        if failures == 1 and died_at_start:
+            self.log.warning(
+                "hotpot_km: %s (its kernels started before; a port taken meanwhile by another "
+                "process does this). Retrying in %.1f s.",
+                message,
+                delay,
+            )
+        elif self._last_error.get(kernel.name) != message or (failures == 2 and died_at_start):
             self.log.error(
                 "hotpot_km: %s. The kernel was shut down and is never handed out; "
                 "retrying with back-off (next in %.1f s).",
