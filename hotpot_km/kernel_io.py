@@ -138,19 +138,21 @@ async def run_code(
     is_alive: Callable[[], Awaitable[bool]],
     data: Any = None,
     stood_still: Callable[[], float] | None = None,
+    silent: bool = True,
 ) -> dict[str, Any]:
     """Run constant or user-written ``code`` silently; ``data`` travels as JSON metadata.
 
     Silent execution keeps the execution count and history at zero, as in a
-    kernel nobody has used yet. Raises :class:`KernelCodeError` on an error reply.
-    ``stood_still`` as for :func:`request_reply`.
+    kernel nobody has used yet (``silent=False`` still stores no history, for kernels
+    that report errors only to code that is not silent). Raises :class:`KernelCodeError`
+    on an error reply. ``stood_still`` as for :func:`request_reply`.
     """
     reply = await request_reply(
         client,
         "execute_request",
         {
             "code": code,
-            "silent": True,
+            "silent": silent,
             "store_history": False,
             "user_expressions": {},
             "allow_stdin": False,

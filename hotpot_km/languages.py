@@ -68,6 +68,18 @@ class Preparation:
     #: Variables the bootstrap's view of the environment shows that the kernel itself does
     #: not hold (e.g. a shell's ``PWD`` when the dump goes through ``/bin/sh``).
     per_process_env: frozenset[str] = field(default_factory=frozenset)
+    #: Whether the pool runs init code (``initialization_code``, init files) silently. Off
+    #: for kernels that report an error only to code that is not silent (IRkernel answers
+    #: ``ok`` to silent code that failed); history is never stored either way.
+    init_silent: bool = True
+    #: Constant code that runs one init step for kernels that answer ``ok`` to code that
+    #: failed (bash_kernel looks only at the last command's status, octave_kernel at
+    #: nothing): the pool writes the step's code to :func:`~hotpot_km.langs.handout.init_path`
+    #: of the handout file, and this code runs it in the user's namespace, then removes the
+    #: file if it ran without error, or writes why it failed there instead. A file still
+    #: there after the reply fails the warm-up. Only for :attr:`handout_by_file` languages;
+    #: empty: the init code runs as it is and the reply's status tells.
+    run_init: str = ""
 
     @property
     def handout_by_file(self) -> bool:

@@ -29,9 +29,11 @@ from servers import (
     voila_command,
 )
 
+from hotpot_km import WarmupError
 from hotpot_km.langs import R
 from hotpot_km.langs.handout import HANDOUT_FILE_VAR
 from hotpot_km.languages import ENTRY_POINT_GROUP, _preparations, kernel_language, preparation_for
+from hotpot_km.status import manager_status
 
 
 def marked_processes() -> list[psutil.Process]:
@@ -215,6 +217,71 @@ async def test_init_file_of_each_language_runs_in_the_pool(name, jupyter_dirs, l
         assert out.strip() == INIT_SEEN[name]
     finally:
         await km.shutdown_all()
+
+
+#: Per language: an init file that fails in its middle (what follows would succeed, and
+#: bash's last command does), and what the warm-up's error must say.
+FAILING_INITS = {
+    "ir": (".R", 'hotpot_a <- 1\nstop("hotpot init broke")\nhotpot_b <- 2\n', "hotpot init broke"),
+    "bash": (".sh", "hotpot_a=1\nhotpot_km_no_such_command --x\nhotpot_b=2\n",
+             "exit status 127: hotpot_km_no_such_command --x"),
+    "bash-exit": (".sh", "hotpot_a=1\nexit 3\n", "did not finish"),
+    "xpython": (".py", 'hotpot_a = 1\nraise RuntimeError("hotpot init broke")\n', "hotpot init broke"),
+    "octave": (".m", 'hotpot_a = 1;\nerror("hotpot init broke");\nhotpot_b = 2;\n', "hotpot init broke"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILING_INITS))
+async def test_a_failing_init_file_fails_the_warm_up(case, jupyter_dirs, tmp_path, caplog, log):
+    """As a Python init file that raises: the kernel is shut down, never handed out, the
+    reason is logged and in the status, and a request starts cold. IRkernel, bash_kernel
+    and octave_kernel answer "ok" to such code run silently."""
+    name = case.split("-")[0]
+    ext, text, expected = FAILING_INITS[case]
+    path = jupyter_dirs["config"] / f"kernel_pool_init_{name}{ext}"
+    path.write_text(text)
+    km = pooled_manager(kernel_pools={name: 1}, fill_delay=0, max_retry_delay=30)
+    km.log = log
+    try:
+        with pytest.raises(WarmupError, match=re.escape(str(path))) as failed:
+            await km.wait_for_pool()
+        assert expected in str(failed.value)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any(str(path) in m and expected in m for m in errors), errors
+        pool = manager_status(km)["pools"][name]
+        assert pool["warmup_failing"] and expected in pool["last_error"]
+        assert not children(), "the kernel whose init failed still runs"
+        cwd = request_dir(tmp_path)
+        kid = await km.start_kernel(kernel_name=name, cwd=str(cwd), env=dict(os.environ, **HOSTILE))
+        seen = await look(km, kid, name, tmp_path / "probe.bin")
+        assert seen["cwd"] == str(cwd)
+        assert "hotpot_a" not in seen["shown"].split()  # a cold kernel: the init never ran in it
+    finally:
+        await km.shutdown_all()
+    assert not list(jupyter_dirs["runtime"].glob("*.handout*"))
+
+
+HANGING_INITS = {
+    "ir": (".R", "Sys.sleep(600)\n"),
+    "bash": (".sh", "sleep 600\n"),
+    "xpython": (".py", "import time\ntime.sleep(600)\n"),
+    "octave": (".m", "pause(600);\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HANGING_INITS))
+async def test_a_hanging_init_file_is_bounded_by_init_timeout(name, jupyter_dirs, log):
+    ext, text = HANGING_INITS[name]
+    (jupyter_dirs["config"] / f"kernel_pool_init_{name}{ext}").write_text(text)
+    km = pooled_manager(kernel_pools={name: 1}, fill_delay=0, init_timeout=3, max_retry_delay=30)
+    km.log = log
+    try:
+        with pytest.raises(WarmupError, match="timed out after 3 s"):
+            await km.wait_for_pool()
+        assert not children(), "the kernel whose init hung still runs"
+    finally:
+        await km.shutdown_all()
+    assert not list(jupyter_dirs["runtime"].glob("*.handout*"))
 
 
 async def test_a_variable_r_reads_at_start_makes_the_request_cold(jupyter_dirs, tmp_path, log):

@@ -46,6 +46,8 @@ R = Preparation(
     bootstrap=_BOOTSTRAP,
     import_modules="",
     apply=_APPLY,
+    # IRkernel drops the error of silent code and answers "ok"
+    init_silent=False,
     startup_env=PROCESS_START
     | NUMERIC_THREADS
     | frozenset(
