@@ -26,7 +26,9 @@ class Preparation:
     """How the pool prepares and hands out kernels of one language.
 
     ``bootstrap`` runs first in every pooled kernel and receives
-    ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}``.
+    ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}`` (a language
+    whose handout goes through a file gets such data as JSON in the file
+    :func:`~hotpot_km.langs.handout.init_path` names instead, and removes it).
     The bootstrap must also install, in the kernel, a handler for
     :data:`HANDOUT_REQUEST` control messages and a gate on the shell channel: until
     the handout is applied, shell requests of anyone but the pool wait. The handout

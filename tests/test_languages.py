@@ -284,6 +284,38 @@ async def test_a_hanging_init_file_is_bounded_by_init_timeout(name, jupyter_dirs
     assert not list(jupyter_dirs["runtime"].glob("*.handout*"))
 
 
+async def test_python_imports_apply_to_xeus_python_pools(jupyter_dirs, tmp_path, log):
+    """xeus-python is a Python kernel: python_imports are imported before init code, into
+    sys.modules only; a module that fails to import fails the warm-up in that step."""
+    (jupyter_dirs["config"] / "kernel_pool_init_xpython.py").write_text(
+        "import sys\nhotpot_seen = 'colorsys' in sys.modules\n"
+    )
+    km = pooled_manager(kernel_pools={"xpython": 1}, fill_delay=0, python_imports=["colorsys"])
+    km.log = log
+    try:
+        await km.wait_for_pool()
+        pooled = children()
+        kid = await km.start_kernel(kernel_name="xpython", cwd=str(tmp_path))
+        assert km.get_kernel(kid).provisioner.pid in pooled
+        code = "import sys\nprint(hotpot_seen, 'colorsys' in sys.modules, 'colorsys' in globals())"
+        out, reply = await run(km, kid, code)
+        assert reply["status"] == "ok", reply
+        assert out.split() == ["True", "True", "False"]
+    finally:
+        await km.shutdown_all()
+    assert not list(jupyter_dirs["runtime"].glob("*.handout*"))
+
+    km = pooled_manager(
+        kernel_pools={"xpython": 1}, fill_delay=0, python_imports=["hotpot_km_no_such_module"]
+    )
+    km.log = log
+    try:
+        with pytest.raises(WarmupError, match=r"in python_imports: .*hotpot_km_no_such_module"):
+            await km.wait_for_pool()
+    finally:
+        await km.shutdown_all()
+
+
 async def test_a_variable_r_reads_at_start_makes_the_request_cold(jupyter_dirs, tmp_path, log):
     km = pooled_manager(kernel_pools={"ir": 1}, fill_delay=0)
     km.log = log

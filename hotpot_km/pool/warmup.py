@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,6 +64,10 @@ class Warmup(PoolState):
                 if user and prep is not None:
                     await run_init_step(kernel, prep, code, left)
                     continue
+                if data is not None and prep is not None and prep.handout_by_file:
+                    # such a kernel reads its step's data from a file, not the metadata
+                    await write_step_data(kernel, data)
+                    data = None
                 await run_code(
                     client,
                     code,
@@ -198,6 +203,15 @@ async def run_init_step(kernel: PooledKernel, prep: Preparation, code: str, time
     failed = await asyncio.to_thread(handout_file.init_outcome, path, code)
     if failed is not None:
         raise KernelCodeError("Error", failed, [])
+
+
+async def write_step_data(kernel: PooledKernel, data: Any) -> None:
+    """Write a warm-up step's data as JSON where a file-handout kernel's code reads it
+    (:func:`~hotpot_km.langs.handout.init_path`); the code removes the file."""
+    path = getattr(kernel.adapter, "handout_path", None)
+    if path is None:
+        raise OSError("the kernel's handout file is unknown")
+    await asyncio.to_thread(handout_file.write_init, path, json.dumps(data))
 
 
 def warmup_step(source: str) -> str:
