@@ -21,6 +21,7 @@ from kernel_helpers import run, write_kernelspec
 from servers import (
     TOKEN,
     KernelSocket,
+    api,
     free_port,
     jupyter_server,
     new_session,
@@ -521,6 +522,77 @@ def test_kernel_gateway_hands_out_a_warm_r_kernel_with_the_request_env(jupyter_d
         assert user.removesuffix("\n") == "al'ice $(x)\n\u00e9"
 
 
+#: What an R kernel shows of itself, as one JSON line: pid, cwd, whole env, global names.
+R_SELF = (
+    'cat(jsonlite::toJSON(list(pid = Sys.getpid(), cwd = getwd(), '
+    'env = as.list(Sys.getenv()), names = ls(globalenv(), all.names = TRUE)), '
+    'auto_unbox = TRUE), "\\n")'
+)
+
+
+def r_self(server, kernel_id: str) -> dict:
+    sock = KernelSocket(server, kernel_id)
+    try:
+        out, reply = sock.run(R_SELF)
+    finally:
+        sock.close()
+    assert reply["status"] == "ok", reply
+    seen = json.loads(out.strip().splitlines()[-1])
+    for key in ("R_SESSION_TMPDIR", "KERNEL_ID"):  # each process's own
+        seen["env"].pop(key, None)
+    seen["execution_count"] = reply["execution_count"]
+    return seen
+
+
+def test_r_kernels_pooled_on_a_remote_gateway_get_the_session_env_through_stdin(
+    jupyter_dirs, tmp_path
+):
+    """jupyter_server in gateway mode with an R pool on a Kernel Gateway: the handout file
+    can't reach the gateway's host, so the request's env travels as data on the stdin
+    channel (IRkernel's readline). The kernel then equals a cold remote start of the same
+    session, also after a restart (which the gateway does with the pool's env)."""
+    from gateways import gateway, local_server
+
+    base = tmp_path / "gateway"
+    spec = base / "data" / "kernels" / "ir"
+    spec.mkdir(parents=True)
+    spec.joinpath("kernel.json").write_text(json.dumps({
+        "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+        "display_name": "R", "language": "R",
+    }))
+    root = tmp_path / "root"
+    (root / "sub dir").mkdir(parents=True)
+    path = "sub dir/it's $(x) \u00e9.ipynb"
+    pools = 'c.PooledKernelManager.kernel_pools = {"ir": 1}\n'
+    with gateway("kernel_gateway", base) as gw:
+        with local_server(gw, tmp_path / "cold", root, pooled=False) as cold:
+            cold_seen = r_self(cold, new_session(cold, path, {"name": "ir"}))
+        # R runs in the C locale there (Kernel Gateway passes no LANG): it shows the é's bytes
+        assert cold_seen["env"]["JPY_SESSION_NAME"].startswith(str(root / "sub dir/it's $(x) "))
+
+        with local_server(gw, tmp_path / "pooled", root, pooled=True, extra=pools) as server:
+            pooled = gw.kernel_ids()
+            assert len(pooled) == 1, gw.server.log()[-3000:]
+            kernel_id = new_session(server, path, {"name": "ir"})
+            assert kernel_id in pooled
+            seen = r_self(server, kernel_id)
+            assert seen["env"] == cold_seen["env"], sorted(
+                set(seen["env"].items()) ^ set(cold_seen["env"].items())
+            )
+            assert {k: seen[k] for k in ("cwd", "names", "execution_count")} == {
+                k: cold_seen[k] for k in ("cwd", "names", "execution_count")
+            }
+            first_pid = seen["pid"]
+
+            response = api(server, "POST", f"/api/kernels/{kernel_id}/restart")
+            assert response.status_code == 200, response.text
+            again = r_self(server, kernel_id)
+            assert again["pid"] != first_pid
+            assert again["env"] == cold_seen["env"]
+            assert server.stop() == 0
+        assert gw.kernel_ids() == set(), gw.server.log()[-3000:]
+
+
 async def test_restarts_of_an_r_kernel_keep_its_cwd_and_env(jupyter_dirs, tmp_path, log):
     """A restart onto a ready pooled R kernel, then one with none ready: both get the
     original request's cwd and env again."""
@@ -624,17 +696,26 @@ def test_a_broken_language_entry_point_is_left_out_and_logged(tmp_path, caplog):
         _preparations.cache_clear()
 
 
-def test_kernels_on_a_remote_gateway_get_only_the_control_message_handout():
+def test_kernels_on_a_remote_gateway_get_a_handout_over_the_protocol_or_go_cold():
     """A file on this machine can't reach a kernel a remote gateway runs: there, R kernels
-    serve only requests with the pool's own env (reason ``language``); Python keeps its
+    get their handout through the stdin channel, bash and Octave kernels serve only
+    requests with the pool's own env (reason ``language``); Python keeps its
     control-message handout."""
+    from hotpot_km.langs import R_GATEWAY
     from hotpot_km.languages import remote_language
     from hotpot_km.request import ColdReason, LaunchRequest, mismatch
 
     assert remote_language("python") == "python"
-    remote_r = remote_language("R")
-    assert preparation_for(remote_r) is None
-    pooled = LaunchRequest("ir", None, {"A": "1"})
-    assert mismatch(pooled, remote_r, LaunchRequest("ir", None, {"A": "1"})) is None
-    found = mismatch(pooled, remote_r, LaunchRequest("ir", None, {"A": "2"}))
-    assert found is not None and found.reason is ColdReason.LANGUAGE
+    assert preparation_for(remote_language("R")) is R_GATEWAY
+    assert R_GATEWAY.stdin and not R_GATEWAY.handout_by_file
+    pooled = LaunchRequest("ir", None, {"A": "1"}, process_env=False)  # as the gateway's are
+    request = LaunchRequest("ir", None, {"A": "2"}, process_env=False)
+    assert mismatch(pooled, remote_language("R"), request) is None
+    for language, name in (("bash", "bash"), ("octave", "octave")):
+        remote = remote_language(language)
+        assert preparation_for(remote) is None
+        pooled = LaunchRequest(name, None, {"A": "1"})
+        assert mismatch(pooled, remote, LaunchRequest(name, None, {"A": "1"})) is None
+        found = mismatch(pooled, remote, LaunchRequest(name, None, {"A": "2"}))
+        assert found is not None and found.reason is ColdReason.LANGUAGE
+        assert f"{language} (remote) kernels" in found.detail

@@ -18,7 +18,10 @@ from ..kernel_io import KernelCodeError, KernelDiedError, request_reply, run_cod
 from ..langs import handout as handout_file
 from ..languages import Preparation, init_file_extension, preparation_for
 from .model import PooledKernel, PoolSettings, PoolState, WarmupError
-from .settling import bootstrap_data
+from .settling import bootstrap_data, dump_env_by_stdin
+
+#: The source name of the bootstrap step (in warm-up errors).
+BOOTSTRAP = "hotpot_km bootstrap"
 
 
 class Warmup(PoolState):
@@ -63,6 +66,11 @@ class Warmup(PoolState):
                     raise TimeoutError
                 if user and prep is not None:
                     await run_init_step(kernel, prep, code, left)
+                    continue
+                if step == BOOTSTRAP and prep is not None and prep.stdin:
+                    kernel.started_env = await dump_env_by_stdin(
+                        client, prep, timeout=left, is_alive=alive, stood_still=kernel.stood_still
+                    )
                     continue
                 if data is not None and prep is not None and prep.handout_by_file:
                     # such a kernel reads its step's data from a file, not the metadata
@@ -135,8 +143,8 @@ class Warmup(PoolState):
         steps: list[tuple[str, str, Any, bool]] = []
         prep = preparation_for(kernel.language)
         if prep is not None:
-            data = None if prep.handout_by_file else bootstrap_data(kernel.launch)
-            steps.append(("hotpot_km bootstrap", prep.bootstrap, data, False))
+            data = None if prep.apply else bootstrap_data(kernel.launch)
+            steps.append((BOOTSTRAP, prep.bootstrap, data, False))
             if settings.python_imports and prep.import_modules:
                 modules = list(settings.python_imports)
                 steps.append(("python_imports", prep.import_modules, {"modules": modules}, False))
@@ -218,7 +226,7 @@ def warmup_step(source: str) -> str:
     """The step (one of ``hotpot_km.events.WARMUP_STEPS``) a warm-up source belongs to."""
     if source == "kernel start":
         return "kernel_start"
-    if source == "hotpot_km bootstrap":
+    if source == BOOTSTRAP:
         return "bootstrap"
     if source == "python_imports":
         return "python_imports"
