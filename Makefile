@@ -102,8 +102,10 @@ $(VENV)/.peers-installed: pyproject.toml | $(BIN)/python
 test-peers: $(VENV)/.test-installed $(VENV)/.peers-installed
 	$(BIN)/python tests/peers/run.py $(PEERS_DIR)
 
-bench: $(VENV)/.test-installed $(VENV)/.demo-installed
+# The main run (results.md), then start -> first reply per language (languages.md).
+bench: $(VENV)/.test-installed $(VENV)/.demo-installed $(VENV)/.kernels-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/languages_bench.py $(LANGUAGES_BENCH_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .

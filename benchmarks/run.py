@@ -539,6 +539,8 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
         f"- this project: git {git_revision()}",
         f"- sizes: {sizes}",
         f"- run time: {(time.monotonic() - started) / 60:.1f} min",
+        "- other languages (R, bash, xeus-python, Octave): [languages.md](languages.md), "
+        "written by `languages_bench.py`, which `make bench` runs after this",
         "",
         "Versions (every system launches the same kernel: ipykernel from the project's venv):",
         "",

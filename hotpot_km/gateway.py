@@ -23,7 +23,7 @@ import logging
 import os
 import queue
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 from traitlets import Bool, Float, List, Unicode
 
 from .budget import Slot
-from .languages import remote_language
+from .languages import kernel_language, remote_language
 from .pool import reapply
 from .pooled import PooledKernelManager
 from .priority import ProcessPriority
@@ -133,6 +133,9 @@ class GatewayChannels:
         self.shell_channel = GatewayChannel(self, "shell")
         self.control_channel = GatewayChannel(self, "control")
         self.lost: str | None = None
+        #: answers the kernel's input requests (prompt -> line) while the pool's code asks
+        #: for data on the stdin channel (:attr:`hotpot_km.languages.Preparation.stdin`)
+        self.answer_input: Callable[[str], str] | None = None
         self._ws: WebSocketClientConnection | None = None
         self._ignored: set[str] = set()  # keep-alive requests whose replies nobody reads
 
@@ -161,10 +164,23 @@ class GatewayChannels:
                 self._ignored.discard(msg["parent_header"]["msg_id"])
                 return
             getattr(self, f"{channel}_channel").replies.put_nowait(msg)
+        elif channel == "stdin" and msg.get("msg_type") == "input_request":
+            self._answer(msg)
         elif channel == "iopub" and msg.get("msg_type") == "status":
             state = msg.get("content", {}).get("execution_state")
             if state in _LOST_STATES:
                 self.lost = state
+
+    def _answer(self, request: dict[str, Any]) -> None:
+        """Reply to an input request with :attr:`answer_input`'s line (empty without one)."""
+        answer = self.answer_input
+        prompt = str(request.get("content", {}).get("prompt", ""))
+        value = answer(prompt) if answer is not None else ""
+        reply = self.session.msg("input_reply", {"value": value}, parent=request["header"])
+        try:
+            self.send({**reply, "channel": "stdin"})
+        except ConnectionError:
+            pass  # the pool sees the websocket closed on its next request
 
     def send(self, msg: dict[str, Any]) -> None:
         """Send ``msg`` (with its ``channel``) over the websocket."""
@@ -242,7 +258,9 @@ class GatewayKernelAdapter:
         specs = (await ksm.list_kernel_specs()).get("kernelspecs") or {}
         if self.name not in specs:
             raise KeyError(f"no kernelspec {self.name!r} on the gateway")
-        language = remote_language((specs[self.name].get("spec") or {}).get("language"))
+        spec = specs[self.name].get("spec") or {}
+        # xeus-python's spec says "python": its argv tells it from ipykernel's
+        language = remote_language(kernel_language(spec.get("language"), spec.get("argv") or []))
         self.language = language
         payload = gateway_env(kwargs.pop("env", None), kwargs.pop("cwd", None))
         marker = self.manager.pool_marker_value()

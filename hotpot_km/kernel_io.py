@@ -35,7 +35,9 @@ class Channel(Protocol):
 
 class ShellClient(Protocol):
     """What the pool talks to a kernel through: a jupyter_client ``AsyncKernelClient``, or
-    a gateway websocket (:mod:`hotpot_km.gateway`). ``get_msg`` raises ``queue.Empty``."""
+    a gateway websocket (:mod:`hotpot_km.gateway`). ``get_msg`` raises ``queue.Empty``.
+    A gateway websocket also answers the kernel's input requests: with what its
+    ``answer_input`` callable returns for the prompt, if set."""
 
     session: Session
 
@@ -139,22 +141,26 @@ async def run_code(
     is_alive: Callable[[], Awaitable[bool]],
     data: Any = None,
     stood_still: Callable[[], float] | None = None,
+    silent: bool = True,
+    allow_stdin: bool = False,
 ) -> dict[str, Any]:
     """Run constant or user-written ``code`` silently; ``data`` travels as JSON metadata.
 
     Silent execution keeps the execution count and history at zero, as in a
-    kernel nobody has used yet. Raises :class:`KernelCodeError` on an error reply.
-    ``stood_still`` as for :func:`request_reply`.
+    kernel nobody has used yet (``silent=False`` still stores no history, for kernels
+    that report errors only to code that is not silent). Raises :class:`KernelCodeError`
+    on an error reply. ``stood_still`` as for :func:`request_reply`; ``allow_stdin`` for
+    code that asks the pool for input (see :class:`ShellClient`'s ``answer_input``).
     """
     reply = await request_reply(
         client,
         "execute_request",
         {
             "code": code,
-            "silent": True,
+            "silent": silent,
             "store_history": False,
             "user_expressions": {},
-            "allow_stdin": False,
+            "allow_stdin": allow_stdin,
             "stop_on_error": False,
         },
         timeout=timeout,

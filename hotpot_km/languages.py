@@ -26,7 +26,9 @@ class Preparation:
     """How the pool prepares and hands out kernels of one language.
 
     ``bootstrap`` runs first in every pooled kernel and receives
-    ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}``.
+    ``{"launch_env": ...}``; ``import_modules`` receives ``{"modules": [...]}`` (a language
+    whose handout goes through a file gets such data as JSON in the file
+    :func:`~hotpot_km.langs.handout.init_path` names instead, and removes it).
     The bootstrap must also install, in the kernel, a handler for
     :data:`HANDOUT_REQUEST` control messages and a gate on the shell channel: until
     the handout is applied, shell requests of anyone but the pool wait. The handout
@@ -68,11 +70,34 @@ class Preparation:
     #: Variables the bootstrap's view of the environment shows that the kernel itself does
     #: not hold (e.g. a shell's ``PWD`` when the dump goes through ``/bin/sh``).
     per_process_env: frozenset[str] = field(default_factory=frozenset)
+    #: Whether the pool runs init code (``initialization_code``, init files) silently. Off
+    #: for kernels that report an error only to code that is not silent (IRkernel answers
+    #: ``ok`` to silent code that failed); history is never stored either way.
+    init_silent: bool = True
+    #: Constant code that runs one init step for kernels that answer ``ok`` to code that
+    #: failed (bash_kernel looks only at the last command's status, octave_kernel at
+    #: nothing): the pool writes the step's code to :func:`~hotpot_km.langs.handout.init_path`
+    #: of the handout file, and this code runs it in the user's namespace, then removes the
+    #: file if it ran without error, or writes why it failed there instead. A file still
+    #: there after the reply fails the warm-up. Only for :attr:`handout_by_file` languages;
+    #: empty: the init code runs as it is and the reply's status tells.
+    run_init: str = ""
+    #: Whether :attr:`bootstrap` and :attr:`apply` exchange their data with the pool through
+    #: input requests (the stdin channel) instead of a file: for kernels on another machine
+    #: (a remote gateway). The bootstrap asks for input with the kernel's environment for
+    #: its prompt (the pool answers an empty line); :attr:`apply` (run non-silently, so that
+    #: an error is reported) asks for one line and gets the cwd (empty: stay) and the new
+    #: environment. Both are the handout file's fields, as a JSON list of base64 strings.
+    stdin: bool = False
+    #: The ``language`` of the preparation that serves this language's kernels on a remote
+    #: gateway, where the handout file can't reach them (one with :attr:`stdin`); ``None``:
+    #: such kernels serve only requests with the pool's own cwd/env there.
+    remote: str | None = None
 
     @property
     def handout_by_file(self) -> bool:
         """Whether the handout is the :attr:`apply` code and a file, not a control message."""
-        return bool(self.apply)
+        return bool(self.apply) and not self.stdin
 
     def serves(self, language: str | None, argv: Sequence[str]) -> bool:
         """Whether kernels of a kernelspec with this ``language`` and ``argv`` are prepared here."""
@@ -311,12 +336,13 @@ def kernel_language(language: str | None, argv: Sequence[str]) -> str | None:
 
 
 def remote_language(language: str | None) -> str | None:
-    """The pool's name for the language of a kernel another machine runs: only a
-    control-message handout reaches it (the file of :attr:`Preparation.apply` would be on
-    this machine), so other languages go cold on a cwd/env change."""
+    """The pool's name for the language of a kernel another machine runs: the file of
+    :attr:`Preparation.apply` would be on this machine, so a language whose handout goes
+    through one is served there by its :attr:`Preparation.remote` preparation (data through
+    the stdin channel), if it has one; else it goes cold on a cwd/env change."""
     prep = preparation_for(language)
     if prep is not None and prep.handout_by_file:
-        return f"{language} (remote)"
+        return prep.remote or f"{language} (remote)"
     return language
 
 

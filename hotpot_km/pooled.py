@@ -136,8 +136,9 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         Unicode(),
         [],
         config=True,
-        help="""Python modules/packages every pooled Python kernel imports first (imported
-        into sys.modules, not bound in the user namespace).""",
+        help="""Python modules/packages every pooled Python kernel (ipykernel or
+        xeus-python) imports first (imported into sys.modules, not bound in the user
+        namespace).""",
     )
 
     _wait_at_startup = Bool(

@@ -61,3 +61,22 @@ def test_quick_benchmark_writes_table_and_chart(tmp_path: Path, groups: str) -> 
     assert "| error |" not in table, result.stdout[-4000:]
     png = (tmp_path / "handout.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+@pytest.mark.timeout(600)
+def test_languages_benchmark_writes_its_page(tmp_path: Path) -> None:
+    """``make bench``'s second step, with one rep of one language: the page names where it
+    ran and has the table row with its verdict."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "languages_bench.py"), "--reps", "1",
+         "--output", str(tmp_path), "bash"],
+        capture_output=True, text=True, timeout=540,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    page = (tmp_path / "languages.md").read_text()
+    for line in ("- machine: ", "- this project: git ", "- kernels: bash_kernel ",
+                 "| kernel | cold p50 | cold p95 | pooled p50 | pooled p95 | ratio | target | N |"):
+        assert line in page
+    row = next(line for line in page.splitlines() if line.startswith("| bash |"))
+    assert row.endswith(("| met | 1 |", "| missed | 1 |")), row
+    assert str(tmp_path) not in page  # no machine path in a page meant to be committed

@@ -21,6 +21,7 @@ from kernel_helpers import run, write_kernelspec
 from servers import (
     TOKEN,
     KernelSocket,
+    api,
     free_port,
     jupyter_server,
     new_session,
@@ -29,9 +30,11 @@ from servers import (
     voila_command,
 )
 
+from hotpot_km import WarmupError
 from hotpot_km.langs import R
 from hotpot_km.langs.handout import HANDOUT_FILE_VAR
 from hotpot_km.languages import ENTRY_POINT_GROUP, _preparations, kernel_language, preparation_for
+from hotpot_km.status import manager_status
 
 
 def marked_processes() -> list[psutil.Process]:
@@ -213,6 +216,103 @@ async def test_init_file_of_each_language_runs_in_the_pool(name, jupyter_dirs, l
         out, reply = await run(km, kid, check)
         assert reply["status"] == "ok", reply
         assert out.strip() == INIT_SEEN[name]
+    finally:
+        await km.shutdown_all()
+
+
+#: Per language: an init file that fails in its middle (what follows would succeed, and
+#: bash's last command does), and what the warm-up's error must say.
+FAILING_INITS = {
+    "ir": (".R", 'hotpot_a <- 1\nstop("hotpot init broke")\nhotpot_b <- 2\n', "hotpot init broke"),
+    "bash": (".sh", "hotpot_a=1\nhotpot_km_no_such_command --x\nhotpot_b=2\n",
+             "exit status 127: hotpot_km_no_such_command --x"),
+    "bash-exit": (".sh", "hotpot_a=1\nexit 3\n", "did not finish"),
+    "xpython": (".py", 'hotpot_a = 1\nraise RuntimeError("hotpot init broke")\n', "hotpot init broke"),
+    "octave": (".m", 'hotpot_a = 1;\nerror("hotpot init broke");\nhotpot_b = 2;\n', "hotpot init broke"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILING_INITS))
+async def test_a_failing_init_file_fails_the_warm_up(case, jupyter_dirs, tmp_path, caplog, log):
+    """As a Python init file that raises: the kernel is shut down, never handed out, the
+    reason is logged and in the status, and a request starts cold. IRkernel, bash_kernel
+    and octave_kernel answer "ok" to such code run silently."""
+    name = case.split("-")[0]
+    ext, text, expected = FAILING_INITS[case]
+    path = jupyter_dirs["config"] / f"kernel_pool_init_{name}{ext}"
+    path.write_text(text)
+    km = pooled_manager(kernel_pools={name: 1}, fill_delay=0, max_retry_delay=30)
+    km.log = log
+    try:
+        with pytest.raises(WarmupError, match=re.escape(str(path))) as failed:
+            await km.wait_for_pool()
+        assert expected in str(failed.value)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any(str(path) in m and expected in m for m in errors), errors
+        pool = manager_status(km)["pools"][name]
+        assert pool["warmup_failing"] and expected in pool["last_error"]
+        assert not children(), "the kernel whose init failed still runs"
+        cwd = request_dir(tmp_path)
+        kid = await km.start_kernel(kernel_name=name, cwd=str(cwd), env=dict(os.environ, **HOSTILE))
+        seen = await look(km, kid, name, tmp_path / "probe.bin")
+        assert seen["cwd"] == str(cwd)
+        assert "hotpot_a" not in seen["shown"].split()  # a cold kernel: the init never ran in it
+    finally:
+        await km.shutdown_all()
+    assert not list(jupyter_dirs["runtime"].glob("*.handout*"))
+
+
+HANGING_INITS = {
+    "ir": (".R", "Sys.sleep(600)\n"),
+    "bash": (".sh", "sleep 600\n"),
+    "xpython": (".py", "import time\ntime.sleep(600)\n"),
+    "octave": (".m", "pause(600);\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HANGING_INITS))
+async def test_a_hanging_init_file_is_bounded_by_init_timeout(name, jupyter_dirs, log):
+    ext, text = HANGING_INITS[name]
+    (jupyter_dirs["config"] / f"kernel_pool_init_{name}{ext}").write_text(text)
+    km = pooled_manager(kernel_pools={name: 1}, fill_delay=0, init_timeout=3, max_retry_delay=30)
+    km.log = log
+    try:
+        with pytest.raises(WarmupError, match="timed out after 3 s"):
+            await km.wait_for_pool()
+        assert not children(), "the kernel whose init hung still runs"
+    finally:
+        await km.shutdown_all()
+    assert not list(jupyter_dirs["runtime"].glob("*.handout*"))
+
+
+async def test_python_imports_apply_to_xeus_python_pools(jupyter_dirs, tmp_path, log):
+    """xeus-python is a Python kernel: python_imports are imported before init code, into
+    sys.modules only; a module that fails to import fails the warm-up in that step."""
+    (jupyter_dirs["config"] / "kernel_pool_init_xpython.py").write_text(
+        "import sys\nhotpot_seen = 'colorsys' in sys.modules\n"
+    )
+    km = pooled_manager(kernel_pools={"xpython": 1}, fill_delay=0, python_imports=["colorsys"])
+    km.log = log
+    try:
+        await km.wait_for_pool()
+        pooled = children()
+        kid = await km.start_kernel(kernel_name="xpython", cwd=str(tmp_path))
+        assert km.get_kernel(kid).provisioner.pid in pooled
+        code = "import sys\nprint(hotpot_seen, 'colorsys' in sys.modules, 'colorsys' in globals())"
+        out, reply = await run(km, kid, code)
+        assert reply["status"] == "ok", reply
+        assert out.split() == ["True", "True", "False"]
+    finally:
+        await km.shutdown_all()
+    assert not list(jupyter_dirs["runtime"].glob("*.handout*"))
+
+    km = pooled_manager(
+        kernel_pools={"xpython": 1}, fill_delay=0, python_imports=["hotpot_km_no_such_module"]
+    )
+    km.log = log
+    try:
+        with pytest.raises(WarmupError, match=r"in python_imports: .*hotpot_km_no_such_module"):
+            await km.wait_for_pool()
     finally:
         await km.shutdown_all()
 
@@ -422,6 +522,77 @@ def test_kernel_gateway_hands_out_a_warm_r_kernel_with_the_request_env(jupyter_d
         assert user.removesuffix("\n") == "al'ice $(x)\n\u00e9"
 
 
+#: What an R kernel shows of itself, as one JSON line: pid, cwd, whole env, global names.
+R_SELF = (
+    'cat(jsonlite::toJSON(list(pid = Sys.getpid(), cwd = getwd(), '
+    'env = as.list(Sys.getenv()), names = ls(globalenv(), all.names = TRUE)), '
+    'auto_unbox = TRUE), "\\n")'
+)
+
+
+def r_self(server, kernel_id: str) -> dict:
+    sock = KernelSocket(server, kernel_id)
+    try:
+        out, reply = sock.run(R_SELF)
+    finally:
+        sock.close()
+    assert reply["status"] == "ok", reply
+    seen = json.loads(out.strip().splitlines()[-1])
+    for key in ("R_SESSION_TMPDIR", "KERNEL_ID"):  # each process's own
+        seen["env"].pop(key, None)
+    seen["execution_count"] = reply["execution_count"]
+    return seen
+
+
+def test_r_kernels_pooled_on_a_remote_gateway_get_the_session_env_through_stdin(
+    jupyter_dirs, tmp_path
+):
+    """jupyter_server in gateway mode with an R pool on a Kernel Gateway: the handout file
+    can't reach the gateway's host, so the request's env travels as data on the stdin
+    channel (IRkernel's readline). The kernel then equals a cold remote start of the same
+    session, also after a restart (which the gateway does with the pool's env)."""
+    from gateways import gateway, local_server
+
+    base = tmp_path / "gateway"
+    spec = base / "data" / "kernels" / "ir"
+    spec.mkdir(parents=True)
+    spec.joinpath("kernel.json").write_text(json.dumps({
+        "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+        "display_name": "R", "language": "R",
+    }))
+    root = tmp_path / "root"
+    (root / "sub dir").mkdir(parents=True)
+    path = "sub dir/it's $(x) \u00e9.ipynb"
+    pools = 'c.PooledKernelManager.kernel_pools = {"ir": 1}\n'
+    with gateway("kernel_gateway", base) as gw:
+        with local_server(gw, tmp_path / "cold", root, pooled=False) as cold:
+            cold_seen = r_self(cold, new_session(cold, path, {"name": "ir"}))
+        # R runs in the C locale there (Kernel Gateway passes no LANG): it shows the é's bytes
+        assert cold_seen["env"]["JPY_SESSION_NAME"].startswith(str(root / "sub dir/it's $(x) "))
+
+        with local_server(gw, tmp_path / "pooled", root, pooled=True, extra=pools) as server:
+            pooled = gw.kernel_ids()
+            assert len(pooled) == 1, gw.server.log()[-3000:]
+            kernel_id = new_session(server, path, {"name": "ir"})
+            assert kernel_id in pooled
+            seen = r_self(server, kernel_id)
+            assert seen["env"] == cold_seen["env"], sorted(
+                set(seen["env"].items()) ^ set(cold_seen["env"].items())
+            )
+            assert {k: seen[k] for k in ("cwd", "names", "execution_count")} == {
+                k: cold_seen[k] for k in ("cwd", "names", "execution_count")
+            }
+            first_pid = seen["pid"]
+
+            response = api(server, "POST", f"/api/kernels/{kernel_id}/restart")
+            assert response.status_code == 200, response.text
+            again = r_self(server, kernel_id)
+            assert again["pid"] != first_pid
+            assert again["env"] == cold_seen["env"]
+            assert server.stop() == 0
+        assert gw.kernel_ids() == set(), gw.server.log()[-3000:]
+
+
 async def test_restarts_of_an_r_kernel_keep_its_cwd_and_env(jupyter_dirs, tmp_path, log):
     """A restart onto a ready pooled R kernel, then one with none ready: both get the
     original request's cwd and env again."""
@@ -525,17 +696,26 @@ def test_a_broken_language_entry_point_is_left_out_and_logged(tmp_path, caplog):
         _preparations.cache_clear()
 
 
-def test_kernels_on_a_remote_gateway_get_only_the_control_message_handout():
+def test_kernels_on_a_remote_gateway_get_a_handout_over_the_protocol_or_go_cold():
     """A file on this machine can't reach a kernel a remote gateway runs: there, R kernels
-    serve only requests with the pool's own env (reason ``language``); Python keeps its
+    get their handout through the stdin channel, bash and Octave kernels serve only
+    requests with the pool's own env (reason ``language``); Python keeps its
     control-message handout."""
+    from hotpot_km.langs import R_GATEWAY
     from hotpot_km.languages import remote_language
     from hotpot_km.request import ColdReason, LaunchRequest, mismatch
 
     assert remote_language("python") == "python"
-    remote_r = remote_language("R")
-    assert preparation_for(remote_r) is None
-    pooled = LaunchRequest("ir", None, {"A": "1"})
-    assert mismatch(pooled, remote_r, LaunchRequest("ir", None, {"A": "1"})) is None
-    found = mismatch(pooled, remote_r, LaunchRequest("ir", None, {"A": "2"}))
-    assert found is not None and found.reason is ColdReason.LANGUAGE
+    assert preparation_for(remote_language("R")) is R_GATEWAY
+    assert R_GATEWAY.stdin and not R_GATEWAY.handout_by_file
+    pooled = LaunchRequest("ir", None, {"A": "1"}, process_env=False)  # as the gateway's are
+    request = LaunchRequest("ir", None, {"A": "2"}, process_env=False)
+    assert mismatch(pooled, remote_language("R"), request) is None
+    for language, name in (("bash", "bash"), ("octave", "octave")):
+        remote = remote_language(language)
+        assert preparation_for(remote) is None
+        pooled = LaunchRequest(name, None, {"A": "1"})
+        assert mismatch(pooled, remote, LaunchRequest(name, None, {"A": "1"})) is None
+        found = mismatch(pooled, remote, LaunchRequest(name, None, {"A": "2"}))
+        assert found is not None and found.reason is ColdReason.LANGUAGE
+        assert f"{language} (remote) kernels" in found.detail

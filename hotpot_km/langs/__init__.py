@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from .bash import BASH
 from .octave import OCTAVE
-from .r import R
+from .r import R_GATEWAY, R
 from .xpython import XPYTHON
 
-BUILTIN = (R, BASH, XPYTHON, OCTAVE)
+#: R_GATEWAY serves R kernels on a remote gateway (``R.remote``), no kernelspec directly.
+BUILTIN = (R, BASH, XPYTHON, OCTAVE, R_GATEWAY)
 
-__all__ = ["BASH", "BUILTIN", "OCTAVE", "XPYTHON", "R"]
+__all__ = ["BASH", "BUILTIN", "OCTAVE", "R_GATEWAY", "XPYTHON", "R"]

@@ -62,6 +62,26 @@ __hotpot_km_apply() {
 env -0 > "$HOTPOT_KM_HANDOUT"
 """
 
+# An init step is sourced with an ERR trap that keeps the first failure, the one `set -e`
+# would stop at (bash_kernel looks only at the last command's exit status); a trap the
+# init file set itself stays. The shell bash_kernel restarts after an `exit` has not the
+# trap's variable, so the file stays and the step counts as failed. The file's name is
+# taken before the step runs: a step may change HOTPOT_KM_HANDOUT (the handout then fails).
+_RUN_INIT = """\
+trap '__hotpot_km_failed=${__hotpot_km_failed-"exit status $?: $BASH_COMMAND"}' ERR
+__hotpot_km_trap=$(trap -p ERR) __hotpot_km_init=$HOTPOT_KM_HANDOUT.init
+source -- "$__hotpot_km_init"
+if [[ $(trap -p ERR) == "$__hotpot_km_trap" ]]; then trap - ERR; fi
+if [[ ! -v __hotpot_km_trap ]]; then
+  :
+elif [[ -v __hotpot_km_failed ]]; then
+  printf '%s\\n' "$__hotpot_km_failed" > "$__hotpot_km_init"
+else
+  command rm -f -- "$__hotpot_km_init"
+fi
+unset -v __hotpot_km_trap __hotpot_km_failed __hotpot_km_init
+"""
+
 _APPLY = "__hotpot_km_apply && unset -f __hotpot_km_apply\n"
 
 BASH = Preparation(
@@ -70,6 +90,7 @@ BASH = Preparation(
     bootstrap=_BOOTSTRAP,
     import_modules="",
     apply=_APPLY,
+    run_init=_RUN_INIT,
     startup_env=PROCESS_START
     | frozenset(
         {

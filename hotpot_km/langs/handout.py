@@ -84,11 +84,44 @@ def write_handout(path: str, cwd: str, env: Mapping[str, str]) -> None:
         f.write(b"".join(field + b"\0" for field in fields))
 
 
+def init_path(path: str) -> str:
+    """Where an init step's code goes for a language's ``run_init`` (next to the handout
+    file, which the kernel names by :data:`HANDOUT_FILE_VAR`)."""
+    return path + ".init"
+
+
+def write_init(path: str, code: str) -> None:
+    """Write one init step's code for the kernel (readable by the pool's user only)."""
+    fd = os.open(init_path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(code)
+
+
+def init_outcome(path: str, code: str) -> str | None:
+    """``None`` if the kernel ran the init step (its file is gone), else why not: the
+    message the kernel wrote there, or that it never got to the end of the step."""
+    try:
+        with open(init_path(path), encoding="utf-8", errors="replace") as f:
+            left = f.read()
+    except FileNotFoundError:
+        return None
+    remove(init_path(path))
+    if left == code or not left.strip():
+        return "the kernel did not finish it (an exit, or the handout file was changed)"
+    return left.strip()
+
+
 def remove(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def discard(path: str) -> None:
+    """Remove the handout file and an init step's file the kernel left behind."""
+    remove(path)
+    remove(init_path(path))
 
 
 def prepare_handout(

@@ -9,8 +9,9 @@ from .common import NUMERIC_THREADS, PROCESS_START
 
 # The handout's function is defined by the warm-up (octave_kernel sends a cell line by
 # line, waiting for each prompt), so the handout itself is one line; the function is
-# cleared again after it ran. The file is removed last: the pool takes a file left behind
-# as a failed handout (octave_kernel answers "ok" whatever happened).
+# cleared again after it ran, with the one that runs init steps. The file is removed
+# last: the pool takes a file left behind as a failed handout (octave_kernel answers "ok"
+# whatever happened).
 _BOOTSTRAP = """\
 function __hotpot_km_apply__ ()
   path = getenv ("HOTPOT_KM_HANDOUT");
@@ -32,12 +33,29 @@ function __hotpot_km_apply__ ()
   cd (fields{1});
   if (unlink (path) != 0) error ("hotpot_km: could not remove the handout"); endif
 endfunction
+function __hotpot_km_init__ ()
+  path = [getenv("HOTPOT_KM_HANDOUT") ".init"];
+  try
+    evalin ("base", 'source ([getenv("HOTPOT_KM_HANDOUT") ".init"]);');
+  catch err
+    fid = fopen (path, "w");
+    fputs (fid, err.message);
+    fclose (fid);
+    return;
+  end_try_catch
+  unlink (path);
+endfunction
 __hotpot_km_status__ = system ("env -0 > \\"$HOTPOT_KM_HANDOUT\\"");
 if (__hotpot_km_status__ != 0) error ("hotpot_km: could not record the environment"); endif
 clear __hotpot_km_status__
 """
 
-_APPLY = "__hotpot_km_apply__ (); clear __hotpot_km_apply__\n"
+_APPLY = "__hotpot_km_apply__ (); clear __hotpot_km_apply__ __hotpot_km_init__\n"
+
+# An init step runs as a script in the base workspace, inside the error handling of a
+# function the warm-up defined (octave_kernel answers "ok" whatever failed, and Octave's
+# own lasterr also holds errors an init file caught itself).
+_RUN_INIT = "__hotpot_km_init__ ()\n"
 
 OCTAVE = Preparation(
     language="octave",
@@ -45,6 +63,7 @@ OCTAVE = Preparation(
     bootstrap=_BOOTSTRAP,
     import_modules="",
     apply=_APPLY,
+    run_init=_RUN_INIT,
     # `system` runs /bin/sh, which exports the working directory as PWD
     per_process_env=frozenset({"PWD"}),
     startup_env=PROCESS_START

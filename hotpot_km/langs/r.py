@@ -5,6 +5,8 @@ init file defines in the global environment can't stand in for base's functions.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ..languages import Preparation
 from .common import NUMERIC_THREADS, PROCESS_START
 
@@ -46,6 +48,9 @@ R = Preparation(
     bootstrap=_BOOTSTRAP,
     import_modules="",
     apply=_APPLY,
+    # IRkernel drops the error of silent code and answers "ok"
+    init_silent=False,
+    remote="r (gateway)",
     startup_env=PROCESS_START
     | NUMERIC_THREADS
     | frozenset(
@@ -79,4 +84,45 @@ R = Preparation(
             "HOME",
         }
     ),
+)
+
+# On a remote gateway the pool can't share a file with the kernel: the same exchange goes
+# through IRkernel's readline(), which sends an input request on the stdin channel. The
+# bootstrap's prompt is the environment, the handout's one line of input the cwd and the
+# new environment: JSON lists of base64 fields (the handout file's fields, whatever the
+# locale's encoding; jsonlite comes with IRkernel), parsed, never evaluated.
+_STDIN_BOOTSTRAP = """\
+base::local({
+  env <- Sys.getenv()
+  fields <- vapply(names(env), function(key) {
+    jsonlite::base64_enc(charToRaw(paste0(key, "=", env[[key]])))
+  }, "", USE.NAMES = FALSE)
+  base::readline(base::as.character(jsonlite::toJSON(fields)))
+  invisible(NULL)
+}, envir = base::new.env(parent = base::baseenv()))
+"""
+
+_STDIN_APPLY = """\
+base::local({
+  fields <- lapply(jsonlite::fromJSON(base::readline()), jsonlite::base64_dec)
+  if (length(fields[[1L]])) setwd(rawToChar(fields[[1L]]))
+  if (!all(Sys.unsetenv(names(Sys.getenv())))) stop("could not clear the environment")
+  for (field in fields[-1L]) {
+    eq <- match(as.raw(61L), field)
+    value <- list(rawToChar(field[-seq_len(eq)]))
+    names(value) <- rawToChar(field[seq_len(eq - 1L)])
+    if (!do.call(Sys.setenv, value)) stop("could not set ", names(value))
+  }
+  invisible(NULL)
+}, envir = base::new.env(parent = base::baseenv()))
+"""
+
+#: R kernels on a remote gateway: the handout's data through the stdin channel.
+R_GATEWAY = dataclasses.replace(
+    R,
+    language="r (gateway)",
+    bootstrap=_STDIN_BOOTSTRAP,
+    apply=_STDIN_APPLY,
+    stdin=True,
+    remote=None,
 )

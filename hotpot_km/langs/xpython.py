@@ -39,13 +39,31 @@ __hotpot_km_apply()
 del __hotpot_km_apply
 """
 
+# python_imports: the module names arrive as JSON in the step's data file (xeus-python
+# can't read a request's metadata); imported into sys.modules, nothing bound in globals.
+_IMPORT_MODULES = """\
+def __hotpot_km_imports():
+    import importlib, json, os
+
+    path = os.environ["HOTPOT_KM_HANDOUT"] + ".init"
+    with open(path, encoding="utf-8") as f:
+        names = json.load(f)["modules"]
+    os.remove(path)
+    for name in names:
+        importlib.import_module(name)
+
+
+__hotpot_km_imports()
+del __hotpot_km_imports
+"""
+
 XPYTHON = Preparation(
     language="xpython",
     spec_language="python",
     executables=frozenset({"xpython", "xpython_launcher"}),
     file_extension=".py",
     bootstrap=_BOOTSTRAP,
-    import_modules="",
+    import_modules=_IMPORT_MODULES,
     apply=_APPLY,
     startup_env=PYTHON.startup_env | PROCESS_START,
 )

@@ -12,7 +12,7 @@ from ..budget import KernelLimitReached, Slot
 from ..languages import preparation_for
 from ..request import ColdReason, LaunchRequest, fixed_options, mismatch
 from .model import HandedOut, HandoutError, PooledKernel, PoolState, Reservation, WarmupError
-from .settling import apply_by_file, send_handout
+from .settling import apply_by_file, apply_by_stdin, send_handout
 
 #: Seconds a start waits at most for a warming kernel before the pool measured how long
 #: a kernel start takes (see :meth:`Claiming.warmup_wait`).
@@ -177,9 +177,21 @@ class Claiming(PoolState):
                     self.unclaim(kernel)  # nothing was sent: the kernel is untouched
                     raise
             await self._at_normal_priority(kernel)
-            if prep.handout_by_file:
+            settings = self._host.pool_settings()
+            if prep.stdin:
+                # as by file, with the data on the stdin channel (a kernel on a remote gateway)
+                assert kernel.started_env is not None
+                await apply_by_stdin(
+                    kernel.client,
+                    prep,
+                    kernel.started_env,
+                    kernel.launch,
+                    request,
+                    timeout=settings.startup_timeout,
+                    is_alive=kernel.adapter.is_alive,
+                )
+            elif prep.handout_by_file:
                 # no gate in such a kernel: applied before the host gets the kernel
-                settings = self._host.pool_settings()
                 await apply_by_file(kernel, prep, request, settings.startup_timeout)
             else:
                 handout = send_handout(kernel.client, kernel.launch, request)

@@ -166,7 +166,7 @@ class LocalKernelAdapter:
             await until_gone(provisioner, self.pool.log)
             self.pool.leftovers.forget(getattr(provisioner, "pid", None))
             if self.handout_path is not None:
-                await asyncio.to_thread(handout_file.remove, self.handout_path)
+                await asyncio.to_thread(handout_file.discard, self.handout_path)
 
     @property
     def pid(self) -> int | None:

@@ -145,6 +145,8 @@ class PooledKernel:
     launch: LaunchRequest | None = None
     language: str | None = None
     client: ShellClient | None = None
+    #: the environment a stdin-handout kernel reported after start-up (its bootstrap)
+    started_env: dict[str, str] | None = None
     #: the kernel's own IOPub topics (status), to see it go idle after handout (local kernels)
     statuses: zmq.asyncio.Socket | None = None
     claimed: bool = False

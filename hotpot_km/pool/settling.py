@@ -6,6 +6,8 @@ the same handout again for a kernel a remote gateway relaunched (:func:`reapply`
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 from collections.abc import Awaitable, Callable
 from queue import Empty
@@ -152,6 +154,98 @@ async def apply_by_file(
         ) from None
 
 
+async def dump_env_by_stdin(
+    client: ShellClient,
+    prep: Preparation,
+    *,
+    timeout: float,
+    is_alive: Callable[[], Awaitable[bool]],
+    stood_still: Callable[[], float] | None = None,
+) -> dict[str, str]:
+    """Run a stdin language's bootstrap: the environment the kernel reports in its input
+    request's prompt (see :attr:`Preparation.stdin`). Raises :class:`KernelCodeError`."""
+    if not hasattr(client, "answer_input"):
+        raise KernelCodeError("Error", "this client can't answer input requests", [])
+    prompts: list[str] = []
+
+    def answer(prompt: str) -> str:
+        prompts.append(prompt)
+        return ""
+
+    client.answer_input = answer
+    try:
+        await run_code(
+            client,
+            prep.bootstrap,
+            timeout=timeout,
+            is_alive=is_alive,
+            stood_still=stood_still,
+            silent=False,
+            allow_stdin=True,
+        )
+    finally:
+        client.answer_input = None
+    try:
+        fields = [base64.b64decode(field) for field in json.loads(prompts[0])]
+    except (IndexError, ValueError, TypeError):
+        raise KernelCodeError("Error", "the kernel did not report its environment", []) from None
+    env: dict[str, str] = {}
+    for field in fields:
+        key, sep, value = field.partition(b"=")
+        if sep and key:
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
+
+
+async def apply_by_stdin(
+    client: ShellClient,
+    prep: Preparation,
+    started: dict[str, str],
+    launch: LaunchRequest,
+    request: LaunchRequest,
+    *,
+    timeout: float,
+    is_alive: Callable[[], Awaitable[bool]],
+) -> None:
+    """The handout of a stdin language: the request's cwd and the environment a cold start
+    would have (as :func:`apply_by_file` computes it) as the one line of input the
+    language's constant ``apply`` code asks for. Raises :class:`HandoutError`."""
+    cwd = request.cwd if request.cwd is not None else launch.cwd
+    env = handout_file.handout_env(
+        started, launch.env, request.env, prep.per_process_env, (launch.cwd, cwd or "")
+    )
+    # the handout file's fields, each in base64: the cwd ("" for none), then KEY=value
+    fields = [os.fsencode(cwd or "")] + [os.fsencode(f"{k}={v}") for k, v in env.items()]
+    line = json.dumps([base64.b64encode(field).decode("ascii") for field in fields])
+    asked: list[str] = []
+
+    def answer(prompt: str) -> str:
+        asked.append(prompt)
+        return line if len(asked) == 1 else ""
+
+    try:
+        if not hasattr(client, "answer_input"):
+            raise OSError("this client can't answer input requests")
+        client.answer_input = answer
+        try:
+            await run_code(
+                client,
+                prep.apply,
+                timeout=timeout,
+                is_alive=is_alive,
+                silent=False,
+                allow_stdin=True,
+            )
+        finally:
+            client.answer_input = None
+        if len(asked) != 1:
+            raise OSError("the kernel did not take its handout")
+    except (OSError, KernelCodeError, KernelDiedError, TimeoutError) as error:
+        raise HandoutError(
+            f"applying the request's cwd/env failed: {error}", ColdReason.HANDOUT_FAILED
+        ) from None
+
+
 def bootstrap_data(launch: LaunchRequest) -> dict[str, Any]:
     """What the language's bootstrap receives: the env the kernel was launched with, so the
     handout can tell the kernel's own additions from the launch's values, and the pool's
@@ -176,6 +270,12 @@ async def reapply(
     await request_reply(
         client, "kernel_info_request", {}, timeout=timeout, is_alive=is_alive, resend_every=1.0
     )
+    if prep.stdin:
+        started = await dump_env_by_stdin(client, prep, timeout=timeout, is_alive=is_alive)
+        await apply_by_stdin(
+            client, prep, started, launch, request, timeout=timeout, is_alive=is_alive
+        )
+        return
     await run_code(
         client, prep.bootstrap, timeout=timeout, is_alive=is_alive, data=bootstrap_data(launch)
     )

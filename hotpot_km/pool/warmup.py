@@ -4,6 +4,8 @@ init files, at idle CPU priority while nobody waits for it; back off after failu
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,9 +15,13 @@ from jupyter_core.paths import jupyter_config_path
 
 from .. import priority
 from ..kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
-from ..languages import init_file_extension, preparation_for
+from ..langs import handout as handout_file
+from ..languages import Preparation, init_file_extension, preparation_for
 from .model import PooledKernel, PoolSettings, PoolState, WarmupError
-from .settling import bootstrap_data
+from .settling import bootstrap_data, dump_env_by_stdin
+
+#: The source name of the bootstrap step (in warm-up errors).
+BOOTSTRAP = "hotpot_km bootstrap"
 
 
 class Warmup(PoolState):
@@ -51,11 +57,25 @@ class Warmup(PoolState):
             took = loop.time() - began - (kernel.stood_still() - still)
             self._start_seconds.setdefault(kernel.name, deque(maxlen=10)).append(took)
             deadline, before = loop.time() + settings.init_timeout, kernel.stood_still()
-            for step, code, data in await self._warmup_steps(kernel, settings, reply["content"]):
+            prep = preparation_for(kernel.language)
+            steps = await self._warmup_steps(kernel, settings, reply["content"])
+            for step, code, data, user in steps:
                 source = step
                 left = deadline + kernel.stood_still() - before - loop.time()
                 if left <= 0:
                     raise TimeoutError
+                if user and prep is not None:
+                    await run_init_step(kernel, prep, code, left)
+                    continue
+                if step == BOOTSTRAP and prep is not None and prep.stdin:
+                    kernel.started_env = await dump_env_by_stdin(
+                        client, prep, timeout=left, is_alive=alive, stood_still=kernel.stood_still
+                    )
+                    continue
+                if data is not None and prep is not None and prep.handout_by_file:
+                    # such a kernel reads its step's data from a file, not the metadata
+                    await write_step_data(kernel, data)
+                    data = None
                 await run_code(
                     client,
                     code,
@@ -116,25 +136,26 @@ class Warmup(PoolState):
 
     async def _warmup_steps(
         self, kernel: PooledKernel, settings: PoolSettings, info: Mapping[str, Any]
-    ) -> list[tuple[str, str, Any]]:
-        """(source, code, data) in the documented order: imports, configured code, init files."""
+    ) -> list[tuple[str, str, Any, bool]]:
+        """(source, code, data, user's code) in the documented order: imports, configured
+        code, init files."""
         assert kernel.launch is not None
-        steps: list[tuple[str, str, Any]] = []
+        steps: list[tuple[str, str, Any, bool]] = []
         prep = preparation_for(kernel.language)
         if prep is not None:
-            data = None if prep.handout_by_file else bootstrap_data(kernel.launch)
-            steps.append(("hotpot_km bootstrap", prep.bootstrap, data))
+            data = None if prep.apply else bootstrap_data(kernel.launch)
+            steps.append((BOOTSTRAP, prep.bootstrap, data, False))
             if settings.python_imports and prep.import_modules:
                 modules = list(settings.python_imports)
-                steps.append(("python_imports", prep.import_modules, {"modules": modules}))
+                steps.append(("python_imports", prep.import_modules, {"modules": modules}, False))
         code = settings.initialization_code.get(kernel.name)
         if code:
-            steps.append((f"initialization_code[{kernel.name!r}]", code, None))
+            steps.append((f"initialization_code[{kernel.name!r}]", code, None, True))
         reported = (info.get("language_info") or {}).get("file_extension")
         extension = init_file_extension(kernel.language, reported)
         if extension:
             for path, text in await asyncio.to_thread(_read_init_files, kernel.name, extension):
-                steps.append((path, text, None))
+                steps.append((path, text, None, True))
         return steps
 
     def _warmup_failed(
@@ -184,11 +205,44 @@ class Warmup(PoolState):
         self.observer.warmup_failed(kernel.name, warmup_step(source), message)
 
 
+async def run_init_step(kernel: PooledKernel, prep: Preparation, code: str, timeout: float) -> None:
+    """Run one init step (``initialization_code`` or an init file) the way ``prep`` lets
+    the pool see it fail: through its ``run_init`` and a file, or non-silently. Raises
+    :class:`KernelCodeError` if it failed, even where the kernel answered ``ok``."""
+    assert kernel.client is not None
+    run = functools.partial(
+        run_code,
+        kernel.client,
+        timeout=timeout,
+        is_alive=kernel.adapter.is_alive,
+        stood_still=kernel.stood_still,
+        silent=prep.init_silent,
+    )
+    path = getattr(kernel.adapter, "handout_path", None)
+    if not prep.run_init or path is None:
+        await run(code)
+        return
+    await asyncio.to_thread(handout_file.write_init, path, code)
+    await run(prep.run_init)
+    failed = await asyncio.to_thread(handout_file.init_outcome, path, code)
+    if failed is not None:
+        raise KernelCodeError("Error", failed, [])
+
+
+async def write_step_data(kernel: PooledKernel, data: Any) -> None:
+    """Write a warm-up step's data as JSON where a file-handout kernel's code reads it
+    (:func:`~hotpot_km.langs.handout.init_path`); the code removes the file."""
+    path = getattr(kernel.adapter, "handout_path", None)
+    if path is None:
+        raise OSError("the kernel's handout file is unknown")
+    await asyncio.to_thread(handout_file.write_init, path, json.dumps(data))
+
+
 def warmup_step(source: str) -> str:
     """The step (one of ``hotpot_km.events.WARMUP_STEPS``) a warm-up source belongs to."""
     if source == "kernel start":
         return "kernel_start"
-    if source == "hotpot_km bootstrap":
+    if source == BOOTSTRAP:
         return "bootstrap"
     if source == "python_imports":
         return "python_imports"
