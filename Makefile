@@ -19,7 +19,7 @@ XDIST := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
 # Enterprise Gateway's python for tests/gateways.py, wherever EG_VENV is
 PYTEST := HOTPOT_KM_EG_PYTHON=$(abspath $(EG_VENV))/bin/python $(BIN)/python -m pytest
 
-.PHONY: demo venvs test test-fork test-root test-pythons test-peers bench lint clean docs
+.PHONY: demo venvs test test-fork test-root test-pythons test-peers bench soak lint clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,11 @@ test-peers: $(VENV)/.test-installed $(VENV)/.peers-installed
 bench: $(VENV)/.test-installed $(VENV)/.demo-installed $(VENV)/.kernels-installed
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/languages_bench.py $(LANGUAGES_BENCH_ARGS)
+
+# The traffic soak on the seed's Voila dashboard (benchmarks/soak_bench.py; writes
+# benchmarks/soak.md): 300 visits pooled and 60 cold, 3 and then 8 at a time.
+soak: $(VENV)/.test-installed $(VENV)/.demo-installed
+	$(BIN)/python benchmarks/soak_bench.py $(SOAK_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check --fix .
