@@ -541,6 +541,8 @@ def write_results(bench: Bench, output: Path, argv: list[str], started: float) -
         f"- run time: {(time.monotonic() - started) / 60:.1f} min",
         "- other languages (R, bash, xeus-python, Octave): [languages.md](languages.md), "
         "written by `languages_bench.py`, which `make bench` runs after this",
+        "- traffic, measured on its own: [soak.md](soak.md) (a stream of visitors to the seed's "
+        "Voila dashboard, `make soak`), [trace.md](trace.md) (a class arriving together)",
         "",
         "Versions (every system launches the same kernel: ipykernel from the project's venv):",
         "",
