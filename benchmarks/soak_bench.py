@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -153,16 +154,18 @@ class Census:
 class Sampler(threading.Thread):
     """Samples the server's kernel processes every ``interval`` s; keeps the peaks."""
 
-    def __init__(self, server_pid: int, interval: float = 0.5) -> None:
+    def __init__(self, server_pid: int, done: Callable[[], int], interval: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.server_pid, self.interval = server_pid, interval
+        self.server_pid, self.done, self.interval = server_pid, done, interval
         self.peak = Census(0, 0, 0, 0)
         self.load: list[float] = []
+        self.server_rss: list[tuple[int, int]] = []  # (visits done, the server's RSS)
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.wait(self.interval):
             self.load.append(os.getloadavg()[0])
+            self.server_rss.append((self.done(), rss(self.server_pid)))
             now = Census.of(self.server_pid)
             self.peak = Census(max(self.peak.kernels, now.kernels),
                                max(self.peak.kernel_rss, now.kernel_rss),
@@ -319,6 +322,7 @@ class Row:
     after: Census | None = None
     in_use_after: int | None = None
     server_rss_start: int = 0
+    server_rss_path: list[int] = field(default_factory=list)  # after 1/4, 1/2, 3/4, all visits
     server_rss: tuple[int, int] = (0, 0)
     server_fds: tuple[int, int] = (0, 0)
     load: list[float] = field(default_factory=list)  # 1-minute load average, every 0.5 s
@@ -366,12 +370,12 @@ def run_row(args: argparse.Namespace, work: Path, system: str, concurrency: int,
         row.server_rss = (rss(server.pid), 0)
         row.server_fds = (open_fds(server.pid), 0)
         first = counts(server.status())
-        sampler = Sampler(server.pid)
-        sampler.start()
-        log(f"{system}, concurrency {concurrency}: {visits} visits")
         left = iter(range(visits))
         lock = threading.Lock()
         results: list[Visit] = []
+        sampler = Sampler(server.pid, lambda: len(results))
+        sampler.start()
+        log(f"{system}, concurrency {concurrency}: {visits} visits")
 
         def visitor() -> None:
             while True:
@@ -402,6 +406,10 @@ def run_row(args: argparse.Namespace, work: Path, system: str, concurrency: int,
             f"waiting {args.settle:g} s")
         time.sleep(args.settle)
         row.peak = sampler.stop()
+        row.server_rss_path = [
+            next((r for done, r in sampler.server_rss if done >= visits * q // 4 and r), 0)
+            for q in (1, 2, 3, 4)
+        ]
         row.after = Census.of(server.pid)
         row.server_rss = (row.server_rss[0], rss(server.pid))
         row.server_fds = (row.server_fds[0], open_fds(server.pid))
@@ -549,8 +557,10 @@ def write(args: argparse.Namespace, rows: list[Row], extra: dict[str, Any], took
     notes += [f"{row.system}, concurrency {row.concurrency}: load average (1 min) during the "
               f"visits {min(row.load):.1f}-{max(row.load):.1f}, median "
               f"{statistics.median(row.load):.1f}" for row in rows if row.load]
-    notes += [f"{row.system}, concurrency {row.concurrency}: server RSS before any page "
-              f"{mib(row.server_rss_start)} MiB" for row in rows]
+    notes += [f"{row.system}, concurrency {row.concurrency}: server RSS MiB before any page "
+              f"{mib(row.server_rss_start)}, after the warm-up visits {mib(row.server_rss[0])}, "
+              "after 1/4, 1/2, 3/4 and all of the visits "
+              f"{', '.join(mib(r) for r in row.server_rss_path)}" for row in rows]
     notes += [f"{row.system}, concurrency {row.concurrency}: {row.in_use_after} kernels "
               "in use after" for row in rows if row.in_use_after]
     lines += ["", "Notes:", *[f"- {n}" for n in notes]]
