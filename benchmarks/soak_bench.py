@@ -317,6 +317,7 @@ class Row:
     cold_starts: int = 0
     waited: int = 0
     refused: int = 0
+    cold_reasons: dict[str, int] = field(default_factory=dict)
     before: Census | None = None
     peak: Census | None = None
     after: Census | None = None
@@ -347,6 +348,15 @@ def counts(pool: dict[str, Any] | None) -> tuple[int, int, int, int]:
     return starts.get("pooled", 0), starts.get("cold", 0), waited, starts.get("refused", 0)
 
 
+def cold_reasons(first: dict[str, Any] | None, last: dict[str, Any] | None) -> dict[str, int]:
+    """Why page starts went cold between two status documents (the pool's own words)."""
+    if first is None or last is None:
+        return {}
+    before = first.get("starts", {}).get("cold_reasons", {})
+    after = last.get("starts", {}).get("cold_reasons", {})
+    return {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+
+
 def run_row(args: argparse.Namespace, work: Path, system: str, concurrency: int,
             extra: dict[str, Any]) -> Row:
     cold = system == "cold"
@@ -369,7 +379,8 @@ def run_row(args: argparse.Namespace, work: Path, system: str, concurrency: int,
         row.before = Census.of(server.pid)
         row.server_rss = (rss(server.pid), 0)
         row.server_fds = (open_fds(server.pid), 0)
-        first = counts(server.status())
+        first_status = server.status()
+        first = counts(first_status)
         left = iter(range(visits))
         lock = threading.Lock()
         results: list[Visit] = []
@@ -392,9 +403,11 @@ def run_row(args: argparse.Namespace, work: Path, system: str, concurrency: int,
                 future.result()
         row.seconds = time.perf_counter() - started
         row.load = list(sampler.load)
-        last = counts(server.status())
+        last_status = server.status()
+        last = counts(last_status)
         row.pooled, row.cold_starts, row.waited, row.refused = (
             b - a for a, b in zip(first, last, strict=True))
+        row.cold_reasons = cold_reasons(first_status, last_status)
         row.pages = sorted(v.page for v in results if v.error is None)
         for v in results:
             if v.error:
@@ -553,6 +566,9 @@ def write(args: argparse.Namespace, rows: list[Row], extra: dict[str, Any], took
              for row in rows for note in row.notes]
     notes += [f"{row.system}, concurrency {row.concurrency}: page starts: {row.pooled} pooled "
               f"({row.waited} of them waited for a warming kernel), {row.cold_starts} cold"
+              + (" (" + ", ".join(f"{why or 'no reason given'}: {n}"
+                                  for why, n in row.cold_reasons.items()) + ")"
+                 if row.cold_reasons else "")
               for row in rows if row.system != "cold"]
     notes += [f"{row.system}, concurrency {row.concurrency}: load average (1 min) during the "
               f"visits {min(row.load):.1f}-{max(row.load):.1f}, median "
