@@ -460,8 +460,11 @@ def growth(pair: tuple[int, int]) -> float:
 
 
 def left_per_visit(row: Row) -> float:
+    """Kernels left per visit: processes above those before the visits, or, if more (a pool
+    not refilled yet would hide one), kernels the pool says are still handed out."""
     assert row.before is not None and row.after is not None
-    return (row.after.kernels - row.before.kernels) / row.visits
+    left = max(row.after.kernels - row.before.kernels, row.in_use_after or 0, 0)
+    return left / row.visits
 
 
 def verdicts(row: Row, cold: Row | None) -> list[str]:
