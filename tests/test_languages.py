@@ -580,14 +580,19 @@ def remote_self(server, kernel_id: str, name: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(REMOTE_KERNELS))
 def test_kernels_pooled_on_a_remote_gateway_get_the_session_env_through_stdin(
-    name, jupyter_dirs, tmp_path
+    name, jupyter_dirs, tmp_path, monkeypatch
 ):
     """jupyter_server in gateway mode with a pool of R, xeus-python or Octave kernels on a
     Kernel Gateway: the handout file can't reach the gateway's host, so the request's env
     travels as data on the stdin channel (R's readline, Python's and Octave's input). The
     kernel then equals a cold remote start of the same session, also after a restart
-    (which the gateway does with the pool's env)."""
+    (which the gateway does with the pool's env). The servers' hostile KERNEL_* values go
+    to the gateway with every start, and through the stdin channel with the handout's
+    whole environment (to Octave in many lines)."""
     from gateways import gateway, local_server
+
+    for key, value in HOSTILE.items():
+        monkeypatch.setenv(f"KERNEL_{key}", value)
 
     base = tmp_path / "gateway"
     spec = base / "data" / "kernels" / name
@@ -615,6 +620,9 @@ def test_kernels_pooled_on_a_remote_gateway_get_the_session_env_through_stdin(
             assert {k: seen[k] for k in ("cwd", "names", "execution_count")} == {
                 k: cold_seen[k] for k in ("cwd", "names", "execution_count")
             }
+            for key, value in HOSTILE.items():
+                if name != "ir" or value.isascii():  # R shows non-ASCII bytes in the C locale
+                    assert seen["env"][f"KERNEL_{key}"] == value
             first_pid = seen["pid"]
 
             response = api(server, "POST", f"/api/kernels/{kernel_id}/restart")
