@@ -555,6 +555,9 @@ def remote_self(server, kernel_id: str, name: str) -> dict:
     """What a kernel on the gateway shows of itself, through a user's websocket."""
     sock = KernelSocket(server, kernel_id)
     try:
+        # a kernel the gateway relaunched at start (a port taken meanwhile by another
+        # process) drops what was sent before it answers; server pings keep recv() waiting
+        sock.wait_live(timeout=120)
         out, reply = sock.run(REMOTE_KERNELS[name][1], timeout=120)
     finally:
         sock.close()
