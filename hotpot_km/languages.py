@@ -85,10 +85,20 @@ class Preparation:
     #: Whether :attr:`bootstrap` and :attr:`apply` exchange their data with the pool through
     #: input requests (the stdin channel) instead of a file: for kernels on another machine
     #: (a remote gateway). The bootstrap asks for input with the kernel's environment for
-    #: its prompt (the pool answers an empty line); :attr:`apply` (run non-silently, so that
-    #: an error is reported) asks for one line and gets the cwd (empty: stay) and the new
-    #: environment. Both are the handout file's fields, as a JSON list of base64 strings.
+    #: its prompt (the pool answers an empty line); :attr:`apply` asks for one line and gets
+    #: the cwd (empty: stay) and the new environment. Both are the handout file's fields, as
+    #: a JSON list of base64 strings. Both run silently or not as :attr:`init_silent` says,
+    #: so that an error is reported.
     stdin: bool = False
+    #: For :attr:`stdin` kernels that read their input through a terminal (octave_kernel),
+    #: whose lines hold at most 4095 bytes: the pool answers :attr:`apply` in lines of at
+    #: most this many characters, then an empty line, which the code concatenates. 0: one
+    #: line, whatever its length.
+    stdin_line_max: int = 0
+    #: For :attr:`stdin` kernels that answer ``ok`` to code that failed (octave_kernel): the
+    #: prompt of the input request :attr:`apply` makes as its last step, once everything is
+    #: applied; a handout that never asks it failed. Empty: the reply's status tells.
+    stdin_done: str = ""
     #: The ``language`` of the preparation that serves this language's kernels on a remote
     #: gateway, where the handout file can't reach them (one with :attr:`stdin`); ``None``:
     #: such kernels serve only requests with the pool's own cwd/env there.

@@ -170,7 +170,7 @@ class KernelSocket:
                     except websocket.WebSocketTimeoutException:
                         break
                     if (msg.get("channel") == "iopub"
-                            and msg.get("parent_header", {}).get("msg_id") == msg_id):
+                            and (msg.get("parent_header") or {}).get("msg_id") == msg_id):
                         return
         finally:
             self.ws.settimeout(reads)
@@ -186,7 +186,7 @@ class KernelSocket:
         while reply is None or not idle:
             assert time.monotonic() < deadline, "no reply from the kernel"
             msg = json.loads(self.ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            if (msg.get("parent_header") or {}).get("msg_id") != msg_id:
                 continue
             kind = msg["msg_type"]
             if kind == "stream" and msg["content"]["name"] == "stdout":

@@ -5,6 +5,7 @@ count and the names left in its workspace or history."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -522,73 +523,117 @@ def test_kernel_gateway_hands_out_a_warm_r_kernel_with_the_request_env(jupyter_d
         assert user.removesuffix("\n") == "al'ice $(x)\n\u00e9"
 
 
-#: What an R kernel shows of itself, as one JSON line: pid, cwd, whole env, global names.
-R_SELF = (
-    'cat(jsonlite::toJSON(list(pid = Sys.getpid(), cwd = getwd(), '
-    'env = as.list(Sys.getenv()), names = ls(globalenv(), all.names = TRUE)), '
-    'auto_unbox = TRUE), "\\n")'
-)
+#: Per language on a remote gateway: its kernelspec, and code that prints what the kernel
+#: shows of itself (pid, cwd, whole environment, the names in its workspace) as one line.
+REMOTE_KERNELS = {
+    "ir": (
+        {"argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+         "display_name": "R", "language": "R"},
+        'cat(jsonlite::toJSON(list(pid = Sys.getpid(), cwd = getwd(), '
+        'env = as.list(Sys.getenv()), names = ls(globalenv(), all.names = TRUE)), '
+        'auto_unbox = TRUE), "\\n")',
+    ),
+    "xpython": (
+        {"argv": [sys.executable, "-m", "xpython_launcher", "-f", "{connection_file}"],
+         "display_name": "xeus-python", "language": "python"},
+        'print(__import__("json").dumps({"pid": __import__("os").getpid(), '
+        '"cwd": __import__("os").getcwd(), "env": dict(__import__("os").environ), '
+        '"names": sorted(globals())}))',
+    ),
+    # cwd and environment (`env -0`, run by /bin/sh) in base64, then the workspace's names
+    "octave": (
+        {"argv": [sys.executable, "-m", "octave_kernel", "-f", "{connection_file}"],
+         "display_name": "Octave", "language": "octave"},
+        'printf ("%d %s %s %s\\n", getpid (), matlab.net.base64encode (uint8 (pwd ())), '
+        'matlab.net.base64encode (uint8 (nthargout (2, @system, "env -0"))), '
+        'strjoin (who ()\', ","))',
+    ),
+}
 
 
-def r_self(server, kernel_id: str) -> dict:
+def remote_self(server, kernel_id: str, name: str) -> dict:
+    """What a kernel on the gateway shows of itself, through a user's websocket."""
     sock = KernelSocket(server, kernel_id)
     try:
-        out, reply = sock.run(R_SELF)
+        # a kernel the gateway relaunched at start (a port taken meanwhile by another
+        # process) drops what was sent before it answers; server pings keep recv() waiting
+        sock.wait_live(timeout=120)
+        out, reply = sock.run(REMOTE_KERNELS[name][1], timeout=120)
     finally:
         sock.close()
     assert reply["status"] == "ok", reply
-    seen = json.loads(out.strip().splitlines()[-1])
+    line = out.strip().splitlines()[-1]
+    if name == "octave":
+        pid, cwd, env, names = (line + " ").split(" ", 3)
+        fields = base64.b64decode(env).split(b"\0")[:-1]
+        seen = {
+            "pid": int(pid),
+            "cwd": os.fsdecode(base64.b64decode(cwd)),
+            "env": {os.fsdecode(k): os.fsdecode(v) for k, _, v in
+                    (field.partition(b"=") for field in fields)},
+            "names": names.split(),
+        }
+    else:
+        seen = json.loads(line)
     for key in ("R_SESSION_TMPDIR", "KERNEL_ID"):  # each process's own
         seen["env"].pop(key, None)
     seen["execution_count"] = reply["execution_count"]
     return seen
 
 
-def test_r_kernels_pooled_on_a_remote_gateway_get_the_session_env_through_stdin(
-    jupyter_dirs, tmp_path
+@pytest.mark.parametrize("name", sorted(REMOTE_KERNELS))
+def test_kernels_pooled_on_a_remote_gateway_get_the_session_env_through_stdin(
+    name, jupyter_dirs, tmp_path, monkeypatch
 ):
-    """jupyter_server in gateway mode with an R pool on a Kernel Gateway: the handout file
-    can't reach the gateway's host, so the request's env travels as data on the stdin
-    channel (IRkernel's readline). The kernel then equals a cold remote start of the same
-    session, also after a restart (which the gateway does with the pool's env)."""
+    """jupyter_server in gateway mode with a pool of R, xeus-python or Octave kernels on a
+    Kernel Gateway: the handout file can't reach the gateway's host, so the request's env
+    travels as data on the stdin channel (R's readline, Python's and Octave's input). The
+    kernel then equals a cold remote start of the same session, also after a restart
+    (which the gateway does with the pool's env). The servers' hostile KERNEL_* values go
+    to the gateway with every start, and through the stdin channel with the handout's
+    whole environment (to Octave in many lines)."""
     from gateways import gateway, local_server
 
+    for key, value in HOSTILE.items():
+        monkeypatch.setenv(f"KERNEL_{key}", value)
+
     base = tmp_path / "gateway"
-    spec = base / "data" / "kernels" / "ir"
+    spec = base / "data" / "kernels" / name
     spec.mkdir(parents=True)
-    spec.joinpath("kernel.json").write_text(json.dumps({
-        "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
-        "display_name": "R", "language": "R",
-    }))
+    spec.joinpath("kernel.json").write_text(json.dumps(REMOTE_KERNELS[name][0]))
     root = tmp_path / "root"
     (root / "sub dir").mkdir(parents=True)
     path = "sub dir/it's $(x) \u00e9.ipynb"
-    pools = 'c.PooledKernelManager.kernel_pools = {"ir": 1}\n'
+    pools = f'c.PooledKernelManager.kernel_pools = {{"{name}": 1}}\n'
     with gateway("kernel_gateway", base) as gw:
         with local_server(gw, tmp_path / "cold", root, pooled=False) as cold:
-            cold_seen = r_self(cold, new_session(cold, path, {"name": "ir"}))
-        # R runs in the C locale there (Kernel Gateway passes no LANG): it shows the é's bytes
+            cold_seen = remote_self(cold, new_session(cold, path, {"name": name}), name)
+        # the gateway passes no LANG: the kernels show the é's bytes as their locale does
         assert cold_seen["env"]["JPY_SESSION_NAME"].startswith(str(root / "sub dir/it's $(x) "))
 
         with local_server(gw, tmp_path / "pooled", root, pooled=True, extra=pools) as server:
             pooled = gw.kernel_ids()
             assert len(pooled) == 1, gw.server.log()[-3000:]
-            kernel_id = new_session(server, path, {"name": "ir"})
+            kernel_id = new_session(server, path, {"name": name})
             assert kernel_id in pooled
-            seen = r_self(server, kernel_id)
+            seen = remote_self(server, kernel_id, name)
             assert seen["env"] == cold_seen["env"], sorted(
                 set(seen["env"].items()) ^ set(cold_seen["env"].items())
             )
             assert {k: seen[k] for k in ("cwd", "names", "execution_count")} == {
                 k: cold_seen[k] for k in ("cwd", "names", "execution_count")
             }
+            for key, value in HOSTILE.items():
+                if name != "ir" or value.isascii():  # R shows non-ASCII bytes in the C locale
+                    assert seen["env"][f"KERNEL_{key}"] == value
             first_pid = seen["pid"]
 
             response = api(server, "POST", f"/api/kernels/{kernel_id}/restart")
             assert response.status_code == 200, response.text
-            again = r_self(server, kernel_id)
+            again = remote_self(server, kernel_id, name)
             assert again["pid"] != first_pid
             assert again["env"] == cold_seen["env"]
+            assert again["cwd"] == cold_seen["cwd"]
             assert server.stop() == 0
         assert gw.kernel_ids() == set(), gw.server.log()[-3000:]
 
@@ -697,25 +742,33 @@ def test_a_broken_language_entry_point_is_left_out_and_logged(tmp_path, caplog):
 
 
 def test_kernels_on_a_remote_gateway_get_a_handout_over_the_protocol_or_go_cold():
-    """A file on this machine can't reach a kernel a remote gateway runs: there, R kernels
-    get their handout through the stdin channel, bash and Octave kernels serve only
-    requests with the pool's own env (reason ``language``); Python keeps its
-    control-message handout."""
-    from hotpot_km.langs import R_GATEWAY
+    """A file on this machine can't reach a kernel a remote gateway runs: there, R,
+    xeus-python and Octave kernels get their handout through the stdin channel, bash
+    kernels serve only requests with the pool's own env (reason ``language``); Python
+    keeps its control-message handout."""
+    from hotpot_km.langs import OCTAVE_GATEWAY, R_GATEWAY, XPYTHON_GATEWAY
     from hotpot_km.languages import remote_language
     from hotpot_km.request import ColdReason, LaunchRequest, mismatch
 
     assert remote_language("python") == "python"
-    assert preparation_for(remote_language("R")) is R_GATEWAY
-    assert R_GATEWAY.stdin and not R_GATEWAY.handout_by_file
-    pooled = LaunchRequest("ir", None, {"A": "1"}, process_env=False)  # as the gateway's are
-    request = LaunchRequest("ir", None, {"A": "2"}, process_env=False)
-    assert mismatch(pooled, remote_language("R"), request) is None
-    for language, name in (("bash", "bash"), ("octave", "octave")):
-        remote = remote_language(language)
-        assert preparation_for(remote) is None
-        pooled = LaunchRequest(name, None, {"A": "1"})
-        assert mismatch(pooled, remote, LaunchRequest(name, None, {"A": "1"})) is None
-        found = mismatch(pooled, remote, LaunchRequest(name, None, {"A": "2"}))
-        assert found is not None and found.reason is ColdReason.LANGUAGE
-        assert f"{language} (remote) kernels" in found.detail
+    xpython = kernel_language("python", ["python3", "-m", "xpython_launcher", "-f", "{c}"])
+    assert xpython == "xpython"  # never its remote preparation, on any machine
+    for language, name, prep in (
+        ("R", "ir", R_GATEWAY),
+        (xpython, "xpython", XPYTHON_GATEWAY),
+        ("octave", "octave", OCTAVE_GATEWAY),
+    ):
+        assert preparation_for(remote_language(language)) is prep
+        assert prep.stdin and not prep.handout_by_file and prep.remote is None
+        pooled = LaunchRequest(name, None, {"A": "1"}, process_env=False)  # as the gateway's are
+        request = LaunchRequest(name, None, {"A": "2"}, process_env=False)
+        assert mismatch(pooled, remote_language(language), request) is None
+    # octave_kernel's input goes through a terminal: the handout's data in short lines
+    assert 0 < OCTAVE_GATEWAY.stdin_line_max < 4095 and OCTAVE_GATEWAY.stdin_done
+    remote = remote_language("bash")
+    assert preparation_for(remote) is None
+    pooled = LaunchRequest("bash", None, {"A": "1"})
+    assert mismatch(pooled, remote, LaunchRequest("bash", None, {"A": "1"})) is None
+    found = mismatch(pooled, remote, LaunchRequest("bash", None, {"A": "2"}))
+    assert found is not None and found.reason is ColdReason.LANGUAGE
+    assert "bash (remote) kernels" in found.detail

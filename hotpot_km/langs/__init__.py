@@ -8,11 +8,21 @@ entry point group like any third party's language (docs/languages.md).
 from __future__ import annotations
 
 from .bash import BASH
-from .octave import OCTAVE
+from .octave import OCTAVE, OCTAVE_GATEWAY
 from .r import R_GATEWAY, R
-from .xpython import XPYTHON
+from .xpython import XPYTHON, XPYTHON_GATEWAY
 
-#: R_GATEWAY serves R kernels on a remote gateway (``R.remote``), no kernelspec directly.
-BUILTIN = (R, BASH, XPYTHON, OCTAVE, R_GATEWAY)
+#: The ``*_GATEWAY`` ones serve kernels on a remote gateway (their language's ``remote``),
+#: no kernelspec directly.
+BUILTIN = (R, BASH, XPYTHON, OCTAVE, R_GATEWAY, XPYTHON_GATEWAY, OCTAVE_GATEWAY)
 
-__all__ = ["BASH", "BUILTIN", "OCTAVE", "R_GATEWAY", "XPYTHON", "R"]
+__all__ = [
+    "BASH",
+    "BUILTIN",
+    "OCTAVE",
+    "OCTAVE_GATEWAY",
+    "R_GATEWAY",
+    "XPYTHON",
+    "XPYTHON_GATEWAY",
+    "R",
+]

@@ -180,7 +180,7 @@ async def dump_env_by_stdin(
             timeout=timeout,
             is_alive=is_alive,
             stood_still=stood_still,
-            silent=False,
+            silent=prep.init_silent,
             allow_stdin=True,
         )
     finally:
@@ -208,8 +208,10 @@ async def apply_by_stdin(
     is_alive: Callable[[], Awaitable[bool]],
 ) -> None:
     """The handout of a stdin language: the request's cwd and the environment a cold start
-    would have (as :func:`apply_by_file` computes it) as the one line of input the
-    language's constant ``apply`` code asks for. Raises :class:`HandoutError`."""
+    would have (as :func:`apply_by_file` computes it) as the line of input the language's
+    constant ``apply`` code asks for (in pieces of :attr:`~Preparation.stdin_line_max`, if
+    set); with :attr:`~Preparation.stdin_done`, the code's last request for input tells
+    that it applied everything. Raises :class:`HandoutError`."""
     cwd = request.cwd if request.cwd is not None else launch.cwd
     env = handout_file.handout_env(
         started, launch.env, request.env, prep.per_process_env, (launch.cwd, cwd or "")
@@ -217,11 +219,13 @@ async def apply_by_stdin(
     # the handout file's fields, each in base64: the cwd ("" for none), then KEY=value
     fields = [os.fsencode(cwd or "")] + [os.fsencode(f"{k}={v}") for k, v in env.items()]
     line = json.dumps([base64.b64encode(field).decode("ascii") for field in fields])
+    size = prep.stdin_line_max
+    lines = [line[i : i + size] for i in range(0, len(line), size)] + [""] if size else [line]
     asked: list[str] = []
 
     def answer(prompt: str) -> str:
         asked.append(prompt)
-        return line if len(asked) == 1 else ""
+        return lines[len(asked) - 1] if len(asked) <= len(lines) else ""
 
     try:
         if not hasattr(client, "answer_input"):
@@ -233,12 +237,13 @@ async def apply_by_stdin(
                 prep.apply,
                 timeout=timeout,
                 is_alive=is_alive,
-                silent=False,
+                silent=prep.init_silent,
                 allow_stdin=True,
             )
         finally:
             client.answer_input = None
-        if len(asked) != 1:
+        done = [prep.stdin_done] if prep.stdin_done else []
+        if [p.strip() for p in asked[len(lines) :]] != done or len(asked) < len(lines):
             raise OSError("the kernel did not take its handout")
     except (OSError, KernelCodeError, KernelDiedError, TimeoutError) as error:
         raise HandoutError(
