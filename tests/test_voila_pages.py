@@ -149,6 +149,7 @@ def shut_down_by_us(server: Server, kernel_id: str) -> bool:
     return f"shutting down kernel {kernel_id} of a Voila page" in server.log()
 
 
+@pytest.mark.slow
 def test_tabs_closed_give_their_kernels_back_and_an_open_tab_keeps_its_kernel(
     jupyter_dirs, tmp_path, page  # noqa: F811
 ):
@@ -212,6 +213,7 @@ def test_curl_visitors_kernels_are_shut_down_after_the_timeout(jupyter_dirs, tmp
         assert not tracebacks(server.log())
 
 
+@pytest.mark.slow
 def test_a_page_whose_websocket_closed_ends_after_the_grace_and_an_open_one_stays(
     jupyter_dirs, tmp_path
 ):
@@ -273,6 +275,7 @@ def test_the_beacon_passes_with_the_cookie_and_xsrf_still_holds(jupyter_dirs, tm
 SOAK_VISITS = 30
 
 
+@pytest.mark.slow
 def test_a_soak_of_browser_like_visits_leaves_no_kernel(jupyter_dirs, tmp_path):
     """30 visits, 3 at a time, as a browser makes them with the seed's files: the page, the
     kernel's websocket, then the beacon. Every request succeeds, no kernel is left in use,
