@@ -268,7 +268,7 @@ async def memory(args: argparse.Namespace, km: AsyncMultiKernelManager) -> dict[
     await asyncio.sleep(1)
     idle = pss(pids + extra)
     for kid in kids:
-        await probe(km, kid, TYPICAL_CELL)
+        await probe(km, kid, args.cell)
     await asyncio.sleep(1)
     used = pss(pids + extra)
     uss = sum(psutil.Process(p).memory_full_info().uss for p in pids + extra)
@@ -306,6 +306,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--imports", default="", help="python_imports of the pools (comma-separated)")
     parser.add_argument("--kinds", default="bare,cwd_env", type=lambda s: s.split(","))
     parser.add_argument("--code", default="", help="code a kernel must have run: imports")
+    parser.add_argument("--cell", default=TYPICAL_CELL,
+                        help="memory: the cell each kernel runs before the second measure")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--pool", type=int, default=3)
     parser.add_argument("--burst", type=int, default=12)

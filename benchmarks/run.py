@@ -172,6 +172,10 @@ class Bench:
         self.rows: list[Row] = []
         self.notes: list[str] = []
         self.failed = False
+        #: what a "heavy" kernel imports: ``--quick`` only checks that everything runs, and a
+        #: small module does that without seconds of numpy, scipy, matplotlib and pandas
+        self.code, self.imports = ((LIGHT_CODE, LIGHT_IMPORTS) if args.quick
+                                   else (HEAVY_CODE, HEAVY_IMPORTS))
 
     def systems(self, *extra: str) -> list[str]:
         """cold, 0.2.2 (unless skipped), this project, and ``extra`` (``fork``, ``preheat``)."""
@@ -250,12 +254,12 @@ class Bench:
 
     def heavy(self, system: str) -> list[Row]:
         n, s = self.names, self.sizes
-        init = None if system == "cold" else HEAVY_CODE
+        init = None if system == "cold" else self.code
         dirs = JupyterDirs(self.scratch, f"heavy-{system}", init_code=init)
         # fork mode: the template can only share imports it did itself (python_imports)
-        imports = ["--imports", HEAVY_IMPORTS] if system == "fork" else []
+        imports = ["--imports", self.imports] if system == "fork" else []
         data = self.kernel_bench(system, "heavy", dirs, "--scenario", "handout", "--kinds",
-                                 "bare", "--code", HEAVY_CODE, "--reps", str(s.heavy_reps),
+                                 "bare", "--code", self.code, "--reps", str(s.heavy_reps),
                                  "--pool", str(s.pool), *imports)
         pool = data["memory"]["pool_rss"]
         return [Row(n.heavy, system, data["samples"]["bare:code_done"]),
@@ -276,15 +280,15 @@ class Bench:
 
         ``--quick`` imports one small module instead: it only checks that this runs."""
         n, s = self.names, self.sizes
-        code, imports = (LIGHT_CODE, LIGHT_IMPORTS) if self.args.quick else (HEAVY_CODE,
-                                                                             HEAVY_IMPORTS)
+        code, imports = self.code, self.imports
         common = ["--code", code] if system == "cold" else ["--imports", imports]
         dirs = JupyterDirs(self.scratch, f"refill-{system}")
         refill = self.kernel_bench(system, "refill", dirs, "--scenario", "refill",
                                    "--reps", str(s.fork_refill_reps), "--pool", "1", *common)
         dirs = JupyterDirs(self.scratch, f"memory-{system}")
+        cell = ["--cell", code] if self.args.quick else []  # quick: no pandas plot either
         memory = self.kernel_bench(system, "memory", dirs, "--scenario", "memory",
-                                   "--pool", str(s.mem_pool), *common)
+                                   "--pool", str(s.mem_pool), *common, *cell)
         mem = memory["samples"]
         if system == "fork" and not memory.get("template"):
             self.notes.append("memory, fork mode: no template process was found")
@@ -328,7 +332,7 @@ class Bench:
 
     def loop(self, system: str) -> list[Row]:
         n, s = self.names, self.sizes
-        init = None if system == "cold" else HEAVY_CODE
+        init = None if system == "cold" else self.code
         dirs = JupyterDirs(self.scratch, f"loop-{system}", init_code=init)
         self.server_config(dirs, system, s.fill_pool, wait=False)
         server = Server("server", self.python(system), dirs, [], cwd=dirs.work,
@@ -337,7 +341,7 @@ class Bench:
             up = server.wait_up()
             if system == "cold":
                 latencies, took, failed = event_loop(server, up, lambda: cold_fill(
-                    server, s.fill_pool, HEAVY_CODE))
+                    server, s.fill_pool, self.code))
             else:
                 latencies, took, failed = event_loop(server, up,
                                                      lambda: server.wait_pool(settle=0))
@@ -363,10 +367,10 @@ class Bench:
 
     def voila(self, system: str) -> list[Row]:
         n, s = self.names, self.sizes
-        init = HEAVY_CODE if system in ("old", "new") else None
+        init = self.code if system in ("old", "new") else None
         dirs = JupyterDirs(self.scratch, f"voila-{system}", init_code=init)
         app = dirs.work / "app"
-        notebook(app / "dashboard.ipynb", HEAVY_CODE, 'print("BENCH_OK", 1 + 1)')
+        notebook(app / "dashboard.ipynb", self.code, 'print("BENCH_OK", 1 + 1)')
         args = ["dashboard.ipynb"]
         if system in ("old", "new"):
             (app / "voila.json").write_text(json.dumps({
@@ -416,7 +420,7 @@ class Bench:
         project" is the installed kernelspec with ``hotpot-km serve`` running."""
         n, s = self.names, self.sizes
         rows = []
-        heavy = "import colorsys" if self.args.quick else HEAVY_CODE  # quick: only that it runs
+        heavy = self.code
         plan = [("papermill", heavy, 2), ("loop", None, s.runner_loop),
                 ("nbmake", None, s.nbmake)]
         for what, init, pool in plan:

@@ -195,6 +195,7 @@ def restart_from_kernel_menu(page: Page, kernel_path: str) -> None:
 RESTARTS = 3
 
 
+@pytest.mark.slow
 def test_jupyterlab_runs_pooled_kernels_through_restarts(jupyter_dirs, tmp_path, page, monkeypatch):
     """The README's jupyter_server_config.py in JupyterLab: a notebook in a subdirectory
     runs on a pooled kernel with its own cwd and the server's env, and keeps doing so

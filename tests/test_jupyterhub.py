@@ -71,15 +71,15 @@ c.Spawner.args = [
 c.Spawner.environment = {{
     "{MARKER}": {os.environ[MARKER]!r},
     "HOTPOT_TEST_GATE": {str(tmp / 'gate')!r},
-    "JUPYTERHUB_ACTIVITY_INTERVAL": "5",  # how often servers report activity (default 300)
+    "JUPYTERHUB_ACTIVITY_INTERVAL": "2",  # how often servers report activity (default 300)
 }}
-c.JupyterHub.last_activity_interval = 5  # how often the hub reads the proxy's (default 300)
+c.JupyterHub.last_activity_interval = 2  # how often the hub reads the proxy's (default 300)
 c.JupyterHub.services = [
     {{"name": "tester", "api_token": {ADMIN_TOKEN!r}}},
     # the README's culler; every request of the test through the proxy is activity
     {{"name": "idle-culler",
-      "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=30",
-                  "--cull-every=5"]}},
+      "command": [sys.executable, "-m", "jupyterhub_idle_culler", "--timeout=12",
+                  "--cull-every=2"]}},
 ]
 c.JupyterHub.load_roles = [
     {{"name": "admin", "services": ["tester"]}},

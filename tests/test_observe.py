@@ -109,6 +109,7 @@ def assert_agrees_with_processes(doc: dict[str, Any], server: Server, handed: se
     assert doc["processes"]["in_use"] == len(handed)
 
 
+@pytest.mark.slow
 def test_jupyter_server_metrics_status_and_cli(jupyter_dirs, tmp_path):
     (jupyter_dirs["config"] / "jupyter_server_config.py").write_text(
         'c.ServerApp.kernel_manager_class = "hotpot_km.mapping.PooledMappingKernelManager"\n'

@@ -335,6 +335,7 @@ def pooled_jupyter_server(
         yield server, root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
 def test_jupyter_server_restarts_lose_nothing(jupyter_dirs, tmp_path, warm):
     """Flows (a), (b), (c) and (e), each on its own handed-out kernel, restarted RESTARTS
@@ -366,6 +367,7 @@ def test_jupyter_server_restarts_lose_nothing(jupyter_dirs, tmp_path, warm):
     assert not marked_kernels()
 
 
+@pytest.mark.slow
 def test_jupyter_server_in_front_of_a_pooled_kernel_gateway(jupyter_dirs, tmp_path, monkeypatch):
     """(f) a jupyter_server in gateway mode in front of Kernel Gateway 3 using the pool:
     restarts posted to the front server while its websocket (and its proxy websocket to the

@@ -361,6 +361,7 @@ def service_processes() -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.slow
 def test_autostart_starts_one_service_for_concurrent_runners_and_stops_when_idle(
         setup, monkeypatch, tmp_path):
     install_kernelspec("--autostart", "--idle-timeout=15")

@@ -149,6 +149,7 @@ def shut_down_by_us(server: Server, kernel_id: str) -> bool:
     return f"shutting down kernel {kernel_id} of a Voila page" in server.log()
 
 
+@pytest.mark.slow
 def test_tabs_closed_give_their_kernels_back_and_an_open_tab_keeps_its_kernel(
     jupyter_dirs, tmp_path, page  # noqa: F811
 ):
@@ -164,6 +165,7 @@ def test_tabs_closed_give_their_kernels_back_and_an_open_tab_keeps_its_kernel(
         assert len(before) == POOL
         with screenshot_on_failure(page, tmp_path / "failure.png", server):
             page.goto(server.url + "/")
+            served = time.monotonic()  # the kept page's page_connect_timeout runs from here
             probe_output(page)
             kept = kernel_id_of(page.content())
             closed = []
@@ -182,7 +184,8 @@ def test_tabs_closed_give_their_kernels_back_and_an_open_tab_keeps_its_kernel(
                 wait_for(lambda k=kernel_id: kernel_model(server, k) is None, timeout=60,
                          what=f"the closed tab's kernel {kernel_id} shut down")
                 assert not shut_down_by_us(server, kernel_id)  # Voila's beacon did it
-            time.sleep(16)  # past page_connect_timeout: the open tab is connected, no timer runs
+            # past page_connect_timeout: the open tab is connected, no timer runs
+            time.sleep(max(0.0, served + 15 + 1 - time.monotonic()))
             model = kernel_model(server, kept)
             assert model is not None and model["connections"] >= 1, model
             after = pool_back(server, ready)
@@ -210,6 +213,7 @@ def test_curl_visitors_kernels_are_shut_down_after_the_timeout(jupyter_dirs, tmp
         assert not tracebacks(server.log())
 
 
+@pytest.mark.slow
 def test_a_page_whose_websocket_closed_ends_after_the_grace_and_an_open_one_stays(
     jupyter_dirs, tmp_path
 ):
@@ -227,11 +231,12 @@ def test_a_page_whose_websocket_closed_ends_after_the_grace_and_an_open_one_stay
         try:
             voila_socket(server, gone).close()
             voila_socket(server, back).close()
+            closed = time.monotonic()  # the reconnected page's grace runs from here
             returned = voila_socket(server, back)  # reconnects at once, within the grace
             wait_for(lambda: kernel_model(server, gone) is None, timeout=60,
                      what="the closed page's kernel shut down")
             assert "its page's websocket closed 3 s ago" in server.log()
-            time.sleep(4)  # past the grace of the reconnected page
+            time.sleep(max(0.0, closed + 3 + 2 - time.monotonic()))  # past the grace of back
             for kernel_id in (back, kept):
                 assert kernel_model(server, kernel_id)["connections"] == 1
             open_socket.wait_live()  # the kernel still answers its page
@@ -270,6 +275,7 @@ def test_the_beacon_passes_with_the_cookie_and_xsrf_still_holds(jupyter_dirs, tm
 SOAK_VISITS = 30
 
 
+@pytest.mark.slow
 def test_a_soak_of_browser_like_visits_leaves_no_kernel(jupyter_dirs, tmp_path):
     """30 visits, 3 at a time, as a browser makes them with the seed's files: the page, the
     kernel's websocket, then the beacon. Every request succeeds, no kernel is left in use,
