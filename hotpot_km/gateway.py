@@ -377,6 +377,8 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
         the gateway (default: host name and process id).""",
     )
 
+    fork_by_default = False  # the kernels run on the gateway, not here
+
     @default("pool_marker")
     def _pool_marker_default(self) -> str:
         return f"{socket.gethostname()}:{os.getpid()}"

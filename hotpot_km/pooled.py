@@ -181,11 +181,16 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         value_trait=Bool(),
         config=True,
         help="""Mapping from kernel name to whether its kernels are forked from a template
-        process that has imported ipykernel, IPython and python_imports once (e.g.
-        {"python3": true}), instead of launched: refills and starts take milliseconds and
-        the kernels share the imported modules' memory. Python (ipykernel) kernelspecs on
-        Linux only; others are launched, with one log line. The template counts against
-        max_kernels.""",
+        process that has imported ipykernel, IPython, python_imports and the modules the
+        kernel_pool_init_<name>.py files import at module level once, instead of launched:
+        refills and starts take milliseconds and the kernels share the imported modules'
+        memory. On by default for every name in kernel_pools; {"python3": false} launches
+        that name's kernels, {"*": false} every name's but those set to true, {"*": true}
+        also forks names that have no pool. Python (ipykernel) kernelspecs with
+        jupyter_client's local provisioner on Linux only: others are launched, with one log
+        line, as are kernels of a template that refuses to serve (an import fails, leaves a
+        thread running, loads a CUDA driver...). A template is one process per kernel name
+        beside its kernels: max_kernels counts kernels, not templates.""",
     )
 
     warm_restarts = Bool(
@@ -230,9 +235,13 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
                     )
         return proposal["value"]
 
+    #: Whether names in kernel_pools fork by default (see fork_from_template); hosts whose
+    #: kernels are not local processes turn it off.
+    fork_by_default = True
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._templates = Templates(self, self._pool.budget)
+        self._templates = Templates(self)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
