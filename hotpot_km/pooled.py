@@ -181,16 +181,17 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         value_trait=Bool(),
         config=True,
         help="""Mapping from kernel name to whether its kernels are forked from a template
-        process that has imported ipykernel, IPython, python_imports and the modules the
-        kernel_pool_init_<name>.py files import at module level once, instead of launched:
-        refills and starts take milliseconds and the kernels share the imported modules'
-        memory. On by default for every name in kernel_pools; {"python3": false} launches
-        that name's kernels, {"*": false} every name's but those set to true, {"*": true}
-        also forks names that have no pool. Python (ipykernel) kernelspecs with
-        jupyter_client's local provisioner on Linux only: others are launched, with one log
-        line, as are kernels of a template that refuses to serve (an import fails, leaves a
-        thread running, loads a CUDA driver...). A template is one process per kernel name
-        beside its kernels: max_kernels counts kernels, not templates.""",
+        process that has imported ipykernel, IPython, python_imports and the modules its init
+        files (kernel_pool_init_python3.py for python3) import at their top level once,
+        instead of launched: refills and starts take milliseconds and the kernels share the
+        imported modules' memory. On by default for every name in kernel_pools:
+        {"python3": false} launches that name's kernels; an entry for "*" sets it for every
+        name not listed (false: launch them; true: also fork names without a pool). Python
+        (ipykernel) kernelspecs with jupyter_client's local provisioner on Linux only; others
+        are launched, with one log line, as are the kernels of a template that refuses to
+        serve (a python_imports module fails to import, leaves a thread running, loads a
+        CUDA driver...). A template is one process per kernel name beside its kernels:
+        max_kernels counts kernels, not templates.""",
     )
 
     warm_restarts = Bool(
