@@ -242,7 +242,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._templates = Templates(self)
+        self._templates = Templates(self, self._pool.leftovers)
         try:
             asyncio.get_running_loop()
         except RuntimeError:

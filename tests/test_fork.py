@@ -624,7 +624,7 @@ async def test_an_init_files_imports_are_done_once_in_the_template(jupyter_dirs,
         await km.wait_for_pool()
         template = template_pid()
         kids = [await km.start_kernel(), await km.start_kernel()]  # pooled, then forked cold
-        for kid, pooled in zip(kids, (True, False)):
+        for kid, pooled in zip(kids, (True, False), strict=True):
             seen = await where_imported(km, kid)
             assert parent_of(seen["pid"]) == template
             for name in ("hoist_a", "hoist_pkg", "hoist_pkg.sub", "hoist_pkg.deep.leaf"):

@@ -180,6 +180,11 @@ class TemplateProcess:
         return self.process.pid if self.process is not None else None
 
     @property
+    def socket(self) -> socket.socket | None:
+        """The host's end of the template's socket (``None`` once closed)."""
+        return self._sock
+
+    @property
     def alive(self) -> bool:
         return self.process is not None and not self.exited.done() and not self.stopping
 

@@ -27,6 +27,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from ..budget import KernelBudget, Slot
 from ..languages import PYTHON
+from ..pool.leftovers import Leftovers
 from .hoisting import describe, init_file_imports
 from .host import ForkedProcess, TemplateError, TemplateKey, TemplateProcess, kernel_command
 
@@ -68,8 +69,10 @@ class _History:
 class Templates:
     """Starts, hands out, replaces and stops the templates of one manager."""
 
-    def __init__(self, host: ForkHost) -> None:
+    def __init__(self, host: ForkHost, leftovers: Leftovers | None = None) -> None:
         self._host = host
+        # a host dropped without shutdown_all(): its templates are killed with its pool's kernels
+        self._leftovers = leftovers
         # not max_kernels': a template is no kernel; its slot registers its group with the keeper
         self._budget = KernelBudget(lambda: 0)
         self._entries: dict[str, _Entry] = {}
@@ -286,11 +289,15 @@ class Templates:
             if template.process is None:
                 self._release(template)
             raise
+        if self._leftovers is not None and template.process is not None and template.socket:
+            self._leftovers.add_template(template.process, template.socket)
         return template
 
     def _exited(self, template: TemplateProcess, status: int | None) -> None:
         """A template process is gone (stopped or died): free its slot, replace it on demand."""
         self._release(template)
+        if self._leftovers is not None:
+            self._leftovers.forget_template(template.pid)
         entry = self._entries.get(template.name)
         # one that exits while starting is its start's to handle (it may start another)
         if entry is not None and entry.template is template and entry.ready:
