@@ -19,7 +19,7 @@ XDIST := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1
 # Enterprise Gateway's python for tests/gateways.py, wherever EG_VENV is
 PYTEST := HOTPOT_KM_EG_PYTHON=$(abspath $(EG_VENV))/bin/python $(BIN)/python -m pytest
 
-.PHONY: demo venvs test test-fork test-root test-pythons test-peers bench soak lint clean docs
+.PHONY: demo venvs test test-launch test-root test-pythons test-peers bench soak lint clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,12 +84,13 @@ test-root: $(VENV)/.test-installed
 
 test-pythons: $(VENV)/.test-installed
 	PYTEST_WORKERS=$(PYTEST_WORKERS) $(BIN)/nox $(NOX_ARGS)
-# The fault suite again, with fork mode on for every kernel name the tests use.
-FORK_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/test_concurrency.py \
-              tests/test_hostile.py tests/test_pooled.py tests/test_env_isolation.py \
-              tests/test_bounded_waits.py
-test-fork: $(VENV)/.test-installed
-	HOTPOT_KM_TEST_FORK=1 $(PYTEST) $(FORK_SUITE) $(XDIST) $(PYTEST_ARGS)
+# The fault suite again, with fork mode off for every kernel name (the suite runs in the
+# default mode: pools of Python kernels fork).
+FAULT_SUITE := tests/test_faults_kernels.py tests/test_faults_servers.py tests/test_concurrency.py \
+               tests/test_hostile.py tests/test_pooled.py tests/test_env_isolation.py \
+               tests/test_bounded_waits.py
+test-launch: $(VENV)/.test-installed
+	HOTPOT_KM_TEST_FORK=0 $(PYTEST) $(FAULT_SUITE) $(XDIST) $(PYTEST_ARGS)
 
 # jupyter_server's and jupyter_client's own kernel, session and multikernelmanager tests, from
 # the PyPI sdists of the installed versions (cached in PEERS_DIR), stock and with the pooled

@@ -6,8 +6,8 @@ imports the benchmark package or anything the old venv lacks (stdlib, jupyter_cl
 psutil, hotpot_km). It writes one JSON document with raw samples in seconds or bytes.
 
 Systems: ``cold`` (a plain ``AsyncMultiKernelManager``), ``pooled`` (whichever
-``hotpot_km.PooledKernelManager`` the interpreter imports), ``fork`` (this project's,
-with ``fork_from_template`` on).
+``hotpot_km.PooledKernelManager`` the interpreter imports, launching its kernels), ``fork``
+(this project's, with ``fork_from_template`` on).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def new_manager(system: str, pool: int, **traits: Any) -> AsyncMultiKernelManage
 
     if system == "fork":
         traits["fork_from_template"] = {"python3": True}
+    elif "fork_from_template" in PooledKernelManager.class_trait_names():
+        # fork mode is this project's default: the launch-based rows launch explicitly
+        traits["fork_from_template"] = {"python3": False}
     return PooledKernelManager(kernel_pools={"python3": pool}, **traits)
 
 

@@ -300,11 +300,18 @@ def voila_pages(server: Server, reps: int, expect: str, phases: bool = False,
 
 
 def kernel_processes(server: Server) -> int:
-    """Kernel processes the server runs (pooled, warming and handed out)."""
+    """Kernel processes the server runs (pooled, warming and handed out): its children, and
+    those of its fork templates (fork mode, the default, forks kernels from one)."""
     try:
         children = psutil.Process(server.process.proc.pid).children()
     except psutil.Error:
         return 0
+    for child in list(children):
+        try:
+            if "hotpot_km/fork/template.py" in " ".join(child.cmdline()):
+                children += child.children()
+        except psutil.Error:
+            continue
     count = 0
     for child in children:
         try:

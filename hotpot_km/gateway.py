@@ -407,6 +407,8 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
             "{pid}", str(os.getpid())
         )
 
+    fork_by_default = False  # the kernels run on the gateway, not here
+
     def __init__(self, **kwargs: Any) -> None:
         self._handed: dict[str, tuple[RemoteHandout, LaunchRequest]] = {}
         super().__init__(**kwargs)

@@ -38,8 +38,8 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         0,
         config=True,
         help="""The maximum number of kernel processes this manager runs at once, counting
-        handed-out, starting, pooled and warming kernels (0: no limit). Starting one more
-        raises MaximumKernelsException.""",
+        handed-out, starting, pooled and warming kernels, not fork templates (0: no limit).
+        Starting one more raises MaximumKernelsException.""",
     )
 
     #: The manager class of pooled processes; a host may launch them its own way.

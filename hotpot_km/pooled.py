@@ -186,11 +186,17 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         value_trait=Bool(),
         config=True,
         help="""Mapping from kernel name to whether its kernels are forked from a template
-        process that has imported ipykernel, IPython and python_imports once (e.g.
-        {"python3": true}), instead of launched: refills and starts take milliseconds and
-        the kernels share the imported modules' memory. Python (ipykernel) kernelspecs on
-        Linux only; others are launched, with one log line. The template counts against
-        max_kernels.""",
+        process that has imported ipykernel, IPython, python_imports and the modules its init
+        files (kernel_pool_init_python3.py for python3) import at their top level once,
+        instead of launched: refills and starts take milliseconds and the kernels share the
+        imported modules' memory. On by default for every name in kernel_pools:
+        {"python3": false} launches that name's kernels; an entry for "*" sets it for every
+        name not listed (false: launch them; true: also fork names without a pool). Python
+        (ipykernel) kernelspecs with jupyter_client's local provisioner on Linux only; others
+        are launched, with one log line, as are the kernels of a template that refuses to
+        serve (a python_imports module fails to import, leaves a thread running, loads a
+        CUDA driver...). A template is one process per kernel name beside its kernels:
+        max_kernels counts kernels, not templates.""",
     )
 
     warm_restarts = Bool(
@@ -235,9 +241,13 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
                     )
         return proposal["value"]
 
+    #: Whether names in kernel_pools fork by default (see fork_from_template); hosts whose
+    #: kernels are not local processes turn it off.
+    fork_by_default = True
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._templates = Templates(self, self._pool.budget)
+        self._templates = Templates(self, self._pool.leftovers)
         try:
             asyncio.get_running_loop()
         except RuntimeError:

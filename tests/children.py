@@ -50,7 +50,7 @@ def child_pids(pid: int) -> list[str]:
 
 
 #: The command line of a fork template (``hotpot_km.fork``): its forked kernels are the
-#: host's kernels too, counted under ``max_kernels`` like the template itself.
+#: host's kernels too, counted under ``max_kernels``; the template itself is not a kernel.
 TEMPLATE_MARK = "hotpot_km/fork/template.py"
 _templates: dict[int, dict[int, bool]] = {}  # host -> its live children -> is a template
 
@@ -68,20 +68,23 @@ def _is_template(pid: int, host: int, known: dict[int, bool]) -> bool:
 
 
 def kernel_pids(pid: int) -> list[str]:
-    """``child_pids(pid)``, plus the children of those that are fork templates."""
-    found = child_pids(pid)
+    """``child_pids(pid)``, fork templates replaced by their children (the kernels they forked)."""
+    children = child_pids(pid)
     # only the children seen now are remembered: a pid used again is looked at afresh
     previous = _templates.get(pid, {})
-    known = _templates[pid] = {int(c): previous[int(c)] for c in found if int(c) in previous}
-    for child in list(found):
+    known = _templates[pid] = {int(c): previous[int(c)] for c in children if int(c) in previous}
+    found = []
+    for child in children:
         if _is_template(int(child), pid, known):
             found += child_pids(int(child))
+        else:
+            found.append(child)
     return found
 
 
 def live_children(pid: int, with_cmdline: bool = False) -> list[Child]:
-    """Children of ``pid`` (of any of its threads) that have not exited, and those of its fork
-    templates; zombies excluded."""
+    """Children of ``pid`` (of any of its threads) that have not exited, its fork templates'
+    children instead of the templates; zombies excluded."""
     found = []
     for child in kernel_pids(pid):
         try:

@@ -29,11 +29,11 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 MARKER = "HOTPOT_KM_TEST_MARKER"
 
-#: ``HOTPOT_KM_TEST_FORK=1`` runs the tests with fork mode on for every kernel name they use:
-#: in-process managers get it from :func:`pooled_manager`, servers from the config files
+#: Fork mode is on by default for every kernel name with a pool (``fork_from_template``);
+#: ``HOTPOT_KM_TEST_FORK=0`` runs the tests with it off for every name (``{"*": false}``):
+#: in-process managers get that from :func:`pooled_manager`, servers from the config files
 #: :func:`isolate_jupyter` writes, as users would configure it.
-FORK = os.environ.get("HOTPOT_KM_TEST_FORK", "") == "1"
-FORK_NAMES = ("python3", "broken", "other", "plain")
+LAUNCH = os.environ.get("HOTPOT_KM_TEST_FORK", "") == "0"
 #: In a template's command line (a forked kernel shows its own, ipykernel's).
 TEMPLATE_MARK = "hotpot_km/fork/template.py"
 
@@ -45,13 +45,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def fork_config() -> dict[str, bool]:
-    """``fork_from_template`` for this run: every test kernel name in a fork run, else none."""
-    return dict.fromkeys(FORK_NAMES, True) if FORK else {}
+    """``fork_from_template`` for this run: fork mode off in a launch run, else the default."""
+    return {"*": False} if LAUNCH else {}
 
 
 def pooled_manager(**traits: Any) -> PooledKernelManager:
-    """A ``PooledKernelManager`` with ``traits``, in fork mode when the run asks for it."""
-    if FORK:
+    """A ``PooledKernelManager`` with ``traits``, in launch mode when the run asks for it."""
+    if LAUNCH:
         traits.setdefault("fork_from_template", fork_config())
     return PooledKernelManager(**traits)
 
@@ -76,7 +76,7 @@ def isolate_jupyter(base: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Pa
     monkeypatch.setenv(MARKER, marker)
     _MARKED[marker] = base
     monkeypatch.chdir(dirs["work"])
-    if FORK:  # what a user writes to turn fork mode on, for every server the test starts
+    if LAUNCH:  # what a user writes to turn fork mode off, for every server the test starts
         config = json.dumps({"PooledKernelManager": {"fork_from_template": fork_config()}})
         (dirs["config"] / "jupyter_config.json").write_text(config)  # jupyter_server, KG
         (dirs["config"] / "voila.json").write_text(config)  # Voila reads its own name

@@ -18,13 +18,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psutil
+from conftest import kernel_children, templates
 from servers import write_notebook
 
 from hotpot_km.service.client import ServiceUnavailable, call
 from hotpot_km.service.paths import ServicePaths
 
 BIN = Path(sys.executable).parent
+
+
+def kernel_parents(pid: int) -> set[int]:
+    """``pid`` and its fork templates: the parents a kernel of the host ``pid`` can have."""
+    return {pid, *(template.pid for template in templates(pid))}
+
 HOTPOT_KM = str(BIN / "hotpot-km")
 
 #: A cell that writes what its kernel sees to $PROBE_DIR/probe-<pid>.json (and prints it).
@@ -122,19 +128,14 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def kernel_pids(self) -> set[int]:
-        """Kernel processes the service runs (pooled and leased)."""
-        pids = set()
-        try:
-            children = psutil.Process(self.pid).children()
-        except psutil.NoSuchProcess:
-            return pids
-        for child in children:
-            try:
-                if "ipykernel" in " ".join(child.cmdline()) and child.status() != "zombie":
-                    pids.add(child.pid)
-            except psutil.Error:
-                continue
-        return pids
+        """Kernel processes the service runs (pooled and leased): its children, or its fork
+        templates' (see ``conftest.kernel_children``)."""
+        return {p.pid for p in kernel_children(self.pid)}
+
+    def parents(self) -> set[int]:
+        """What a kernel of the service has as its parent: the service, or (fork mode, the
+        default) one of its templates."""
+        return kernel_parents(self.pid)
 
     def wait_ready(self, timeout: float = 120) -> dict[str, Any]:
         """Until every pool holds its size in ready kernels."""

@@ -3,7 +3,7 @@
 Each test compares a pooled start with a real cold start of the same request (a plain
 ``AsyncMultiKernelManager``): ``os.environ``, the process's own environment block
 (``/proc/self/environ``, what ``ps e`` shows), a child it spawns, its cwd and
-``tempfile.gettempdir()``. Run with ``HOTPOT_KM_TEST_FORK=1`` for fork mode.
+``tempfile.gettempdir()``. Fork mode is the default; ``HOTPOT_KM_TEST_FORK=0`` launches.
 """
 
 from __future__ import annotations

@@ -380,34 +380,35 @@ async def test_a_fork_cancelled_as_its_child_arrives_leaves_no_process(jupyter_d
 # -- max_kernels -------------------------------------------------------------------------------
 
 
-async def test_max_kernels_counts_the_template(jupyter_dirs, log, caplog):
-    km = new_manager(log, kernel_pools={"python3": 2}, max_kernels=3)
+async def test_max_kernels_counts_kernels_not_the_template(jupyter_dirs, log, caplog):
+    """max_kernels = N gives N kernels in fork mode too: the template is one more process,
+    not a kernel (it never takes a kernel's place), and kernels never exceed N."""
+    km = new_manager(log, kernel_pools={"python3": 2}, max_kernels=2)
     with ChildSampler(os.getpid(), interval=0.002) as counter:
         try:
             await km.wait_for_pool()
-            assert len(templates()) == 1 and len(kernel_children()) == 2
+            template = template_pid()
+            assert len(kernel_children()) == 2
             kids = [await km.start_kernel(), await km.start_kernel()]
-            await asyncio.sleep(1)  # no room to refill: template + 2 kernels
+            await asyncio.sleep(1)  # no room to refill: 2 kernels, both handed out
             assert len(kernel_children()) == 2
             with pytest.raises(MaximumKernelsException):
                 await km.start_kernel()
             await km.shutdown_kernel(kids[0], now=True)
             third = await km.start_kernel()  # the freed slot: forked, no pooled kernel left
-            assert parent_of((await probe(km, third))["pid"]) == template_pid()
+            assert parent_of((await probe(km, third))["pid"]) == template
+            assert not records(caplog, logging.WARNING, "launched instead")
         finally:
             await shut_down(km)
-    assert counter.max <= 3, counter.at_max
+    assert counter.max <= 2, counter.at_max
 
 
-async def test_no_room_for_a_template_means_launched_kernels(jupyter_dirs, log, caplog):
+async def test_max_kernels_one_still_forks(jupyter_dirs, log, caplog):
     km = new_manager(log, kernel_pools={"python3": 1}, max_kernels=1)
     try:
         await km.wait_for_pool()
-        assert not templates()
         kid = await km.start_kernel()
-        assert parent_of((await probe(km, kid))["pid"]) == os.getpid()
-        notes = records(caplog, logging.WARNING, "max_kernels leaves no room")
-        assert len(notes) == 1
+        assert parent_of((await probe(km, kid))["pid"]) == template_pid()
     finally:
         await shut_down(km)
 
@@ -479,3 +480,310 @@ def test_voila_in_fork_mode_serves_pages_from_forked_kernels(jupyter_dirs, tmp_p
         assert "Traceback" not in server.log()
     assert not marked_kernels()
 
+
+
+# -- fork mode by default ----------------------------------------------------------------------
+
+
+def default_manager(log: logging.Logger, **traits) -> PooledKernelManager:
+    """A manager as users configure one: fork_from_template only if ``traits`` set it."""
+    traits.setdefault("fill_delay", 0)
+    traits.setdefault("max_warming", 2)
+    km = PooledKernelManager(**traits)
+    km.log = log
+    return km
+
+
+@pytest.mark.parametrize(
+    ("config", "forked"),
+    [
+        ({}, True),
+        ({"python3": True}, True),
+        ({"python3": False}, False),
+        ({"*": False}, False),
+        ({"*": False, "python3": True}, True),
+    ],
+    ids=["default", "on", "off", "all-off", "all-off-but-one"],
+)
+async def test_pools_fork_by_default_and_opt_out_by_name_or_for_all(jupyter_dirs, log, caplog,
+                                                                    config, forked):
+    km = default_manager(log, kernel_pools={"python3": 1}, fork_from_template=config)
+    try:
+        await km.wait_for_pool()
+        kid = await km.start_kernel()
+        parent = parent_of((await probe(km, kid))["pid"])
+        if forked:
+            assert parent == template_pid()
+        else:
+            assert parent == os.getpid() and not templates()
+        assert not records(caplog, logging.WARNING, "hotpot_km")
+    finally:
+        await shut_down(km)
+
+
+async def test_names_without_a_pool_are_launched_by_default(jupyter_dirs, log, caplog):
+    """The default is for pools: a start of a name without one launches and starts no
+    template; {"*": true} forks those too; a non-Python pool launches, saying so once (info)."""
+    write_kernelspec(jupyter_dirs["data"], "other")
+    write_kernelspec(jupyter_dirs["data"], "plain", [sys.executable, "-c", "pass"],
+                     language="bash")
+    km = default_manager(log, kernel_pools={"plain": 0})
+    try:
+        kid = await km.start_kernel(kernel_name="other")
+        assert parent_of((await probe(km, kid))["pid"]) == os.getpid()
+        assert not templates()
+        assert km._templates.enabled("plain") and not km._templates.enabled("other")
+        assert not km._templates.reproducible("plain", km.kernel_spec_manager.get_kernel_spec("plain"))
+        assert not km._templates.reproducible("plain", km.kernel_spec_manager.get_kernel_spec("plain"))
+        notes = records(caplog, logging.INFO, "'plain' kernels are launched, not forked")
+        assert len(notes) == 1 and "not Python" in notes[0], notes
+        assert not records(caplog, logging.WARNING, "hotpot_km")
+        km.fork_from_template = {"*": True}
+        kid = await km.start_kernel(kernel_name="other")  # starts its template, launched
+        await wait_until(lambda: len(templates()) == 1, what="a template for 'other'")
+        await wait_until(lambda: "fork template for 'other' kernels ready" in caplog.text,
+                         what="its template ready")
+        kid = await km.start_kernel(kernel_name="other")
+        assert parent_of((await probe(km, kid))["pid"]) == template_pid()
+    finally:
+        await shut_down(km)
+
+
+# -- an init file's imports, done once in the template -----------------------------------------
+
+HOISTED_MODULES = {
+    "hoist_a.py": "import os\nPID = os.getpid()\n",
+    "hoist_b.py": "import os\nPID = os.getpid()\n",
+    "hoist_late.py": "import os\nPID = os.getpid()\n",
+    "hoist_pkg/__init__.py": "import os\nPID = os.getpid()\n",
+    "hoist_pkg/sub.py": "import os\nPID = os.getpid()\n",
+    "hoist_pkg/deep/__init__.py": "",
+    "hoist_pkg/deep/leaf.py": "import os\nPID = os.getpid()\n",
+    "hoist_thread.py": "import os, threading, time\nPID = os.getpid()\n"
+                       "threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n",
+}
+
+INIT_FILE = """\
+import hoist_a
+from hoist_pkg import sub
+import hoist_pkg.deep.leaf as leaf
+if True:
+    import hoist_late  # not at the top level: imported by each kernel
+INIT_PID = __import__("os").getpid()  # the rest of the file runs in each kernel
+"""
+
+WHERE = """\
+import json, os, sys
+names = ("hoist_a", "hoist_b", "hoist_late", "hoist_pkg", "hoist_pkg.sub",
+         "hoist_pkg.deep.leaf", "hoist_thread")
+print(json.dumps({"pid": os.getpid(), "init": globals().get("INIT_PID"),
+                  **{n: sys.modules[n].PID for n in names if n in sys.modules}}))
+"""
+
+
+def write_modules(work) -> None:
+    for name, text in HOISTED_MODULES.items():
+        path = work / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+async def where_imported(km: PooledKernelManager, kid: str) -> dict:
+    out, reply = await run(km, kid, WHERE)
+    assert reply["status"] == "ok", reply
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_init_files_imports_are_read_as_data():
+    from hotpot_km.fork.hoisting import module_imports
+
+    source = (
+        "from __future__ import annotations\n"
+        "import a, b.c as d\n"
+        "from e.f import g, h as i\n"
+        "from . import local\n"
+        "from .rel import x\n"
+        "def f():\n    import inside\n"
+        "try:\n    import guarded\nexcept ImportError:\n    pass\n"
+        "print('never run')\n"
+        "import a\n"
+    )
+    assert module_imports(source) == (("a", ()), ("b.c", ()), ("e.f", ("g", "h")))
+    assert module_imports("import a\nprint(") == ()
+
+
+async def test_an_init_files_imports_are_done_once_in_the_template(jupyter_dirs, log, caplog):
+    """The seed's case: the init file's top-level imports are imported by the template (each
+    forked kernel finds them imported), the rest of the file still runs in each kernel; a
+    changed init file gives a new template."""
+    write_modules(jupyter_dirs["work"])
+    init = jupyter_dirs["config"] / "kernel_pool_init_python3.py"
+    init.write_text(INIT_FILE)
+    km = default_manager(log, kernel_pools={"python3": 1})
+    try:
+        await km.wait_for_pool()
+        template = template_pid()
+        kids = [await km.start_kernel(), await km.start_kernel()]  # pooled, then forked cold
+        for kid, pooled in zip(kids, (True, False), strict=True):
+            seen = await where_imported(km, kid)
+            assert parent_of(seen["pid"]) == template
+            for name in ("hoist_a", "hoist_pkg", "hoist_pkg.sub", "hoist_pkg.deep.leaf"):
+                assert seen[name] == template, name
+            if pooled:  # the init file ran in it
+                assert seen["hoist_late"] == seen["init"] == seen["pid"]
+            else:  # a cold start runs no init file (it finds the template's modules imported)
+                assert seen["init"] is None and "hoist_late" not in seen
+            assert "hoist_b" not in seen
+
+        init.write_text("import hoist_b\n" + INIT_FILE)
+        await km.shutdown_kernel(kids[0], now=True)
+        kid = await km.start_kernel()  # hands out the pooled kernel: the refill is forked anew
+        await km.wait_for_pool()
+        await wait_until(lambda: [p.pid for p in templates()] not in ([], [template]),
+                         what="a new template")
+        new = template_pid()
+        kid = await km.start_kernel()
+        seen = await where_imported(km, kid)
+        assert parent_of(seen["pid"]) == new
+        assert seen["hoist_b"] == seen["hoist_a"] == new
+        assert not records(caplog, logging.WARNING, "hotpot_km")
+    finally:
+        await shut_down(km)
+
+
+@pytest.mark.parametrize("kind", ["thread", "failing"])
+async def test_init_file_imports_that_make_the_template_unsafe_are_dropped(jupyter_dirs, log,
+                                                                           caplog, kind):
+    """An init file importing a module that starts a thread (or fails to import in the
+    template only): the template serves with python_imports alone, one warning says why,
+    kernels are forked and import the module themselves in their init file."""
+    write_modules(jupyter_dirs["work"])
+    if kind == "failing":  # fails in the template only (kernels show ipykernel's command line)
+        (jupyter_dirs["work"] / "hoist_thread.py").write_text(
+            "import os\nPID = os.getpid()\n"
+            "if 'fork/template.py' in open('/proc/self/cmdline').read():\n"
+            "    raise ImportError('only in kernels')\n")
+    init = jupyter_dirs["config"] / "kernel_pool_init_python3.py"
+    init.write_text("import hoist_a\nimport hoist_thread\n")
+    km = default_manager(log, kernel_pools={"python3": 2}, python_imports=["hoist_b"])
+    try:
+        await km.wait_for_pool()
+        template = template_pid()
+        kids = [await km.start_kernel() for _ in range(3)]
+        for kid in kids:
+            seen = await where_imported(km, kid)
+            assert parent_of(seen["pid"]) == template
+            assert seen["hoist_b"] == template  # python_imports: still in the template
+            assert seen["hoist_a"] == seen["hoist_thread"] == seen["pid"]  # by the init file
+        dropped = records(caplog, logging.WARNING, "can't import what its init files import")
+        assert len(dropped) == 1, dropped
+        reason = "Python threads" if kind == "thread" else "only in kernels"
+        assert "import hoist_a; import hoist_thread" in dropped[0] and reason in dropped[0]
+        assert not records(caplog, logging.ERROR, "hotpot_km")
+    finally:
+        await shut_down(km)
+
+
+# -- what users do with a forked kernel --------------------------------------------------------
+
+DEBUG_INIT = {"clientID": "jupyterlab", "clientName": "JupyterLab", "adapterID": "python",
+              "pathFormat": "path", "linesStartAt1": True, "columnsStartAt1": True,
+              "supportsVariableType": True, "supportsVariablePaging": True,
+              "supportsRunInTerminalRequest": True, "locale": "en-us"}
+
+
+async def debugger_first_requests(km: AsyncMultiKernelManager, kernel_id: str) -> list[dict]:
+    """What JupyterLab's debugger sends first on the control channel: debugInfo, initialize,
+    debugInfo; the replies' content."""
+    client = km.get_kernel(kernel_id).client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=30)
+        replies = []
+        requests_ = [("debugInfo", {}), ("initialize", DEBUG_INIT), ("debugInfo", {})]
+        for seq, (command, arguments) in enumerate(requests_, 1):
+            msg = client.session.msg("debug_request", {"type": "request", "seq": seq,
+                                                       "command": command,
+                                                       "arguments": arguments})
+            client.control_channel.send(msg)
+            while True:
+                reply = await client.control_channel.get_msg(timeout=60)
+                if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+                    break
+            replies.append(reply["content"])
+        return replies
+    finally:
+        client.stop_channels()
+
+
+def debugger_shape(replies: list[dict]) -> list[tuple]:
+    return [(r.get("command"), r.get("success"), sorted(r.get("body") or {}),
+             (r.get("body") or {}).get("isStarted")) for r in replies]
+
+
+async def run_ok(km: AsyncMultiKernelManager, kid: str, code: str) -> str:
+    out, reply = await run(km, kid, code)
+    assert reply["status"] == "ok", reply
+    return out
+
+
+async def test_a_forked_kernel_supports_what_users_do(jupyter_dirs, log):
+    """In the default mode, handed-out forked kernels run subprocesses (%pip, !, subprocess),
+    threads started in a cell, are interrupted in a sleep loop and stay usable, restart, draw
+    different random numbers from each other, and answer the JupyterLab debugger's first
+    requests as a launched kernel does."""
+    km = default_manager(log, kernel_pools={"python3": 2}, python_imports=["numpy"])
+    cold = AsyncMultiKernelManager()
+    try:
+        await km.wait_for_pool()
+        template = template_pid()
+        a, b = await km.start_kernel(), await km.start_kernel()
+        pids = [(await probe(km, kid))["pid"] for kid in (a, b)]
+        assert [parent_of(pid) for pid in pids] == [template, template]
+
+        out = await run_ok(km, a, "%pip --version\n")
+        assert re.search(r"pip \d+", out), out
+        out = await run_ok(km, a, "import subprocess, sys\n"
+                           "print(subprocess.run([sys.executable, '-c', 'print(6 * 7)'],"
+                           " capture_output=True, text=True).stdout)\n!echo from-a-shell\n")
+        assert "42" in out and "from-a-shell" in out
+
+        out = await run_ok(km, a, "import threading\nresults = []\n"
+                           "t = threading.Thread(target=lambda: results.append(sum(range(10))))\n"
+                           "t.start(); t.join()\nprint(results, t.ident != threading.get_ident())")
+        assert out.strip() == "[45] True"
+
+        draws = [json.loads(await run_ok(km, kid, "import json, random, numpy\nprint(json.dumps("
+                                         "[random.random(), float(numpy.random.random())]))"))
+                 for kid in (a, b)]
+        assert draws[0][0] != draws[1][0] and draws[0][1] != draws[1][1]
+
+        client = km.get_kernel(b).client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=30)
+            looping = asyncio.ensure_future(client.execute_interactive(
+                "import time\nfor _ in range(600):\n    time.sleep(0.1)", timeout=90))
+            await asyncio.sleep(1)
+            await km.interrupt_kernel(b)
+            reply = await asyncio.wait_for(looping, 60)
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+        finally:
+            client.stop_channels()
+        assert (await run_ok(km, b, "print(6 * 7)")).strip() == "42"
+
+        reference = await cold.start_kernel()
+        forked = debugger_shape(await debugger_first_requests(km, a))
+        launched = debugger_shape(await debugger_first_requests(cold, reference))
+        assert forked == launched
+        assert [step[:2] for step in forked] == [("debugInfo", True), ("initialize", True),
+                                                 ("debugInfo", True)]
+
+        await km.restart_kernel(b)
+        after = (await probe(km, b))["pid"]
+        assert after != pids[1] and parent_of(after) == template
+        await wait_until(lambda: not alive(pids[1]), 30, "the kernel before the restart gone")
+        assert (await run_ok(km, b, "print(6 * 7)")).strip() == "42"
+    finally:
+        await shut_down(km)
+        await cold.shutdown_all(now=True)

@@ -26,6 +26,7 @@ import pytest
 from servers import TOKEN, KernelSocket, api, jupyter_server, new_session, port_of, running
 from service_helpers import (
     PROBE_CELL,
+    Service,
     hotpot_km,
     probe_notebook,
     probes,
@@ -68,10 +69,10 @@ def run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.Complete
     return done
 
 
-def assert_pooled(seen: dict, service_pid: int, cwd: Path) -> None:
+def assert_pooled(seen: dict, svc: Service, cwd: Path) -> None:
     """A kernel of the service's pool (its child, with the init file's import done) that
     looks started by the runner."""
-    assert seen["ppid"] == service_pid
+    assert seen["ppid"] in svc.parents()
     assert seen["preimported"] is True
     assert seen["cwd"] == str(cwd)
     assert seen["runner_only"] == "from-the-runner"
@@ -86,8 +87,8 @@ def test_papermill_with_and_without_cwd(setup):
         run([setup["py"], "-m", "papermill", "in.ipynb", "out.ipynb"], cwd=work)
         run([setup["py"], "-m", "papermill", "--cwd", str(other), "in.ipynb", "out2.ipynb"], cwd=work)
         first, second = sorted(probes(setup["probes"]), key=lambda p: p["cwd"] != str(work))
-        assert_pooled(first, svc.pid, work)
-        assert_pooled(second, svc.pid, other)
+        assert_pooled(first, svc, work)
+        assert_pooled(second, svc, other)
         out = json.loads((work / "out.ipynb").read_text())
         assert json.loads(out["cells"][0]["outputs"][0]["text"][0]) == first
         assert status()["leases"] == []  # both released by papermill's own shutdown
@@ -100,7 +101,7 @@ def test_nbconvert_execute(setup):
         run([setup["py"], "-m", "nbconvert", "--to", "notebook", "--execute",
              str(notebooks / "report.ipynb"), "--output", "done.ipynb"], cwd=setup["work"])
         [seen] = probes(setup["probes"])
-        assert_pooled(seen, svc.pid, notebooks)  # nbconvert runs in the notebook's dir
+        assert_pooled(seen, svc, notebooks)  # nbconvert runs in the notebook's dir
         assert (notebooks / "done.ipynb").exists()
 
 
@@ -115,7 +116,7 @@ def test_pytest_nbmake(setup):
         seen = probes(setup["probes"])
         assert len(seen) == 2 and seen[0]["pid"] != seen[1]["pid"]
         for one in seen:
-            assert_pooled(one, svc.pid, suite)
+            assert_pooled(one, svc, suite)
 
 
 NBCLIENT = """
@@ -133,7 +134,7 @@ def test_nbclient_in_a_fresh_process(setup):
         done = run([setup["py"], "-c", NBCLIENT, str(setup["tmp"] / "nb.ipynb"),
                     str(setup["data"])], cwd=setup["work"])
         [seen] = probes(setup["probes"])
-        assert_pooled(seen, svc.pid, setup["data"])
+        assert_pooled(seen, svc, setup["data"])
         assert json.loads(done.stdout) == seen
 
 
@@ -150,7 +151,7 @@ def test_runner_killed_mid_notebook_leaves_no_kernel(setup):
                 assert runner.poll() is None and time.monotonic() < deadline
                 time.sleep(0.2)
             [seen] = probes(setup["probes"])
-            assert seen["ppid"] == svc.pid
+            assert seen["ppid"] in svc.parents()
             assert [lease["owner"] for lease in status()["leases"]] == [runner.pid]
             runner.send_signal(signal.SIGKILL)
             runner.wait(30)
@@ -194,7 +195,7 @@ def test_jupyter_server_with_no_hotpot_configuration(setup):
             out, reply = sock.run(PROBE_CELL)
             assert reply["status"] == "ok", reply
             seen = json.loads(out.strip().splitlines()[-1])
-            assert_pooled(seen, svc.pid, root / "sub")
+            assert_pooled(seen, svc, root / "sub")
             connection = (setup["runtime"] / f"kernel-{kid}.json").read_text()
 
             response = api(server, "POST", f"/api/kernels/{kid}/restart")
@@ -233,7 +234,7 @@ def test_in_a_venv_the_install_wins_and_uninstall_restores(setup):
     with serve(setup) as svc:
         run([py, "-m", "papermill", "in.ipynb", "out.ipynb"], cwd=work)
         [seen] = probes(setup["probes"])
-        assert_pooled(seen, svc.pid, work)
+        assert_pooled(seen, svc, work)
 
     done = hotpot_km("kernelspec", "uninstall", python=setup["python"])
     assert done.returncode == 0, done.stdout + done.stderr
@@ -243,7 +244,7 @@ def test_in_a_venv_the_install_wins_and_uninstall_restores(setup):
         probe.unlink()
     done = run([py, "-m", "papermill", "in.ipynb", "out.ipynb"], cwd=work)
     [seen] = probes(setup["probes"])
-    assert seen["preimported"] is False and seen["ppid"] != svc.pid
+    assert seen["preimported"] is False and seen["ppid"] not in svc.parents()
     assert "hotpot_km" not in done.stderr  # the plain kernelspec: no provisioner, no warning
 
 

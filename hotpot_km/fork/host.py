@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import keeper
+from .hoisting import Import
 from .template import STATUS_UNKNOWN, Framer, encode
 
 #: The template program, run with the kernelspec's own interpreter.
@@ -33,7 +34,15 @@ TEMPLATE_FILE = str(Path(__file__).with_name("template.py"))
 
 
 class TemplateError(RuntimeError):
-    """The template could not be started, refused to fork, or went away."""
+    """The template could not be started, refused to fork, or went away.
+
+    ``stage`` is ``"hoisted"`` when it happened while the template imported the init
+    files' modules (see :mod:`hotpot_km.fork.hoisting`): a template without them may work.
+    """
+
+    def __init__(self, message: str, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class TemplateKey:
     prefix: tuple[str, ...]  # interpreter and interpreter flags of the kernelspec's argv
     startup_env: tuple[tuple[str, str | None], ...]  # variables read only at process start
     imports: tuple[str, ...]  # python_imports
+    hoisted: tuple[Import, ...] = ()  # the init files' imports (hotpot_km.fork.hoisting)
 
 
 class ForkedProcess:
@@ -151,6 +161,7 @@ class TemplateProcess:
         self.launch_env: dict[str, str] = {}  # what it was started with (see start)
         self.stopping = False
         self.forks = 0
+        self.stage = "imports"  # of its start-up: "hoisted" once it imports the init files'
         self._on_exit = on_exit
         self._sock: socket.socket | None = None
         self._pidfd = -1
@@ -167,6 +178,11 @@ class TemplateProcess:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The host's end of the template's socket (``None`` once closed)."""
+        return self._sock
 
     @property
     def alive(self) -> bool:
@@ -216,12 +232,17 @@ class TemplateProcess:
         self._pidfd = os.pidfd_open(self.process.pid)
         loop.add_reader(self._pidfd, self._on_process_exit)
         prefix, imports = list(self.key.prefix), list(self.key.imports)
+        hoisted = [[module, list(names)] for module, names in self.key.hoisted]
+        init = {"op": "init", "prefix": prefix, "imports": imports, "hoisted": hoisted}
         try:
-            await self._send({"op": "init", "prefix": prefix, "imports": imports})
+            await self._send(init)
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except asyncio.TimeoutError:
             await self.aclose(grace=0)
-            raise TemplateError(f"it was not ready within {timeout:g} s") from None
+            raise TemplateError(f"it was not ready within {timeout:g} s", self.stage) from None
+        except TemplateError as error:
+            await self.aclose(grace=0)
+            raise TemplateError(str(error), error.stage or self.stage) from None
         except BaseException:
             await self.aclose(grace=0)
             raise
@@ -337,9 +358,12 @@ class TemplateProcess:
         if op == "ready":
             if not self._ready.done():
                 self._ready.set_result(None)
+        elif op == "stage":
+            self.stage = str(message.get("stage"))
         elif op == "refused":
             if not self._ready.done():
-                self._ready.set_exception(TemplateError(f"it refused to fork: {message['reason']}"))
+                reason, stage = message["reason"], message.get("stage")
+                self._ready.set_exception(TemplateError(f"it refused to fork: {reason}", stage))
                 self._ready.exception()  # retrieved: a start no longer waiting must not log it
         elif op == "forked":
             child = ForkedProcess(message["pid"], self._fds.popleft(), self)

@@ -5,8 +5,9 @@ hotpot_km runs this file with the kernelspec's own interpreter and interpreter f
     <python> [flags] template.py <socket fd> <room>
 
 It runs wherever the kernel runs, so it uses only the standard library and
-ipykernel, never hotpot_km. It imports ipykernel, IPython and the pool's
-``python_imports`` the way a launched kernel would, refuses to serve (and exits)
+ipykernel, never hotpot_km. It imports ipykernel, IPython, the pool's
+``python_imports`` and then the modules the host found imported at the top of
+the kernel name's init files the way a launched kernel would, refuses to serve (and exits)
 if that left threads, an event loop, a zmq context or a CUDA driver behind,
 freezes the heap so children share its pages, then waits for fork requests from
 the host on its socket. A forked child becomes an ordinary ipykernel, as
@@ -147,14 +148,28 @@ class Template:
             self.host_gone()
             os._exit(0)
 
-    def prepare(self, imports: list[str]) -> str | None:
-        """Import what every kernel needs; return why forking would be unsafe, if it is."""
+    def prepare(self, imports: list[str], hoisted: list[Any]) -> tuple[str, str] | None:
+        """Import what every kernel needs; return (stage, why) if forking would be unsafe.
+
+        ``hoisted``: the init files' imports, done after ``python_imports`` as a stage of
+        their own (``"hoisted"``), announced to the host before it begins, so that the host
+        knows a failure there (or a crash, or a hang) is theirs and can start a template
+        without them.
+        """
         # Compared with the env the template was launched with, so that what the interpreter
         # set while starting (PEP 538 sets LC_CTYPE in a C locale) counts too: a launched
         # kernel's interpreter does the same.
         before = launched_environ()
         try:
-            return self._prepare(imports)
+            reason = self._prepare(imports)
+            if reason is not None:
+                return "imports", reason
+            if hoisted:
+                self.send({"op": "stage", "stage": "hoisted"})
+                reason = import_hoisted(hoisted)
+                if reason is not None:
+                    return "hoisted", reason
+            return None
         finally:
             self.env_changes = {k: v for k, v in os.environ.items() if before.get(k) != v}
             self.env_removed = [k for k in before if k not in os.environ]
@@ -365,6 +380,27 @@ def add_cwd_to_path() -> None:
     sys.path.insert(index, "")
 
 
+def import_hoisted(hoisted: list[Any]) -> str | None:
+    """Import the init files' modules (``[module, names]`` pairs, data from the host): as
+    ``import module``, or as ``from module import names`` without binding anything, which
+    imports ``module.name`` where that is a submodule. Return why forking would then be
+    unsafe, if it would."""
+    import importlib
+
+    statement = ""
+    try:
+        for module, names in hoisted:
+            if names:
+                statement = f"from {module} import {', '.join(names)}"
+                __import__(str(module), fromlist=[str(n) for n in names])
+            else:
+                statement = f"import {module}"
+                importlib.import_module(str(module))
+    except BaseException as error:
+        return f"{statement!r} failed: {type(error).__name__}: {error}"
+    return unsafe()
+
+
 def unsafe() -> str | None:
     """Why this process must not be forked, or ``None``.
 
@@ -559,9 +595,10 @@ def main(argv: list[str]) -> None:
     template = Template(sock, path0)
     init = template.receive()
     template.prefix = list(init["prefix"])
-    reason = template.prepare(list(init.get("imports", [])))
-    if reason is not None:
-        template.send({"op": "refused", "reason": reason})
+    refusal = template.prepare(list(init.get("imports", [])), list(init.get("hoisted", [])))
+    if refusal is not None:
+        stage, reason = refusal
+        template.send({"op": "refused", "stage": stage, "reason": reason})
         os._exit(0)
     pack_module_files()
     gc.freeze()

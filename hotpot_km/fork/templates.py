@@ -1,16 +1,19 @@
-"""The fork templates of one manager: at most one per kernel name, each counted as a process.
+"""The fork templates of one manager: at most one per kernel name.
 
 A template is started on the first start of a kernel name in fork mode and
-lives until the manager shuts down, is replaced when it dies or when the pool's
-own launches change what it fixed (interpreter, startup-only env, imports), and
-holds one ``max_kernels`` slot. When a template can't be had (the kernelspec is
-not one it can reproduce, it refused, no slot is free), starts launch as usual,
-and the reason is logged once.
+lives until the manager shuts down, and is replaced when it dies or when the
+pool's own launches change what it fixed (interpreter, startup-only env,
+imports, the init files' imports). It is not a kernel: ``max_kernels`` does not
+count it (its process group is registered with the keeper all the same). When a
+template can't be had (the kernelspec is not one it can reproduce, it refused),
+starts launch as usual, and the reason is logged once. When only the init files'
+imports make it refuse, it is started again without them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -24,6 +27,8 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from ..budget import KernelBudget, Slot
 from ..languages import PYTHON
+from ..pool.leftovers import Leftovers
+from .hoisting import describe, init_file_imports
 from .host import ForkedProcess, TemplateError, TemplateKey, TemplateProcess, kernel_command
 
 #: Deaths of a template (of the same key) after which fork mode gives up on that name.
@@ -35,6 +40,8 @@ class ForkHost(Protocol):
 
     log: logging.Logger | logging.LoggerAdapter[Any]
     fork_from_template: Mapping[str, bool]
+    kernel_pools: Mapping[str, Any]
+    fork_by_default: bool  # names with a pool fork unless fork_from_template says otherwise
     python_imports: Sequence[str]
     startup_timeout: float
     init_timeout: float
@@ -55,15 +62,19 @@ class _History:
     key: TemplateKey | None = None
     deaths: int = 0
     refused: str | None = None
+    dropped: str | None = None  # why this key's template goes without the init files' imports
     logged: set[str] = field(default_factory=set)
 
 
 class Templates:
     """Starts, hands out, replaces and stops the templates of one manager."""
 
-    def __init__(self, host: ForkHost, budget: KernelBudget) -> None:
+    def __init__(self, host: ForkHost, leftovers: Leftovers | None = None) -> None:
         self._host = host
-        self._budget = budget
+        # a host dropped without shutdown_all(): its templates are killed with its pool's kernels
+        self._leftovers = leftovers
+        # not max_kernels': a template is no kernel; its slot registers its group with the keeper
+        self._budget = KernelBudget(lambda: 0)
         self._entries: dict[str, _Entry] = {}
         self._history: dict[str, _History] = {}
         self._slots: dict[TemplateProcess, Slot] = {}
@@ -76,6 +87,16 @@ class Templates:
         return self._host.log
 
     def enabled(self, name: str) -> bool:
+        """Whether kernels of ``name`` are forked (see ``fork_from_template``)."""
+        config = self._host.fork_from_template
+        if name in config:
+            return bool(config[name])
+        if "*" in config:
+            return bool(config["*"])
+        return self._host.fork_by_default and name in self._host.kernel_pools
+
+    def _explicit(self, name: str) -> bool:
+        """Whether the user asked for fork mode for ``name`` itself (else: by default)."""
         return bool(self._host.fork_from_template.get(name))
 
     # -- can this kernel be forked at all? -----------------------------------------------------
@@ -84,7 +105,7 @@ class Templates:
         """Whether a template can start what ``spec`` starts (else: logged once, launched)."""
         reason = self._unreproducible(spec)
         if reason is not None:
-            self._note(name, f"{reason}; its kernels are launched instead")
+            self._note(name, reason)
             return False
         return True
 
@@ -129,14 +150,15 @@ class Templates:
             return None
         missing = unsupported()
         if missing is not None:
-            self._note(name, f"{missing}; its kernels are launched instead")
+            self._note(name, missing)
             return None
         split = kernel_command(argv)
         if split is None:
             self._note(name, "the command to start is not '<python> -m ipykernel_launcher …'")
             return None
         imports = tuple(self._host.python_imports)
-        key = TemplateKey(tuple(split[0]), startup_values(env), imports)
+        hoisted = await asyncio.to_thread(init_file_imports, name)
+        key = TemplateKey(tuple(split[0]), startup_values(env), imports, hoisted)
         template = await self._template(name, key, cwd, base_env, argv, wait=wait)
         if template is None:
             return None
@@ -173,7 +195,7 @@ class Templates:
                 return None  # the request's startup values are not the pool's: launched
             history = self._history.setdefault(name, _History())
             if history.key != key:
-                history.key, history.deaths, history.refused = key, 0, None
+                history.key, history.deaths, history.refused, history.dropped = key, 0, None, None
             if history.refused is not None:
                 return None
             room = len(b"\0".join(os.fsencode(a) for a in argv)) + 1024
@@ -199,58 +221,88 @@ class Templates:
     def _begin(
         self, name: str, key: TemplateKey, cwd: str, env: dict[str, str], room: int
     ) -> _Entry | None:
-        slot = self._budget.try_take()
-        if slot is None:
-            self._note(name, "max_kernels leaves no room for a template process right now")
-            return None
         entry = _Entry(key)
         self._entries[name] = entry
-        entry.task = self._spawn(self._start(name, entry, cwd, env, room, slot), name)
+        entry.task = self._spawn(self._start(name, entry, cwd, env, room), name)
         return entry
 
     async def _start(
-        self, name: str, entry: _Entry, cwd: str, env: dict[str, str], room: int, slot: Slot
+        self, name: str, entry: _Entry, cwd: str, env: dict[str, str], room: int
     ) -> TemplateProcess | None:
+        """Start the template of ``entry``; without the init files' imports if they fail."""
+        history = self._history.setdefault(name, _History())
+        key = entry.key
+        if history.dropped is not None:
+            key = dataclasses.replace(key, hoisted=())
+        while True:
+            try:
+                template = await self._start_one(name, entry, key, cwd, env, room)
+            except TemplateError as error:
+                if error.stage == "hoisted" and key.hoisted:
+                    history.dropped = str(error)
+                    self.log.warning(
+                        "hotpot_km: the fork template for %r kernels can't import what its "
+                        "init files import (%s): %s. It serves with python_imports alone; the "
+                        "init files still import those modules in each kernel.",
+                        name,
+                        describe(key.hoisted),
+                        error,
+                    )
+                    key = dataclasses.replace(key, hoisted=())
+                    continue
+                history.refused = str(error)
+                if history.refused not in history.logged:
+                    history.logged.add(history.refused)
+                    self.log.log(
+                        logging.ERROR if self._explicit(name) else logging.WARNING,
+                        "hotpot_km: the fork template for %r kernels failed: %s. Kernels of %r "
+                        "are launched instead.",
+                        name,
+                        error,
+                        name,
+                    )
+                self._forget(name, entry)
+                return None
+            except BaseException:
+                self._forget(name, entry)
+                raise
+            entry.ready = True
+            self.log.info(
+                "hotpot_km: fork template for %r kernels ready (pid %s)", name, template.pid
+            )
+            return template
+
+    async def _start_one(
+        self, name: str, entry: _Entry, key: TemplateKey, cwd: str, env: dict[str, str], room: int
+    ) -> TemplateProcess:
+        slot = self._budget.try_take()
+        assert slot is not None  # an unlimited budget
         # the slot registers the template's process group with the host's keeper
-        template = TemplateProcess(name, entry.key, self.log, self._exited, on_spawn=slot.bind)
+        template = TemplateProcess(name, key, self.log, self._exited, on_spawn=slot.bind)
         entry.template = template
         self._slots[template] = slot
         self._live.add(template)
         timeout = self._host.startup_timeout + self._host.init_timeout
         try:
             await template.start(cwd, env, room, timeout)
-        except TemplateError as error:
-            history = self._history.setdefault(name, _History())
-            history.refused = str(error)
-            if history.refused not in history.logged:
-                history.logged.add(history.refused)
-                self.log.error(
-                    "hotpot_km: the fork template for %r kernels failed: %s. Kernels of %r "
-                    "are launched instead.",
-                    name,
-                    error,
-                    name,
-                )
-            self._forget(name, entry)
-            if template.process is None:
-                self._release(template)
-            return None
         except BaseException:
-            self._forget(name, entry)
             if template.process is None:
                 self._release(template)
             raise
-        entry.ready = True
-        self.log.info("hotpot_km: fork template for %r kernels ready (pid %s)", name, template.pid)
+        if self._leftovers is not None and template.process is not None and template.socket:
+            self._leftovers.add_template(template.process, template.socket)
         return template
 
     def _exited(self, template: TemplateProcess, status: int | None) -> None:
         """A template process is gone (stopped or died): free its slot, replace it on demand."""
         self._release(template)
+        if self._leftovers is not None:
+            self._leftovers.forget_template(template.pid)
         entry = self._entries.get(template.name)
-        if entry is not None and entry.template is template:
+        # one that exits while starting is its start's to handle (it may start another)
+        if entry is not None and entry.template is template and entry.ready:
             self._forget(template.name, entry)
-            if entry.ready and not template.stopping and not self.closed:
+            if not template.stopping and not self.closed:
                 history = self._history.setdefault(template.name, _History())
                 history.deaths += 1
                 if history.deaths >= MAX_DEATHS:
@@ -285,10 +337,24 @@ class Templates:
             self._spawn(entry.template.aclose(), name)
 
     def _note(self, name: str, reason: str) -> None:
+        """Why ``name``'s kernels are launched, once per reason: a warning if the user asked
+        for fork mode for it, else (fork mode by default) an info line."""
         history = self._history.setdefault(name, _History())
         if reason not in history.logged:
             history.logged.add(reason)
-            self.log.warning("hotpot_km: fork_from_template[%r] is set, but %s", name, reason)
+            if self._explicit(name):
+                self.log.warning(
+                    "hotpot_km: fork_from_template[%r] is set, but %s; its kernels are "
+                    "launched instead",
+                    name,
+                    reason,
+                )
+            else:
+                self.log.info(
+                    "hotpot_km: %r kernels are launched, not forked from a template: %s",
+                    name,
+                    reason,
+                )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"hotpot_km template {name}")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket as _socket
 import subprocess
 import threading
 from typing import Any
@@ -24,10 +26,15 @@ from .. import keeper
 
 
 class Leftovers:
-    """The pool's processes not handed out yet, their connection files, and its zmq context."""
+    """The pool's processes not handed out yet, their connection files, its zmq context, and
+    the manager's fork templates."""
 
     def __init__(self) -> None:
         self._processes: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+        # forked kernels: a pidfd of our own (not the ForkedProcess, which refers back to
+        # the host through its template) and the connection file
+        self._forked: dict[int, tuple[int, str]] = {}
+        self._templates: dict[int, tuple[subprocess.Popen[bytes], _socket.socket]] = {}
         self._sockets: list[zmq.Socket[Any]] = []  # held: the collector must not get them first
         self._context: zmq.asyncio.Context | None = None
 
@@ -42,19 +49,44 @@ class Leftovers:
         self._sockets.append(socket)
 
     def add(self, process: object, connection_file: str) -> None:
-        """A pooled process just launched (only ``Popen``s of this machine are recorded)."""
+        """A pooled process just launched or forked (only processes of this machine are
+        recorded: a ``Popen``, or a forked kernel's ``ForkedProcess``)."""
         if isinstance(process, subprocess.Popen):
             self._processes[process.pid] = (process, connection_file)
+        elif _is_forked(process) and process.pidfd >= 0:  # type: ignore[attr-defined]
+            pidfd = os.dup(process.pidfd)  # type: ignore[attr-defined]
+            self._forked[process.pid] = (pidfd, connection_file)  # type: ignore[attr-defined]
+
+    def add_template(self, process: subprocess.Popen[bytes], sock: _socket.socket) -> None:
+        """A fork template just started, and the host's end of its socket."""
+        self._templates[process.pid] = (process, sock)
+
+    def forget_template(self, pid: int | None) -> None:
+        """The template exited (and was reaped) or was stopped."""
+        if pid is not None:
+            self._templates.pop(pid, None)
 
     def forget(self, pid: int | None) -> None:
         """The process is handed out (its new owner sees it out) or was shut down."""
         if pid is not None:
             self._processes.pop(pid, None)
+            forked = self._forked.pop(pid, None)
+            if forked is not None:
+                os.close(forked[0])
 
     def close(self) -> None:
         """SIGKILL and reap every recorded process still running, remove its connection
         file, close the context's sockets. Called from the garbage collector or at exit:
         nothing here waits on anything but a killed child."""
+        forked, self._forked = list(self._forked.items()), {}
+        for pid, (pidfd, connection_file) in forked:
+            # not our child (its template reaps it): killed, then its pidfd turns readable
+            if not select.select([pidfd], [], [], 0)[0]:
+                keeper.signal_group(pid, signal.SIGKILL)
+                select.select([pidfd], [], [], 5)
+            os.close(pidfd)
+            with contextlib.suppress(OSError):
+                os.remove(connection_file)
         processes, self._processes = list(self._processes.values()), {}
         for process, connection_file in processes:
             if process.poll() is None:
@@ -63,6 +95,13 @@ class Leftovers:
                     process.wait(timeout=5)
             with contextlib.suppress(OSError):
                 os.remove(connection_file)
+        templates, self._templates = list(self._templates.values()), {}
+        for template, sock in templates:  # after their pooled kernels: killed, then reaped
+            sock.close()
+            if template.poll() is None:
+                keeper.signal_group(template.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    template.wait(timeout=5)
         sockets, self._sockets = self._sockets, []
         for socket in sockets:  # closing does not block (linger 0)
             with contextlib.suppress(zmq.ZMQError):
@@ -84,3 +123,9 @@ class _RecordingContext(zmq.asyncio.Context):
         if self.record is not None:
             self.record(socket)
         return socket
+
+
+def _is_forked(process: object) -> bool:
+    """Whether ``process`` is a forked kernel (``hotpot_km.fork.ForkedProcess``), without
+    importing fork mode here."""
+    return type(process).__name__ == "ForkedProcess" and hasattr(process, "pidfd")
