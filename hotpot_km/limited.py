@@ -7,6 +7,7 @@ import stat
 import weakref
 from typing import Any
 
+import zmq
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import KernelManager
@@ -54,8 +55,11 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
             self.kernel_spec_manager = KernelSpecManager(parent=self)
         metrics.watch(self._pool)
         # dropped without shutdown_all() (or its loop closed under it): no pooled process,
-        # socket or connection file outlives it; at exit too
-        weakref.finalize(self, self._pool.leftovers.close)
+        # socket or connection file outlives it; at exit too. The zmq context the manager
+        # made itself is closed then as well: left to the collector, a context in the same
+        # reference cycle as its manager may be collected first, unclosed (ResourceWarning).
+        own_context = self.context if getattr(self, "_created_context", False) else None
+        weakref.finalize(self, _collected, self._pool.leftovers, own_context)
 
     def __bool__(self) -> bool:
         """Always true: a ``MultiKernelManager`` is falsy while it lists no kernel
@@ -145,6 +149,13 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         await super()._async_shutdown_all(now=now)
 
     shutdown_all = _async_shutdown_all
+
+
+def _collected(leftovers: Any, context: zmq.Context[Any] | None) -> None:
+    """A manager was collected or the process exits: end what it left behind."""
+    leftovers.close()
+    if context is not None and not context.closed:
+        context.destroy(linger=0)
 
 
 def _keep_private(directory: str, log: Any) -> None:

@@ -19,8 +19,9 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
+from conftest import TEMPLATE_MARK
 from ports import free_port
-from servers import KernelSocket, running
+from servers import KernelSocket, Server, running
 from test_jupyterhub import ADMIN_TOKEN, BIN, CHP, Hub, pool, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.usefixtures("no_leftover_kernels")]
@@ -113,13 +114,18 @@ def hub_users() -> Iterator[list[str]]:
             subprocess.run(["userdel", "--remove", user], check=False, capture_output=True)
 
 
-def user_kernels(user: str) -> list[psutil.Process]:
-    """ipykernel processes of ``user`` (pooled or handed out)."""
+def user_kernels(hub: Server, user: str) -> list[psutil.Process]:
+    """The kernels (pooled or handed out) of ``user``'s server under ``hub``: its
+    ipykernel processes, forked ones included, not a fork template."""
     found = []
-    for proc in psutil.process_iter(["username", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["username"] == user and "ipykernel" in cmdline:
-            found.append(proc)
+    for proc in psutil.Process(hub.proc.pid).children(recursive=True):
+        try:
+            cmdline = " ".join(proc.cmdline())
+            if (proc.username() == user and "ipykernel" in cmdline
+                    and TEMPLATE_MARK not in cmdline and proc.status() != psutil.STATUS_ZOMBIE):
+                found.append(proc)
+        except psutil.Error:
+            continue
     return found
 
 
@@ -148,7 +154,7 @@ def test_each_users_pool_and_kernels_run_as_that_user_with_that_users_env(
         for user in hub_users:
             account = pwd.getpwnam(user)
             # the pool's waiting kernel is the user's process
-            waiting = user_kernels(user)
+            waiting = user_kernels(server, user)
             assert len(waiting) == 1, [p.cmdline() for p in waiting]
             assert waiting[0].uids().real == account.pw_uid
 
@@ -169,12 +175,12 @@ def test_each_users_pool_and_kernels_run_as_that_user_with_that_users_env(
             assert seen["hub_user"] == user and seen["who"] == user, seen
             assert seen["cwd"] == account.pw_dir, seen  # the server's root: the user's home
             # every kernel process of the user's server is the user's, none anyone else's
-            wait_for(lambda user=user: len(user_kernels(user)) == 2, 120,
+            wait_for(lambda user=user: len(user_kernels(server, user)) == 2, 120,
                      f"{user}'s refill", server)
-            assert {p.uids().real for p in user_kernels(user)} == {account.pw_uid}
+            assert {p.uids().real for p in user_kernels(server, user)} == {account.pw_uid}
 
         for user in hub_users:
             assert hub.api("DELETE", f"/users/{user}/server").status_code in (202, 204)
         for user in hub_users:
-            wait_for(lambda user=user: not user_kernels(user), 120,
+            wait_for(lambda user=user: not user_kernels(server, user), 120,
                      f"{user}'s kernels ending with the server", server)
