@@ -58,7 +58,8 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         # socket or connection file outlives it; at exit too. The zmq context the manager
         # made itself is closed then as well: left to the collector, a context in the same
         # reference cycle as its manager may be collected first, unclosed (ResourceWarning).
-        own_context = self.context if getattr(self, "_created_context", False) else None
+        context = self.context  # made now if the host gave none (jupyter_client would later)
+        own_context = context if getattr(self, "_created_context", False) else None
         weakref.finalize(self, _collected, self._pool.leftovers, own_context)
 
     def __bool__(self) -> bool:
