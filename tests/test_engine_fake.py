@@ -23,6 +23,7 @@ from hotpot_km.pool.fake import (
     FakeStart,
     start_kernel,
 )
+from hotpot_km.pool.model import WarmupError
 from hotpot_km.pool.sizing import BURST_WINDOW
 
 Main = Callable[[KernelPool, FakeClockLoop], Awaitable[Any]]
@@ -117,12 +118,14 @@ def test_one_death_at_start_of_a_working_kernel_is_a_warning_two_an_error(
         host.specs["a"].die_at_start = 1
         first = await start_kernel(pool, "a")
         assert first.warm
-        await asyncio.sleep(30)
+        await pool.wait_full()  # a waiter sees the retry through, not the warning's failure
         assert levels() == ["WARNING"]
         assert pool.snapshot().pools[0].count("ready") == 1  # the retry filled it
         host.specs["a"].die_at_start = 2
         second = await start_kernel(pool, "a")
         assert second.warm
+        with pytest.raises(WarmupError):
+            await pool.wait_full()
         await asyncio.sleep(30)
         assert levels() == ["WARNING", "WARNING", "ERROR"]
         assert pool.snapshot().pools[0].count("ready") == 1

@@ -82,7 +82,8 @@ class Claiming(PoolState):
             return None
         candidates = []
         # while warm-ups fail, or once a start waited in vain, nobody waits for one
-        no_waiting = ready_only or bool(self._failures.get(name))
+        failing = bool(self._failures.get(name)) and name not in self._forgiven
+        no_waiting = ready_only or failing
         for kernel in self._idle.get(name, ()):
             if kernel.ready.done() and not kernel.is_ready:
                 continue

@@ -79,6 +79,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
         self._changed = asyncio.Event()  # for wait_full()
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._forgiven: set[str] = set()  # names whose failures are one retried death at start
         self._start_seconds: dict[str, deque[float]] = {}  # see Claiming.warmup_wait
         self._last_error: dict[str, str] = {}
         self._specs: dict[str, KernelSpec] = {}  # read off the loop, per kernel name

@@ -34,7 +34,8 @@ class Filling(PoolState):
     async def wait_full(self) -> None:
         """Wait until every pool holds its size in ready kernels, or can't grow (``max_kernels``).
 
-        Raises :class:`WarmupError` if a kernel fails to warm up meanwhile.
+        Raises :class:`WarmupError` if a kernel fails to warm up meanwhile, except for one
+        death at start of a name whose kernels started before, which the filler retries.
         """
         self.start()
         failures = dict(self._failures)
@@ -44,7 +45,7 @@ class Filling(PoolState):
                 for kernel in list(self._warming):  # someone waits for them now
                     self._normal_priority(kernel)
                 for name, count in self._failures.items():
-                    if count > failures.get(name, 0):
+                    if count > failures.get(name, 0) and name not in self._forgiven:
                         raise WarmupError(self._last_error[name])
                 if self._is_full():
                     return

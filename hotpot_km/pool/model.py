@@ -228,6 +228,7 @@ class PoolState:
     _changed: asyncio.Event  # for wait_full()
     _not_before: dict[str, float]
     _failures: dict[str, int]
+    _forgiven: set[str]  # names whose failures are one retried death at start (a warning)
     _start_seconds: dict[str, deque[float]]  # recent kernel starts (launch to first reply)
     _last_error: dict[str, str]
     _specs: dict[str, KernelSpec]

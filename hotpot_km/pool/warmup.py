@@ -96,6 +96,7 @@ class Warmup(PoolState):
             kernel.ready.exception()  # retrieved: waiters re-raise it their own way
             await asyncio.shield(self._end(kernel))
         else:
+            self._forgiven.discard(kernel.name)
             if self._failures.pop(kernel.name, 0):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
             self._last_error.pop(kernel.name, None)
@@ -186,6 +187,7 @@ class Warmup(PoolState):
             and bool(self._start_seconds.get(kernel.name))
         )
         if failures == 1 and died_at_start:
+            self._forgiven.add(kernel.name)  # neither wait_full() nor a request gives up on it
             self.log.warning(
                 "hotpot_km: %s (its kernels started before; a port taken meanwhile by another "
                 "process does this). Retrying in %.1f s.",
@@ -193,6 +195,7 @@ class Warmup(PoolState):
                 delay,
             )
         elif self._last_error.get(kernel.name) != message or (failures == 2 and died_at_start):
+            self._forgiven.discard(kernel.name)
             self.log.error(
                 "hotpot_km: %s. The kernel was shut down and is never handed out; "
                 "retrying with back-off (next in %.1f s).",
@@ -200,6 +203,7 @@ class Warmup(PoolState):
                 delay,
             )
         else:
+            self._forgiven.discard(kernel.name)
             self.log.debug("hotpot_km: %s (again, attempt %d)", message, failures)
         self._last_error[kernel.name] = message
         self.observer.warmup_failed(kernel.name, warmup_step(source), message)
