@@ -170,10 +170,15 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
     )
 
     max_warming = Integer(
-        max((os.cpu_count() or 2) - 1, 1),
+        None,
+        allow_none=True,
         config=True,
-        help="""How many pooled kernels may warm up at once (default: CPU count - 1), so that
-        refills leave room for the kernels in use.""",
+        help="""How many pooled kernels may warm up at once. None (default): CPU count - 1
+        (at least 1), so that refills leave room for the kernels in use; but while visits to a
+        pool overlap (two or more of its handed-out kernels still running their first cells),
+        every kernel that pool lacks warms up at once, since the next visitors wait for those
+        refills (a warm-up mostly waits on its kernel, so one at a time leaves CPUs idle). A
+        number caps warm-ups at that, always.""",
     )
 
     max_retry_delay = Float(
@@ -309,7 +314,10 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             python_imports=tuple(self.python_imports),
             startup_timeout=self.startup_timeout,
             init_timeout=self.init_timeout,
-            max_warming=self.max_warming,
+            max_warming=max((os.cpu_count() or 2) - 1, 1)
+            if self.max_warming is None
+            else self.max_warming,
+            overlap_warming=self.max_warming is None,
             max_retry_delay=self.max_retry_delay,
             warm_restarts=self.warm_restarts,
             refill_pause=max(self.refill_pause, 0.0),

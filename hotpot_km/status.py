@@ -159,6 +159,7 @@ def status_document(
             "startup_timeout": pool_settings.startup_timeout,
             "init_timeout": pool_settings.init_timeout,
             "max_warming": pool_settings.max_warming,
+            "overlap_warming": pool_settings.overlap_warming,
             "max_retry_delay": pool_settings.max_retry_delay,
             "max_kernels": snapshot.max_kernels,
             **(settings or {}),

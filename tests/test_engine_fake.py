@@ -250,6 +250,40 @@ def test_refills_keep_up_with_a_stream_of_requests() -> None:
     run(host, main)
 
 
+@pytest.mark.parametrize("overlap_warming", [True, False])
+def test_with_the_default_max_warming_overlapping_visits_refill_all_at_once(
+    overlap_warming: bool,
+) -> None:
+    """max_warming left at its default (``overlap_warming``): while visits overlap, every
+    kernel the pool lacks warms up at once, past the calm limit; a max_warming the user set
+    caps them always."""
+    host = host_of({"a": 4}, warmup=1.0, max_warming=1, overlap_warming=overlap_warming)
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await pool.wait_full()
+        began = loop.time()
+        visits = [await start_kernel(pool, "a") for _ in range(3)]
+        for visit in visits:
+            assert visit.handout is not None
+            visit.handout.adapter.run_cell(5.0)
+        assert pool._pressed("a")
+        await asyncio.sleep(10)
+        assert most_warming(host.launched, since=began) == (3 if overlap_warming else 1)
+        assert pool.snapshot().pools[0].count("ready") == 4
+        lone = await start_kernel(pool, "a")  # the visits ended: one refill at a time again
+        for visit in visits:
+            await visit.end()
+        await asyncio.sleep(0.1)
+        assert lone.handout is not None
+        lone.handout.adapter.run_cell(0.5)
+        later = loop.time()
+        await asyncio.sleep(10)
+        assert most_warming(host.launched, since=later) == 1
+        await lone.end()
+
+    run(host, main)
+
+
 def test_overlapping_visits_turn_the_courtesy_off_until_they_no_longer_overlap() -> None:
     host = host_of({"a": 2}, warmup=1.0, max_warming=2, fill_delay=1.0, fill_idle_timeout=10.0)
 
