@@ -8,7 +8,7 @@ within 60 s (the same seeded times for every system), each keeping its kernel fo
 ``--session`` seconds, then a quiet period. Each system is a plain ``PooledKernelManager``
 in its own process and Jupyter dirs, with a ``kernel_pool_init_python3.py`` that imports
 numpy and pandas (the warm-up a dashboard needs) and the defaults otherwise
-(``max_warming`` None: CPUs - 1, every kernel a pool lacks while visits overlap; ``fill_delay`` 1 s).
+(``max_warming`` None: CPUs - 1, CPUs + 1 while visits overlap; ``fill_delay`` 1 s).
 
 Time-compressed: the issue's quiet tail is 10 minutes and ``scale_down_after`` defaults to
 120 s; here the tail is ``--quiet-after`` s (default 150) and the demand-based pool runs

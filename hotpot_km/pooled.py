@@ -176,8 +176,8 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         help="""How many pooled kernels may warm up at once. None (default): CPU count - 1
         (at least 1), so that refills leave room for the kernels in use; but while visits to a
         pool overlap (two or more of its handed-out kernels still running their first cells),
-        every kernel that pool lacks warms up at once, since the next visitors wait for those
-        refills (a warm-up mostly waits on its kernel, so one at a time leaves CPUs idle). A
+        CPU count + 1, since the next visitors wait for those refills (a forked warm-up mostly
+        waits on its kernel: one at a time leaves CPUs idle, many at once finish all late). A
         number caps warm-ups at that, always.""",
     )
 
@@ -317,7 +317,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             max_warming=max((os.cpu_count() or 2) - 1, 1)
             if self.max_warming is None
             else self.max_warming,
-            overlap_warming=self.max_warming is None,
+            overlap_warming=(os.cpu_count() or 2) + 1 if self.max_warming is None else 0,
             max_retry_delay=self.max_retry_delay,
             warm_restarts=self.warm_restarts,
             refill_pause=max(self.refill_pause, 0.0),

@@ -250,26 +250,26 @@ def test_refills_keep_up_with_a_stream_of_requests() -> None:
     run(host, main)
 
 
-@pytest.mark.parametrize("overlap_warming", [True, False])
-def test_with_the_default_max_warming_overlapping_visits_refill_all_at_once(
-    overlap_warming: bool,
+@pytest.mark.parametrize("overlap_warming", [3, 0])
+def test_with_the_default_max_warming_overlapping_visits_refill_faster(
+    overlap_warming: int,
 ) -> None:
-    """max_warming left at its default (``overlap_warming``): while visits overlap, every
-    kernel the pool lacks warms up at once, past the calm limit; a max_warming the user set
-    caps them always."""
-    host = host_of({"a": 4}, warmup=1.0, max_warming=1, overlap_warming=overlap_warming)
+    """max_warming left at its default (``overlap_warming`` = CPUs + 1): while visits
+    overlap, that many warm-ups run at once, past the calm limit; a max_warming the user set
+    (``overlap_warming`` 0) caps them always."""
+    host = host_of({"a": 5}, warmup=1.0, max_warming=1, overlap_warming=overlap_warming)
 
     async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
         await pool.wait_full()
         began = loop.time()
-        visits = [await start_kernel(pool, "a") for _ in range(3)]
+        visits = [await start_kernel(pool, "a") for _ in range(4)]
         for visit in visits:
             assert visit.handout is not None
             visit.handout.adapter.run_cell(5.0)
         assert pool._pressed("a")
         await asyncio.sleep(10)
         assert most_warming(host.launched, since=began) == (3 if overlap_warming else 1)
-        assert pool.snapshot().pools[0].count("ready") == 4
+        assert pool.snapshot().pools[0].count("ready") == 5
         lone = await start_kernel(pool, "a")  # the visits ended: one refill at a time again
         for visit in visits:
             await visit.end()
@@ -351,6 +351,30 @@ def test_memory_floor_stops_growth_and_says_so(caplog: pytest.LogCaptureFixture)
 
     with caplog.at_level(logging.INFO, logger="hotpot_km.fake"):
         run(host, main, memory=lambda: memory["free"])
+
+
+def test_requests_that_find_the_pool_empty_do_not_hold_its_refill_back() -> None:
+    """A demand-based pool at its min of 1: a visitor takes the kernel (its page settles
+    for fill_idle_timeout), then requests come every 0.6 s and find the pool empty. Each
+    miss is demand, never a reason to wait: the pool refills while they keep coming (it
+    used to push fill_delay out at each miss and refill only after they stopped)."""
+    host = host_of({"a": 10}, warmup=0.2, max_warming=1, fill_delay=1.0, fill_idle_timeout=10.0)
+    host.configure(min_sizes={"a": 1})
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await pool.wait_full()
+        first = await start_kernel(pool, "a")
+        assert first.warm
+        visits = []
+        for _ in range(12):
+            await asyncio.sleep(0.6)
+            visits.append(await start_kernel(pool, "a"))
+        assert not all(v.warm for v in visits[:3])  # the pool had nothing for them
+        assert all(v.warm for v in visits[-6:]), [v.warm for v in visits]
+        for visit in [first, *visits]:
+            await visit.end()
+
+    run(host, main)
 
 
 def test_a_pool_that_follows_demand_grows_at_once_and_shrinks_after_quiet() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,29 @@ def test_demand_follows_littles_law_with_headroom() -> None:
     assert policy.target() == (1, "min")
     policy.sizing.warmed_up("a", 4.0)
     policy.arrive("a", 13, 5.0)  # one request every 5 s: 0.2/s, below 1 refill per 4 s
-    # 0.2/s x 4 s x 1.5 = 1.2: two ready kernels cover the requests during one warm-up
-    assert policy.target() == (2, "demand")
+    # 0.8 requests expected during one warm-up (x 1.5 = 1.2), but arriving at random: with
+    # two ready kernels 19 % of them would find none, with three 5 %
+    assert policy.target() == (3, "demand")
     policy.sizing.warmed_up("a", 12.0)  # warm-ups got slower: the estimate follows...
     assert policy.sizing.warmup_seconds("a") == pytest.approx(6.4)
     policy.arrive("a", 20, 1.0)  # ...and the requests come faster than it refills: burst
     assert policy.target() == (10, "burst")
+
+
+@pytest.mark.parametrize(
+    ("expected", "ready"), [(0.01, 1), (0.15, 2), (0.35, 2), (0.8, 3), (2.0, 6), (10.0, 16)]
+)
+def test_a_demand_pool_serves_random_arrivals_warm_95_percent_of_the_time(
+    expected: float, ready: int
+) -> None:
+    """The fewest ready kernels such that a request arriving at random (Poisson, ``expected``
+    requests during one warm-up) finds one at least 95 % of the time."""
+
+    def served_warm(kernels: int) -> float:  # P(fewer than `kernels` arrived before it)
+        return sum(math.exp(-expected) * expected**n / math.factorial(n) for n in range(kernels))
+
+    assert sizing_module._covering(expected) == ready
+    assert served_warm(ready) >= 0.95 > served_warm(ready - 1)
 
 
 def test_a_burst_grows_the_pool_at_once() -> None:

@@ -116,6 +116,16 @@ class Claiming(PoolState):
             self._not_before.get(name, 0.0), loop.time() + settings.fill_delay
         )
 
+    def _missed(self, name: str) -> None:
+        """A request found no kernel of pool ``name``: that is demand too, and the pool is
+        short now, so its refill waits for nothing (``fill_delay`` pushed out again by each
+        miss kept a pool that a stream of requests found empty from refilling until they
+        stopped). The back-off after failing warm-ups stays."""
+        self.sizing.arrived(name)
+        if not self._failures.get(name):
+            self._not_before.pop(name, None)
+        self._wake_filler()
+
     def _claim_victim(self, prefer_not: str) -> PooledKernel | None:
         """An idle kernel to discard for its slot: failed or warming ones first."""
         idle = [k for ks in self._idle.values() for k in ks]
@@ -247,7 +257,7 @@ class Claiming(PoolState):
             if kernel is None:
                 kernel = self.claim(request.kernel_name, request, ready_only=ready_only)
                 if kernel is None and attempt == 0 and self.sizing.pooled(request.kernel_name):
-                    self._arrived(request.kernel_name)  # a miss is demand too
+                    self._missed(request.kernel_name)
             if kernel is None:
                 break
             try:

@@ -138,8 +138,8 @@ class Filling(PoolState):
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
             limit = max(settings.max_warming, 1)
-            if settings.overlap_warming and self._pressed(name):
-                limit = max(limit, size)  # the refills are what the next visitors wait for
+            if self._pressed(name):  # the refills are what the next visitors wait for
+                limit = max(limit, settings.overlap_warming)
             while self._held(name) < size and len(self._warming) < limit:
                 slot = self.budget.try_take()
                 if slot is None:
@@ -151,7 +151,7 @@ class Filling(PoolState):
         """Kernels that count toward a pool's size: idle ones, claimed ones (until handed
         out or discarded) and handed-out ones whose refill waits for them (see _settle),
         unless visits overlap (see :meth:`_pressed`): then each taken kernel is replaced
-        at once, as fast as ``max_warming`` allows (by default: all at once)."""
+        at once, as fast as ``max_warming`` (or ``overlap_warming``) allows."""
         # copies: Sizing asks this from a metrics thread too
         held = list(self._claimed) if self._pressed(name) else self._claimed | self._settling
         return len(self._idle.get(name, [])) + sum(k.name == name for k in held)

@@ -3,11 +3,12 @@
 A ``kernel_pools`` value is either an int (a static pool: that many, always) or
 ``{"min": m, "max": M}`` (a pool that follows demand). The target of a demand-based pool is
 Little's law with headroom: kernels in the pool = arrival rate x the time a replacement takes
-to warm up, x :data:`HEADROOM`. It grows at once under a burst (requests arriving faster than
-``max_warming`` warm-ups can replace them: then only stock serves them, and the pool goes to
-``max``), and comes down again only after ``scale_down_after`` seconds without that much
-demand. Every pool, static or not, stays within ``max_kernels`` and does not grow while the
-machine's (or its cgroup's) available memory is below ``memory_floor``.
+to warm up, x :data:`HEADROOM`, and at least enough that requests arriving at random find a
+ready kernel :data:`COVERAGE` of the time. It grows at once under a burst (requests arriving
+faster than ``max_warming`` warm-ups can replace them: then only stock serves them, and the
+pool goes to ``max``), and comes down again only after ``scale_down_after`` seconds without
+that much demand. Every pool, static or not, stays within ``max_kernels`` and does not grow
+while the machine's (or its cgroup's) available memory is below ``memory_floor``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ BURST_WINDOW = 10.0
 BURST_SEEN = 3
 #: Kernels kept per kernel expected to be taken during one warm-up.
 HEADROOM = 1.5
+#: Share of requests a demand-based pool is sized to serve warm: requests arrive at random
+#: (Poisson), so the mean taken during one warm-up is not enough when it is small (a mean
+#: of 0.3 with one kernel ready leaves 26 % of the requests without one).
+COVERAGE = 0.95
 #: Warm-up seconds assumed until the pool has measured one.
 DEFAULT_WARMUP = 3.0
 #: Weight of the newest warm-up in the running estimate.
@@ -186,7 +191,10 @@ class Sizing:
         if pace > refill_rate:
             wanted, reason = high, "burst"
         else:
-            wanted = math.ceil(rate * warmup * HEADROOM) if rate > 0 else 0
+            expected = rate * warmup
+            wanted = math.ceil(expected * HEADROOM) if rate > 0 else 0
+            if len(arrivals) >= BURST_SEEN:  # a rate, not one or two requests by chance
+                wanted = max(wanted, _covering(expected))
             reason = "demand" if wanted > low else "min"
             if wanted > high:
                 reason = "max"
@@ -218,6 +226,19 @@ class Sizing:
     def available_memory(self) -> int | None:
         """Bytes of memory a new kernel could use now (``None``: unknown)."""
         return self._memory()
+
+
+def _covering(expected: float) -> int:
+    """The fewest ready kernels that serve :data:`COVERAGE` of requests arriving at random
+    warm, when ``expected`` requests arrive on average while one replacement warms up: a
+    request finds one if fewer than that many came in the warm-up before it (Poisson)."""
+    term = total = math.exp(-expected)  # P(0 arrivals)
+    ready = 1
+    while total < COVERAGE and ready < 10_000:
+        term *= expected / ready
+        total += term
+        ready += 1
+    return ready
 
 
 def _forget(arrivals: deque[float], before: float) -> None:
