@@ -61,13 +61,20 @@ async def look(km: AsyncMultiKernelManager, kernel_id: str) -> dict[str, Any]:
 
 
 async def cold_look(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The same request started cold by jupyter_client alone."""
-    cold = AsyncMultiKernelManager()
-    kid = await cold.start_kernel(**kwargs)
-    try:
-        return await look(cold, kid)
-    finally:
-        await cold.shutdown_all(now=True)
+    """The same request started cold by jupyter_client alone; once more if that kernel died
+    at start (jupyter_client picks its ports in this process: a kernel the other test worker
+    started meanwhile can take one, "Address already in use")."""
+    for attempt in range(2):
+        cold = AsyncMultiKernelManager()
+        kid = await cold.start_kernel(**kwargs)
+        try:
+            return await look(cold, kid)
+        except RuntimeError as error:
+            if attempt or "died before replying" not in str(error):
+                raise
+        finally:
+            await cold.shutdown_all(now=True)
+    raise AssertionError("unreachable")
 
 
 async def pooled_look(km: PooledKernelManager, kwargs: dict[str, Any]) -> dict[str, Any]:
