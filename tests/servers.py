@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,3 +311,35 @@ def wait_for(predicate: Any, timeout: float = 60, what: str = "") -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"condition not reached in {timeout:g} s: {what}"
         time.sleep(0.1)
+
+
+TRACEBACK = "Traceback (most recent call last):"
+#: The exception line that ends a traceback: a class name (maybe dotted), then its message.
+EXCEPTION_LINE = re.compile(r"^(?:\w+\.)*[A-Z]\w*[a-z]\w*(?::|$)")
+#: What a kernel prints when it dies at start because another process took one of the ports
+#: jupyter_client picked for it (it picks them in the process that starts the kernel, so
+#: test workers and servers side by side race for them); the pool, or jupyter_client's
+#: restarter, starts another.
+PORT_TAKEN = "Address already in use"
+
+
+def log_tracebacks(log: str) -> list[str]:
+    """Each traceback in a server's log, up to its exception line, but that of a kernel that
+    died at start on a port taken meanwhile (:data:`PORT_TAKEN`). Kernels write to the
+    server's stream, so other processes' lines may fall inside a traceback: server log
+    lines ("[...") and lines of other output are passed over while looking for its end."""
+    lines = log.splitlines()
+    found = []
+    for start, line in enumerate(lines):
+        if TRACEBACK not in line:
+            continue
+        block = [line]
+        for following in lines[start + 1 : start + 400]:
+            if TRACEBACK in following:
+                break
+            block.append(following)
+            if following[:1] not in ("", " ", "\t", "[") and EXCEPTION_LINE.match(following):
+                break
+        if PORT_TAKEN not in block[-1]:
+            found.append("\n".join(block))
+    return found

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from servers import (
     api,
     free_port,
     jupyter_server,
+    log_tracebacks,
     new_session,
     port_of,
     running,
@@ -101,17 +101,11 @@ def check_restart(
 #: A kernel that could not bind a port jupyter_client chose for it, because another process on
 #: the machine took it meanwhile (LocalPortCache only keeps ports apart within one process):
 #: the kernel's own traceback in the log, not the server's.
-PORT_TAKEN = re.compile(r"^Traceback \(most recent call last\):\n(?:  .*\n)+"
-                        r"zmq\.error\.ZMQError: Address already in use.*$", re.MULTILINE)
-
-
 def check_log(text: str, what: str) -> None:
-    # a kernel's traceback reaches the server's stderr between the server's own "[X ...]"
-    # lines: the port race is recognised in the kernels' output alone
-    lines = text.splitlines()
-    server = [line for line in lines if line.startswith("[")]
-    kernels = PORT_TAKEN.sub("", "\n".join(line for line in lines if not line.startswith("[")))
-    bad = [line for line in server + kernels.splitlines() if any(b in line for b in BAD_LOG_LINES)]
+    """No traceback but a kernel's on a port taken at start, and none of the other bad lines."""
+    bad = log_tracebacks(text)
+    bad += [line for line in text.splitlines()
+            if any(b in line for b in BAD_LOG_LINES if b != "Traceback")]
     assert not bad, f"{what} log:\n" + "\n".join(bad[:20])
 
 
