@@ -38,6 +38,7 @@ from .budget import KernelLimitReached
 from .compat.jupyter_server import connection_count, is_connected_kernel
 from .compat.voila import voila_application
 from .overload import _rules, http_error
+from .tasks import OwnedTasks
 
 __all__ = ["ServerHostMixin", "default_max_kernels"]
 
@@ -87,13 +88,14 @@ class ServerHostMixin(LoggingConfigurable):
     )
 
     _page_kernels: dict[str, Page]
-    _page_tasks: set[asyncio.Task[None]]
+    _page_tasks: OwnedTasks
     _page_timers: dict[str, asyncio.TimerHandle]
     _voila: Any = None
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._page_kernels, self._page_tasks, self._page_timers = {}, set(), {}
+        self._page_kernels, self._page_timers = {}, {}
+        self._page_tasks = OwnedTasks("hotpot_km page")
         voila_app = sys.modules.get("voila.app")
         if voila_app is not None and isinstance(self.parent, voila_app.Voila):
             self._voila = self.parent
@@ -195,9 +197,7 @@ class ServerHostMixin(LoggingConfigurable):
                 self._page_kernels.pop(kernel_id, None)
             return
         self._page_kernels.pop(kernel_id, None)
-        task = asyncio.ensure_future(self._shut_down_page_kernel(kernel_id, why))
-        self._page_tasks.add(task)
-        task.add_done_callback(self._page_tasks.discard)
+        self._page_tasks.spawn(self._shut_down_page_kernel(kernel_id, why), "shut down")
 
     async def _shut_down_page_kernel(self, kernel_id: str, why: str) -> None:
         self.log.info("hotpot_km: shutting down kernel %s of a Voila page: %s", kernel_id, why)

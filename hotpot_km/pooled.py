@@ -14,6 +14,7 @@ from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning import KernelProvisionerBase
 from jupyter_core.utils import ensure_event_loop
 from traitlets import (
+    All,
     Bool,
     Dict,
     Float,
@@ -28,7 +29,7 @@ from traitlets import (
 
 from .fork import ForkProvisioner, TemplateKernelManager, Templates
 from .limited import LimitedKernelManager
-from .pool import PoolProcessManager, PoolSettings, WarmupError
+from .pool import LaunchKwargs, PoolProcessManager, PoolSettings, WarmupError
 from .pool.claiming import WARMUP_WAIT_CAP
 
 __all__ = ["PooledKernelManager"]
@@ -299,6 +300,20 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         return True
 
     def pool_settings(self) -> PoolSettings:
+        """The traits as the engine reads them, several times per hand-out: built again
+        only after a trait changed. The launch arguments are asked for when read (a host's
+        may follow the process's environment)."""
+        settings = self.__dict__.get("_settings")
+        if settings is None:
+            settings = self._settings = self._build_settings()
+        return settings
+
+    @observe(All)
+    def _forget_settings(self, change: dict[str, Any]) -> None:
+        self.__dict__.pop("_settings", None)
+
+    def _build_settings(self) -> PoolSettings:
+        cpus = os.cpu_count() or 2
         return PoolSettings(
             sizes={name: _bounds(size)[1] for name, size in self.kernel_pools.items()},
             min_sizes={
@@ -306,7 +321,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
                 for name, size in self.kernel_pools.items()
                 if isinstance(size, dict)
             },
-            launch_kwargs={name: self.pool_launch_kwargs(name) for name in self.kernel_pools},
+            launch_kwargs=LaunchKwargs(self.pool_launch_kwargs, tuple(self.kernel_pools)),
             fill_delay=max(self.fill_delay, 0.0),
             fill_idle_timeout=max(self.fill_idle_timeout, 0.0),
             idle_priority=self.idle_priority,
@@ -314,10 +329,8 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
             python_imports=tuple(self.python_imports),
             startup_timeout=self.startup_timeout,
             init_timeout=self.init_timeout,
-            max_warming=max((os.cpu_count() or 2) - 1, 1)
-            if self.max_warming is None
-            else self.max_warming,
-            overlap_warming=(os.cpu_count() or 2) + 1 if self.max_warming is None else 0,
+            max_warming=max(cpus - 1, 1) if self.max_warming is None else self.max_warming,
+            overlap_warming=cpus + 1 if self.max_warming is None else 0,
             max_retry_delay=self.max_retry_delay,
             warm_restarts=self.warm_restarts,
             refill_pause=max(self.refill_pause, 0.0),
@@ -367,6 +380,7 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
 
     @observe("kernel_pools")
     def _kernel_pools_changed(self, change: dict[str, Any]) -> None:
+        self._forget_settings(change)  # whichever observer traitlets calls first
         self._pool.resize()
 
     async def wait_for_pool(self) -> None:

@@ -21,7 +21,7 @@ from . import keeper
 from .budget import Slot
 from .compat.jupyter_client import encryption_policy, set_kernel_spec
 from .handout import ReadyClients
-from .pool import PooledKernel, process_group, remove_files
+from .pool import PooledKernel, process_group, remove_files, see_out
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ class PooledProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[mi
         inner, self._inner = self._inner, None
         slot, self._slot = self._slot, None
         files, self._files = self._files, []
-        self._pool.retire(inner, slot, files, grace)
+        self._pool.retire(see_out(inner, files, grace, self._pool.log), slot)
 
     async def cleanup(self, restart: bool = False) -> None:
         if restart:
@@ -304,7 +304,7 @@ class PooledProvisioner(ReadyClients, KernelProvisionerBase):  # type: ignore[mi
         files, self._files = self._files, []
         if inner is not None and inner.has_process and await inner.poll() is None:
             slot, self._slot = self._slot, None
-            self._pool.retire(inner, slot, files, grace=0)
+            self._pool.retire(see_out(inner, files, 0, self._pool.log), slot)
             return
         if inner is not None:
             await inner.cleanup(restart=False)

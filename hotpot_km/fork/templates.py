@@ -28,6 +28,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from ..budget import KernelBudget, Slot
 from ..languages import PYTHON
 from ..pool.leftovers import Leftovers
+from ..tasks import OwnedTasks
 from .hoisting import describe, init_file_imports
 from .host import ForkedProcess, TemplateError, TemplateKey, TemplateProcess, kernel_command
 
@@ -79,7 +80,7 @@ class Templates:
         self._history: dict[str, _History] = {}
         self._slots: dict[TemplateProcess, Slot] = {}
         self._live: set[TemplateProcess] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks("hotpot_km template")
         self.closed = False
 
     @property
@@ -357,10 +358,7 @@ class Templates:
                 )
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"hotpot_km template {name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -369,8 +367,7 @@ class Templates:
         self.closed = True
         for name in list(self._entries):
             self._retire(name)
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.join()
 
 
 @functools.cache

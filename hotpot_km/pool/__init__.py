@@ -5,6 +5,8 @@ starts (see :mod:`hotpot_km.pool.engine`). Its modules, one per concern:
 
 - :mod:`~hotpot_km.pool.model`: settings, the host and kernel interfaces, the pool's data
 - :mod:`~hotpot_km.pool.engine`: :class:`KernelPool`, composed of the concerns below
+- :mod:`~hotpot_km.pool.kernels`: where each pooled kernel is; the only code that moves one
+- :mod:`~hotpot_km.pool.backoff`: when each pool's next warm-up may start, and its failures
 - :mod:`~hotpot_km.pool.filling`: keeping pools full
 - :mod:`~hotpot_km.pool.sizing`: how many kernels each pool keeps (static or following demand)
 - :mod:`~hotpot_km.pool.warmup`: a new kernel's warm-up
@@ -17,11 +19,18 @@ starts (see :mod:`hotpot_km.pool.engine`). Its modules, one per concern:
 """
 
 from .engine import KernelPool
-from .local import LocalKernelAdapter, PoolProcessManager, process_group, remove_files
+from .local import (
+    LocalKernelAdapter,
+    PoolProcessManager,
+    process_group,
+    remove_files,
+    see_out,
+)
 from .model import (
     HandedOut,
     HandoutError,
     KernelAdapter,
+    LaunchKwargs,
     PooledKernel,
     PoolHost,
     PoolSettings,
@@ -36,6 +45,7 @@ __all__ = [
     "HandoutError",
     "KernelAdapter",
     "KernelPool",
+    "LaunchKwargs",
     "LocalKernelAdapter",
     "PoolHost",
     "PoolProcessManager",
@@ -48,5 +58,6 @@ __all__ = [
     "process_group",
     "reapply",
     "remove_files",
+    "see_out",
     "send_handout",
 ]

@@ -11,7 +11,15 @@ from typing import Any
 from ..budget import KernelLimitReached, Slot
 from ..languages import preparation_for
 from ..request import ColdReason, LaunchRequest, fixed_options, mismatch
-from .model import HandedOut, HandoutError, PooledKernel, PoolState, Reservation, WarmupError
+from .model import (
+    HandedOut,
+    HandoutError,
+    Place,
+    PooledKernel,
+    PoolState,
+    Reservation,
+    WarmupError,
+)
 from .settling import apply_by_file, apply_by_stdin, send_handout
 
 #: Seconds a start waits at most for a warming kernel before the pool measured how long
@@ -82,9 +90,8 @@ class Claiming(PoolState):
             return None
         candidates = []
         # while warm-ups fail, or once a start waited in vain, nobody waits for one
-        failing = bool(self._failures.get(name)) and name not in self._forgiven
-        no_waiting = ready_only or failing
-        for kernel in self._idle.get(name, ()):
+        no_waiting = ready_only or self.backoff.failing(name)
+        for kernel in self.kernels.unclaimed(name):
             if kernel.ready.done() and not kernel.is_ready:
                 continue
             if not kernel.is_ready and (no_waiting or kernel.overdue):
@@ -98,9 +105,7 @@ class Claiming(PoolState):
         if not candidates:
             return None
         kernel = next((k for k in candidates if k.is_ready), candidates[0])
-        self._idle[name].remove(kernel)
-        kernel.claimed = True
-        self._claimed.add(kernel)
+        self.kernels.claim(kernel)
         self._normal_priority(kernel)
         self._arrived(name)
         self._wake_filler()
@@ -110,11 +115,8 @@ class Claiming(PoolState):
         """A request for ``name`` came: it counts toward the pool's demand (see Sizing), and
         the refill waits ``fill_delay`` (unless visits overlap: see Filling._pressed)."""
         self.sizing.arrived(name)
-        settings = self._host.pool_settings()
-        loop = asyncio.get_running_loop()
-        self._not_before[name] = max(
-            self._not_before.get(name, 0.0), loop.time() + settings.fill_delay
-        )
+        fill_delay = self._host.pool_settings().fill_delay
+        self.backoff.arrived(name, asyncio.get_running_loop().time(), fill_delay)
 
     def _missed(self, name: str) -> None:
         """A request found no kernel of pool ``name``: that is demand too, and the pool is
@@ -122,28 +124,24 @@ class Claiming(PoolState):
         miss kept a pool that a stream of requests found empty from refilling until they
         stopped). The back-off after failing warm-ups stays."""
         self.sizing.arrived(name)
-        if not self._failures.get(name):
-            self._not_before.pop(name, None)
+        self.backoff.missed(name)
         self._wake_filler()
 
     def _claim_victim(self, prefer_not: str) -> PooledKernel | None:
         """An idle kernel to discard for its slot: failed or warming ones first."""
-        idle = [k for ks in self._idle.values() for k in ks]
+        idle = self.kernels.all_unclaimed()
         if not idle:
             return None
         victim = sorted(idle, key=lambda k: (k.name == prefer_not, k.is_ready))[0]
-        self._idle[victim.name].remove(victim)
-        victim.claimed = True
+        self.kernels.evict(victim)
         return victim
 
     def unclaim(self, kernel: PooledKernel) -> None:
         """Put a claimed, untouched kernel back at the front of its pool."""
-        kernel.claimed = False
-        self._claimed.discard(kernel)
         if self.closed or (kernel.ready.done() and not kernel.is_ready):
             self._drop(kernel)
             return
-        self._idle.setdefault(kernel.name, []).insert(0, kernel)
+        self.kernels.unclaim(kernel)
         self.resize()  # a replacement may have started meanwhile
 
     async def hand_out(self, kernel: PooledKernel, request: LaunchRequest) -> Any:
@@ -271,8 +269,8 @@ class Claiming(PoolState):
                 )
                 return None, spare, ColdReason.WARMUP_SLOW
             except asyncio.CancelledError:
-                if kernel in self._claimed:  # cancelled while applying: nobody can use it
-                    self._spawn(self._discard_unowned(kernel), "hotpot_km discard")
+                if kernel.place is Place.CLAIMED:  # cancelled while applying: nobody can use it
+                    self._spawn(self._discard_unowned(kernel), "discard")
                 raise
             except HandoutError as error:
                 self.log.warning(
@@ -299,16 +297,13 @@ class Claiming(PoolState):
     def _detach(self, kernel: PooledKernel, handout: str | None) -> Any:
         """Release the pool's hold on a kernel so the host's own code can own it; watch it
         settle in the background (see :meth:`~hotpot_km.pool.settling.Settling._settle`)."""
-        self._claimed.discard(kernel)
+        self.kernels.hand_out(kernel, settle=not self.closed)
         handed = kernel.adapter.detach(kernel.slot)
         if self.closed:  # handed out while the pool closes: no refill to hold back for it
             kernel.close_client()
             return handed
-        self._settling.add(kernel)
         self._pause_warmups()
-        settler = self._spawn(self._settle(kernel, handout), "hotpot_km settle")
-        self._settlers.add(settler)
-        settler.add_done_callback(self._settlers.discard)
+        self._settlers.spawn(self._settle(kernel, handout), "settle")
         self._wake_filler()
         return handed
 
@@ -349,14 +344,15 @@ class Claiming(PoolState):
             return "the pool is shutting down"
         if not self.sizing.pooled(name):
             return f"no pool for kernel {name!r}"
-        for kernel in self._idle.get(name, ()):
+        for kernel in self.kernels.unclaimed(name):
             if kernel.launch is not None:
                 why = mismatch(kernel.launch, kernel.language, request)
                 if why:
                     return f"the request has {why}"
-        if name in self._last_error:
-            return f"no ready kernel in the pool ({self._last_error[name]})"
-        if any(k.overdue and not k.ready.done() for k in self._idle.get(name, ())):
+        error = self.backoff.last_error(name)
+        if error is not None:
+            return f"no ready kernel in the pool ({error})"
+        if any(k.overdue and not k.ready.done() for k in self.kernels.unclaimed(name)):
             return "no ready kernel in the pool (still warming after as long as a cold start takes)"
         if self.budget.free() == 0:
             return f"no ready kernel in the pool (max_kernels={self.budget.limit} is reached)"

@@ -9,11 +9,15 @@ leaves no kernel process behind. A pooled kernel goes through::
         \\                         \\
          `--(error, timeout, death, shrink)--> discarded (process shut down)
 
+:class:`~hotpot_km.pool.kernels.PoolKernels` holds where each kernel is and is the only
+code that moves one; :class:`~hotpot_km.pool.backoff.BackOff` owns when the next warm-up of
+each pool may start; :class:`~hotpot_km.pool.sizing.Sizing` how many kernels each keeps.
+
 Handed-out processes leave the pool entirely: from then on they belong to the
 host's own ``KernelManager`` through :class:`hotpot_km.provisioner.PooledProvisioner`.
 
 :class:`KernelPool` is composed of one class per concern (filling, warm-up, claiming,
-settling, ownership; see :mod:`hotpot_km.pool`); this module ties them together.
+settling, pausing, ownership; see :mod:`hotpot_km.pool`); this module ties them together.
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ from ..budget import KernelBudget
 from ..events import Observers, PoolLog, PoolObserver, PoolStats
 from ..request import ColdReason, LaunchRequest, mismatch
 from ..snapshot import KernelView, PoolSnapshot, PoolView
+from ..tasks import OwnedTasks
+from .backoff import BackOff
 from .claiming import Claiming
-from .filling import Filling
+from .filling import Filling, Wakeup
+from .kernels import PoolKernels
 from .leftovers import Leftovers
 from .model import PooledKernel, PoolHost
 from .ownership import _CLOSE_WAIT, Ownership
@@ -66,22 +73,17 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
             clock=clock,
             memory=memory,
         )
-        self._idle: dict[str, list[PooledKernel]] = {}  # unclaimed, in launch order
-        self._warming: set[PooledKernel] = set()
-        self._claimed: set[PooledKernel] = set()  # claimed, not yet handed out or discarded
-        self._settling: set[PooledKernel] = set()  # handed out, refill waits for it to go idle
-        self._settlers: set[asyncio.Task[None]] = set()
+        #: where each pooled kernel is: the only code that moves one (see .kernels)
+        self.kernels = PoolKernels()
+        #: every task the pool starts (the filler aside); settlers apart, as aclose ends them
+        self._tasks = OwnedTasks()
+        self._settlers = OwnedTasks()
         self._waiters = 0  # callers of wait_full(): warm-ups they wait for get normal priority
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._filler: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None  # the filler's sleep
-        self._woken = False
-        self._changed = asyncio.Event()  # for wait_full()
-        self._not_before: dict[str, float] = {}
-        self._failures: dict[str, int] = {}
-        self._forgiven: set[str] = set()  # names whose failures are one retried death at start
+        self._wakeup = Wakeup()  # the filler's sleep, and what wait_full() watches
+        #: when each pool's next warm-up may start; its failures (see .backoff)
+        self.backoff = BackOff()
         self._start_seconds: dict[str, deque[float]] = {}  # see Claiming.warmup_wait
-        self._last_error: dict[str, str] = {}
         self._specs: dict[str, KernelSpec] = {}  # read off the loop, per kernel name
         self._context: zmq.asyncio.Context | None = None
         #: closed by the host's finalizer if it is dropped without aclose()
@@ -122,27 +124,19 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
             filler.cancel()
             if filler.get_loop() is asyncio.get_running_loop():
                 await asyncio.gather(filler, return_exceptions=True)
-        for settler in list(self._settlers):
-            settler.cancel()
-        for kernels in list(self._idle.values()):
-            for kernel in list(kernels):
-                self._drop(kernel)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _CLOSE_WAIT
-        while self._tasks:
-            left = deadline - loop.time()
-            if left <= 0:  # a process that survives SIGKILL: stop waiting for it
-                stuck = list(self._tasks)
-                self.log.error(
-                    "hotpot_km: %d kernel shutdowns did not finish in %g s; giving up on them",
-                    len(stuck),
-                    _CLOSE_WAIT,
-                )
-                for task in stuck:
-                    task.cancel()
-                await asyncio.gather(*stuck, return_exceptions=True)
-                break
-            await asyncio.wait(list(self._tasks), timeout=left)
+        self._settlers.cancel()
+        await self._settlers.join()
+        for kernel in self.kernels.all_unclaimed():
+            self._drop(kernel)
+        stuck = await self._tasks.join(_CLOSE_WAIT)
+        if stuck:  # a process that survives SIGKILL: stop waiting for it
+            self.log.error(
+                "hotpot_km: %d kernel shutdowns did not finish in %g s; giving up on them",
+                len(stuck),
+                _CLOSE_WAIT,
+            )
+            self._tasks.cancel()
+            await self._tasks.join()
         if self._context is not None:
             self._context.destroy(linger=0)
             self._context = None
@@ -153,10 +147,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
         return self._host.pool_settings().warm_restarts
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     async def spec(self, name: str) -> KernelSpec:
         """The kernelspec, looked up off the event loop; cached for the handout path."""
@@ -172,7 +163,8 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
             return None  # cold starts re-read it, as jupyter_client does
         return self._specs.get(name)
 
-    def _zmq_context(self) -> zmq.asyncio.Context:
+    def zmq_context(self) -> zmq.asyncio.Context:
+        """One context for every pooled kernel's sockets (an adapter's), closed with the pool."""
         if self._context is None:
             self._context = self.leftovers.new_context()
         return self._context
@@ -188,16 +180,15 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
             found = mismatch(template[0], template[1], request)
             if found is not None:
                 return found.reason
-        if self._failures.get(name):
+        if self.backoff.failures(name):
             return ColdReason.WARMUP_FAILING
-        if any(k.overdue and not k.ready.done() for k in self._idle.get(name, ())):
+        if any(k.overdue and not k.ready.done() for k in self.kernels.unclaimed(name)):
             return ColdReason.WARMUP_SLOW
         return ColdReason.POOL_EMPTY
 
     def _fill_level(self, name: str) -> tuple[int, int]:
         """(ready kernels, target size) of one pool."""
-        ready = sum(k.is_ready for k in self._idle.get(name, ()))
-        return ready, self.sizing.target_size(name)
+        return self.kernels.ready_count(name), self.sizing.target_size(name)
 
     def snapshot(self) -> PoolSnapshot:
         """The pools as they are now: kernels per state with ages, failures, slots, counts.
@@ -220,17 +211,14 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
             )
             found.setdefault(kernel.name, []).append(view)
 
-        for idle in list(self._idle.values()):
-            for kernel in list(idle):
-                add(kernel, "ready" if kernel.is_ready else "warming")
-        for kernel in list(self._claimed):
-            add(kernel, "claimed")
+        for kernel, state in self.kernels.views():
+            add(kernel, state)
         configured = self.sizing.names()
         names = [*configured, *sorted(set(found) - set(configured))]
         pools = []
         for name in names:
-            failures = self._failures.get(name, 0)
-            due = self._not_before.get(name, 0.0) - now
+            failures = self.backoff.failures(name)
+            due = self.backoff.not_before(name) - now
             pools.append(
                 PoolView(
                     kernel_name=name,
@@ -240,7 +228,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
                     min_size=settings.min_sizes.get(name),
                     kernels=tuple(found.get(name, ())),
                     consecutive_failures=failures,
-                    last_error=self._last_error.get(name),
+                    last_error=self.backoff.last_error(name),
                     next_warmup_in=max(due, 0.0) if failures else None,
                 )
             )

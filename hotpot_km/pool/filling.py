@@ -16,6 +16,41 @@ from .model import PooledKernel, PoolState, WarmupError
 RECHECK = 1.0
 
 
+class Wakeup:
+    """The filler's sleep and what ends it: anything that may change what the pools need
+    (a launch, a warm-up's end, a claim, a release) wakes it, and tells ``wait_full()``."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()  # for wait_full()
+        self._sleep: asyncio.Future[None] | None = None
+        self._woken = False
+
+    def wake(self) -> None:
+        self.changed.set()
+        self._woken = True
+        if self._sleep is not None and not self._sleep.done():
+            self._sleep.set_result(None)
+
+    def begin_round(self) -> None:
+        """The filler looks at the pools now: a wake from here on makes it look again."""
+        self._woken = False
+
+    async def sleep(self, delay: float | None) -> None:
+        """Sleep until ``delay`` passes or :meth:`wake` is called (at once if it was since
+        :meth:`begin_round`)."""
+        if self._woken:
+            return
+        loop = asyncio.get_running_loop()
+        self._sleep = sleep = loop.create_future()
+        timer = loop.call_later(delay, _resolve, sleep) if delay is not None else None
+        try:
+            await sleep
+        finally:
+            self._sleep = None
+            if timer is not None:
+                timer.cancel()
+
+
 class Filling(PoolState):
     """Keeps each pool at its size (see :meth:`resize` and :meth:`wait_full`)."""
 
@@ -25,7 +60,8 @@ class Filling(PoolState):
         self._wake_filler()
 
     def _drop_surplus(self) -> None:
-        for name, kernels in list(self._idle.items()):
+        for name in self.kernels.names():
+            kernels = self.kernels.unclaimed(name)
             surplus = len(kernels) - max(self.sizing.target_size(name), 0)
             victims = sorted(kernels, key=lambda k: k.is_ready)[: max(surplus, 0)]
             for kernel in victims:
@@ -38,31 +74,30 @@ class Filling(PoolState):
         death at start of a name whose kernels started before, which the filler retries.
         """
         self.start()
-        failures = dict(self._failures)
+        failures = self.backoff.counts()
         self._waiters += 1
         try:
             while True:
-                for kernel in list(self._warming):  # someone waits for them now
+                for kernel in self.kernels.warming():  # someone waits for them now
                     self._normal_priority(kernel)
-                for name, count in self._failures.items():
-                    if count > failures.get(name, 0) and name not in self._forgiven:
-                        raise WarmupError(self._last_error[name])
+                failed = self.backoff.new_failure(failures)
+                if failed is not None:
+                    raise WarmupError(failed)
                 if self._is_full():
                     return
                 if self._filler is None or self._filler.done():
                     raise RuntimeError("the kernel pool is not running")
-                self._changed.clear()
-                await self._changed.wait()
+                self._wakeup.changed.clear()
+                await self._wakeup.changed.wait()
         finally:
             self._waiters -= 1
 
     def _is_full(self) -> bool:
         for name in self.sizing.names():
-            size = self.sizing.target_size(name)
-            idle = self._idle.get(name, [])
-            if sum(k.is_ready for k in idle) >= size:
+            if self.kernels.ready_count(name) >= self.sizing.target_size(name):
                 continue
-            if self.budget.free() == 0 and not any(k in self._warming for k in idle):
+            idle = self.kernels.unclaimed(name)
+            if self.budget.free() == 0 and not any(map(self.kernels.is_warming, idle)):
                 continue
             return False
         return True
@@ -71,15 +106,12 @@ class Filling(PoolState):
 
     def _wake_filler(self) -> None:
         """Something changed (a launch, a warm-up ended, a claim, a release): re-check."""
-        self._changed.set()
-        self._woken = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wakeup.wake()
 
     async def _fill(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self._woken = False
+            self._wakeup.begin_round()
             try:
                 await self._prune_dead()
                 self._drop_surplus()  # a demand-based pool's target went down
@@ -87,36 +119,19 @@ class Filling(PoolState):
             except Exception:
                 self.log.exception("hotpot_km: error while filling the kernel pool")
                 delay = 5.0
-            if self._idle_count():
+            if self.kernels.unclaimed_count():
                 delay = 1.0 if delay is None else min(delay, 1.0)  # keep watching for deaths
-            if not self._woken:
-                await self._sleep(delay)
-
-    async def _sleep(self, delay: float | None) -> None:
-        """Sleep until ``delay`` passes or :meth:`_wake_filler` is called."""
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(delay, _resolve, waiter) if delay is not None else None
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.cancel()
-
-    def _idle_count(self) -> int:
-        return sum(len(ks) for ks in self._idle.values())
+            await self._wakeup.sleep(delay)
 
     async def _prune_dead(self) -> None:
-        for kernels in list(self._idle.values()):
-            for kernel in [k for k in kernels if k.is_ready]:
-                if not await kernel.adapter.is_alive():
-                    self.log.warning(
-                        "hotpot_km: pooled %r kernel died while waiting in the pool; replacing it",
-                        kernel.name,
-                    )
-                    self.observer.pooled_kernel_died(kernel.name)
-                    self._drop(kernel)
+        for kernel in [k for k in self.kernels.all_unclaimed() if k.is_ready]:
+            if not await kernel.adapter.is_alive():
+                self.log.warning(
+                    "hotpot_km: pooled %r kernel died while waiting in the pool; replacing it",
+                    kernel.name,
+                )
+                self.observer.pooled_kernel_died(kernel.name)
+                self._drop(kernel)
 
     def _start_missing(self, now: float) -> float | None:
         """Launch warm-ups where pools are short; return seconds until the next is due."""
@@ -128,11 +143,10 @@ class Filling(PoolState):
             size = self.sizing.target_size(name)
             if self.sizing.follows_demand(name) or self.sizing.reason(name) == "memory_floor":
                 wait = RECHECK if wait is None else min(wait, RECHECK)
-            self._idle.setdefault(name, [])
             if self._held(name) >= size:
                 continue
-            due = self._not_before.get(name, 0.0)
-            if self._pressed(name) and not self._failures.get(name):
+            due = self.backoff.not_before(name)
+            if self._pressed(name) and not self.backoff.failures(name):
                 due = 0.0  # visits overlap: no fill_delay (the back-off after failures stays)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
@@ -140,7 +154,7 @@ class Filling(PoolState):
             limit = max(settings.max_warming, 1)
             if self._pressed(name):  # the refills are what the next visitors wait for
                 limit = max(limit, settings.overlap_warming)
-            while self._held(name) < size and len(self._warming) < limit:
+            while self._held(name) < size and self.kernels.warming_count() < limit:
                 slot = self.budget.try_take()
                 if slot is None:
                     return wait
@@ -152,9 +166,7 @@ class Filling(PoolState):
         out or discarded) and handed-out ones whose refill waits for them (see _settle),
         unless visits overlap (see :meth:`_pressed`): then each taken kernel is replaced
         at once, as fast as ``max_warming`` (or ``overlap_warming``) allows."""
-        # copies: Sizing asks this from a metrics thread too
-        held = list(self._claimed) if self._pressed(name) else self._claimed | self._settling
-        return len(self._idle.get(name, [])) + sum(k.name == name for k in held)
+        return self.kernels.held(name, settling=not self._pressed(name))
 
     def _pressed(self, name: str) -> bool:
         """Whether visits to pool ``name`` overlap: two or more of its handed-out kernels
@@ -162,7 +174,7 @@ class Filling(PoolState):
         to settle, ``refill_pause``, idle priority) are for a lone visitor; under a stream
         they would hold back a refill per visit in flight and starve the pool, so while
         visits overlap they step aside for that pool."""
-        return sum(k.name == name for k in list(self._settling)) >= 2
+        return self.kernels.settling_count(name) >= 2
 
     def _launch(self, name: str, slot: Slot) -> None:
         adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))
@@ -173,9 +185,8 @@ class Filling(PoolState):
             asyncio.get_running_loop().create_future(),
             launched=self.sizing.clock(),
         )
-        self._idle.setdefault(name, []).append(kernel)
-        self._warming.add(kernel)
-        kernel.task = self._spawn(self._warm(kernel), f"hotpot_km warm-up {name}")
+        self.kernels.launched(kernel)
+        kernel.task = self._spawn(self._warm(kernel), f"warm-up {name}")
         self._wake_filler()
 
 

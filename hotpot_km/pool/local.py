@@ -12,6 +12,7 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
@@ -33,7 +34,6 @@ from ..request import (
     launch_program,
 )
 from .model import HandedOut
-from .settling import subscribe_statuses
 
 if TYPE_CHECKING:
     from .engine import KernelPool
@@ -66,7 +66,7 @@ class LocalKernelAdapter:
     def __init__(self, pool: KernelPool, manager: PoolProcessManager) -> None:
         self.pool = pool
         self.manager = manager
-        manager.context = pool._zmq_context()  # one context for all pooled kernels
+        manager.context = pool.zmq_context()  # one context for all pooled kernels
         self.priority: ProcessPriority | None = None
         self._start_kwargs: dict[str, Any] = {}
         self._client: AsyncKernelClient | None = None
@@ -112,7 +112,7 @@ class LocalKernelAdapter:
         pid = self.pid
         if pid is not None:
             self.priority = ProcessPriority(pid)
-        client = self.manager.client(context=self.pool._zmq_context())
+        client = self.manager.client(context=self.pool.zmq_context())
         client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=True)
         self._client = client
         return client
@@ -196,6 +196,39 @@ def _check_program(format_cmd: Callable[[], list[str]], cwd: str) -> None:
         found = shutil.which(program) is not None
     if not found:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+
+
+def subscribe_statuses(manager: AsyncKernelManager) -> zmq.asyncio.Socket:
+    """An IOPub socket for the kernel's own topics (``kernel.<ident>.status``...): the pool
+    sees its execution state without receiving anyone's output."""
+    socket = manager.connect_iopub()
+    socket.setsockopt(zmq.UNSUBSCRIBE, b"")
+    socket.setsockopt(zmq.SUBSCRIBE, b"kernel.")
+    return socket
+
+
+async def see_out(
+    provisioner: KernelProvisionerBase,
+    files: Iterable[str],
+    grace: float,
+    log: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Give a process ``grace`` seconds to exit, then end it (:func:`until_gone`), clean its
+    provisioner up and remove its ``files``: what the pool awaits before freeing the slot of
+    a process it retires (:meth:`~hotpot_km.pool.ownership.Ownership.retire`)."""
+    try:
+        if grace > 0:
+            try:
+                await asyncio.wait_for(provisioner.wait(), grace)
+            except asyncio.TimeoutError:
+                pass
+        await until_gone(provisioner, log)
+        try:
+            await provisioner.cleanup(restart=False)
+        except Exception:
+            log.warning("hotpot_km: error cleaning up a retired kernel", exc_info=True)
+    finally:
+        remove_files(files)
 
 
 async def until_gone(

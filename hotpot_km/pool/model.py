@@ -7,10 +7,11 @@ It imports no other pool module, so every one of them can import it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,7 +26,31 @@ from ..priority import ProcessPriority
 from ..request import ColdReason, LaunchRequest
 
 if TYPE_CHECKING:
+    from ..tasks import OwnedTasks
+    from .backoff import BackOff
+    from .filling import Wakeup
+    from .kernels import PoolKernels
     from .sizing import Sizing
+
+
+class LaunchKwargs(Mapping[str, Mapping[str, Any]]):
+    """Each pool's launch arguments, asked of the host when read: a host's may follow the
+    process's environment, so settings kept between trait changes don't freeze them."""
+
+    def __init__(self, of: Callable[[str], Mapping[str, Any]], names: tuple[str, ...]) -> None:
+        self._of = of
+        self._names = names
+
+    def __getitem__(self, name: str) -> Mapping[str, Any]:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._of(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 @dataclass(frozen=True)
@@ -137,6 +162,21 @@ class HandoutError(RuntimeError):
         self.reason = reason
 
 
+class Place(enum.Enum):
+    """Where a pooled kernel is in its life (see :mod:`hotpot_km.pool.kernels`)."""
+
+    #: in its pool, warming or ready: a start may claim it
+    UNCLAIMED = "unclaimed"
+    #: taken by a start, until handed out, put back or discarded
+    CLAIMED = "claimed"
+    #: taken to be discarded for its slot (``max_kernels``)
+    EVICTED = "evicted"
+    #: handed out; its pool's refill waits until it has gone idle (see settling.py)
+    SETTLING = "settling"
+    #: not the pool's any more: handed out and settled, or discarded
+    GONE = "gone"
+
+
 @dataclass(eq=False)
 class PooledKernel:
     """One kernel process owned by the pool, from launch until handout or discard."""
@@ -152,7 +192,8 @@ class PooledKernel:
     started_env: dict[str, str] | None = None
     #: the kernel's own IOPub topics (status), to see it go idle after handout (local kernels)
     statuses: zmq.asyncio.Socket | None = None
-    claimed: bool = False
+    #: where it is in its life; only :class:`~hotpot_km.pool.kernels.PoolKernels` moves it
+    place: Place | None = None
     task: asyncio.Task[None] | None = None  # the warm-up
     ending: asyncio.Task[None] | None = None  # the shutdown, once started (see _end)
     #: a pending move of every thread back to normal priority (see _normal_priority)
@@ -166,6 +207,12 @@ class PooledKernel:
     #: a start waited for this warming kernel as long as a cold start takes: later starts
     #: don't wait for it (it is handed out once ready)
     overdue: bool = False
+
+    @property
+    def claimed(self) -> bool:
+        """Taken by a start (or to free its slot): the pool no longer hands it out or
+        pauses it, and its claimer, not its shutdown, gets its slot back."""
+        return self.place in (Place.CLAIMED, Place.EVICTED)
 
     @property
     def is_ready(self) -> bool:
@@ -211,29 +258,22 @@ class Reservation:
 
 
 class PoolState:
-    """The state every concern of :class:`~hotpot_km.pool.KernelPool` shares, as its
-    ``__init__`` sets it up, and the few methods one concern calls on another (each is
-    defined by its own concern; declared here for type checkers only)."""
+    """What every concern of :class:`~hotpot_km.pool.KernelPool` uses, as its ``__init__``
+    sets it up: the parts that own the pool's state (``kernels``, ``backoff``, ``sizing``,
+    ``budget``) and a few fields of its own; and the methods one concern calls on another
+    (each defined by its own concern; declared here for type checkers only)."""
 
     _host: PoolHost
     budget: KernelBudget
     sizing: Sizing
-    _idle: dict[str, list[PooledKernel]]  # unclaimed, in launch order
-    _warming: set[PooledKernel]
-    _claimed: set[PooledKernel]  # claimed, not yet handed out or discarded
-    _settling: set[PooledKernel]  # handed out, refill waits for it to go idle
-    _settlers: set[asyncio.Task[None]]
+    kernels: PoolKernels  # where each kernel is (the only code that moves one)
+    _settlers: OwnedTasks  # the watches of handed-out kernels (see settling.py)
     _waiters: int  # callers of wait_full(): warm-ups they wait for get normal priority
-    _tasks: set[asyncio.Task[Any]]
+    _tasks: OwnedTasks  # every other task but the filler
     _filler: asyncio.Task[None] | None
-    _waiter: asyncio.Future[None] | None  # the filler's sleep
-    _woken: bool
-    _changed: asyncio.Event  # for wait_full()
-    _not_before: dict[str, float]
-    _failures: dict[str, int]
-    _forgiven: set[str]  # names whose failures are one retried death at start (a warning)
+    _wakeup: Wakeup  # the filler's sleep, and what wait_full() watches
+    backoff: BackOff  # when each pool's next warm-up may start; its failures
     _start_seconds: dict[str, deque[float]]  # recent kernel starts (launch to first reply)
-    _last_error: dict[str, str]
     _specs: dict[str, KernelSpec]
     _context: zmq.asyncio.Context | None
     _retiring: int  # replaced processes still being seen out (see retire)

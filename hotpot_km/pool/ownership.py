@@ -4,12 +4,10 @@ gone, so ``max_kernels`` counts every kernel process that still runs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-
-from jupyter_client.provisioning import KernelProvisionerBase
+from collections.abc import Coroutine
+from typing import Any
 
 from ..budget import Slot
-from .local import remove_files, until_gone
 from .model import PooledKernel, PoolState
 
 #: How long a start waits for an evicted pooled kernel's process to be gone.
@@ -41,17 +39,13 @@ class Ownership(PoolState):
         if not _ended(kernel):
             self._drop(kernel)
             return None
-        self._claimed.discard(kernel)
+        self.kernels.remove(kernel)
         return kernel.slot
 
     def _drop(self, kernel: PooledKernel) -> None:
         """Shut down a kernel no request will use (idle, or given up by its claimer); its
         slot is freed once the process is gone."""
-        kernel.claimed = False
-        self._claimed.discard(kernel)
-        idle = self._idle.get(kernel.name, [])
-        if kernel in idle:
-            idle.remove(kernel)
+        self.kernels.remove(kernel)
         if kernel.task is not None and not kernel.task.done():
             kernel.task.cancel()  # the warm-up shuts its kernel down when cancelled...
             kernel.task.add_done_callback(lambda _: self._end(kernel))  # ...if it had begun
@@ -61,9 +55,7 @@ class Ownership(PoolState):
     def _end(self, kernel: PooledKernel) -> asyncio.Task[None]:
         """The kernel's shutdown: one owned task, so no cancelled caller stops it halfway."""
         if kernel.ending is None:
-            kernel.ending = self._spawn(
-                self._shut_down(kernel), f"hotpot_km shut down {kernel.name}"
-            )
+            kernel.ending = self._spawn(self._shut_down(kernel), f"shut down {kernel.name}")
         return kernel.ending
 
     async def _shut_down(self, kernel: PooledKernel) -> None:
@@ -77,44 +69,27 @@ class Ownership(PoolState):
             self.log.warning("hotpot_km: error shutting down a pooled kernel", exc_info=True)
         kernel.slot.unbind()
         # in the same step as the release: no request can take it as a victim after it
-        idle = self._idle.get(kernel.name, [])
-        if kernel in idle:
-            idle.remove(kernel)
-        self._warming.discard(kernel)  # a warm-up cancelled before it began never did
+        self.kernels.ended(kernel)  # (a warm-up cancelled before it began never reported)
         if not kernel.claimed:
             kernel.slot.release()
 
-    def retire(
-        self,
-        provisioner: KernelProvisionerBase,
-        slot: Slot | None,
-        files: Iterable[str],
-        grace: float,
-    ) -> None:
-        """Finish a process's shutdown in the background: a replaced kernel (instant
-        restarts), or one whose shutdown gave up waiting for it. ``slot`` is freed once
-        the process is gone."""
+    def retire(self, gone: Coroutine[Any, Any, None], slot: Slot | None) -> None:
+        """See a process the host no longer uses out, in the background: a replaced kernel
+        (instant restarts), or one whose shutdown gave up waiting for it. ``gone`` (the
+        adapter's, e.g. :func:`~hotpot_km.pool.local.see_out`) returns once the process is
+        gone; only then is ``slot`` freed. The pool owns the task: ``aclose`` awaits it."""
         self._retiring += 1
-        self._spawn(self._retire(provisioner, slot, list(files), grace), "hotpot_km retire")
+        self._spawn(self._retire(gone, slot), "retire")
 
-    async def _retire(
-        self, provisioner: KernelProvisionerBase, slot: Slot | None, files: list[str], grace: float
-    ) -> None:
+    async def _retire(self, gone: Coroutine[Any, Any, None], slot: Slot | None) -> None:
         try:
-            if grace > 0:
-                try:
-                    await asyncio.wait_for(provisioner.wait(), grace)
-                except asyncio.TimeoutError:
-                    pass
-            await until_gone(provisioner, self.log)
+            await gone
             if slot is not None:
                 slot.release()
-            await provisioner.cleanup(restart=False)
         except Exception:
             self.log.warning("hotpot_km: error retiring a replaced kernel", exc_info=True)
         finally:
             self._retiring -= 1
-            remove_files(files)
 
 
 def _ended(kernel: PooledKernel) -> bool:

@@ -27,10 +27,10 @@ class Pausing(PoolState):
     def _pause_warmups(self) -> None:
         """A handed-out kernel began to settle: stop the warm-ups under way (but let those of
         a pool whose visits overlap go on, at normal priority)."""
-        if not self._warming:
+        if not self.kernels.warming_count():
             return  # the common case, on the handout's path: read no settings
         limit = self._host.pool_settings().refill_pause
-        for kernel in list(self._warming):
+        for kernel in self.kernels.warming():
             if self._pressed(kernel.name):
                 self._normal_priority(kernel)
             else:
@@ -39,10 +39,10 @@ class Pausing(PoolState):
     def _resume_warmups(self) -> None:
         """A handed-out kernel settled: the warm-ups go on unless another one settles (and
         the visits to their pool no longer overlap)."""
-        if self._settling:
+        if self.kernels.settling_count():
             self._pause_warmups()
             return
-        for kernel in list(self._warming):
+        for kernel in self.kernels.warming():
             self._resume(kernel)
 
     def _pause(self, kernel: PooledKernel, limit: float) -> None:
@@ -54,7 +54,7 @@ class Pausing(PoolState):
             budget <= 0
             or prio is None
             or kernel.pause is not None
-            or not self._settling
+            or not self.kernels.settling_count()
             or kernel.claimed
             or self._waiters
             or kernel.ready.done()

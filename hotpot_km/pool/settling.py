@@ -15,7 +15,6 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.session import Session
 
 from ..kernel_io import (
@@ -75,18 +74,9 @@ class Settling(PoolState):
             self.log.debug("hotpot_km: watching a handed-out kernel failed", exc_info=True)
         finally:
             kernel.close_client()
-            self._settling.discard(kernel)
+            self.kernels.settled(kernel)
             self._resume_warmups()
             self._wake_filler()
-
-
-def subscribe_statuses(manager: AsyncKernelManager) -> zmq.asyncio.Socket:
-    """An IOPub socket for the kernel's own topics (``kernel.<ident>.status``...): the pool
-    sees its execution state without receiving anyone's output."""
-    socket = manager.connect_iopub()
-    socket.setsockopt(zmq.UNSUBSCRIBE, b"")
-    socket.setsockopt(zmq.SUBSCRIBE, b"kernel.")
-    return socket
 
 
 def send_handout(client: ShellClient, launch: LaunchRequest, request: LaunchRequest) -> str:

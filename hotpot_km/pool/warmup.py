@@ -17,6 +17,7 @@ from .. import priority
 from ..kernel_io import KernelCodeError, KernelDiedError, request_reply, run_code
 from ..langs import handout as handout_file
 from ..languages import Preparation, init_file_extension, preparation_for
+from .backoff import Severity
 from .model import PooledKernel, PoolSettings, PoolState, WarmupError
 from .settling import bootstrap_data, dump_env_by_stdin
 
@@ -92,23 +93,18 @@ class Warmup(PoolState):
             raise
         except Exception as error:
             self._warmup_failed(kernel, source, error, settings)
-            kernel.ready.set_exception(WarmupError(self._last_error[kernel.name]))
+            kernel.ready.set_exception(WarmupError(self.backoff.last_error(kernel.name) or ""))
             kernel.ready.exception()  # retrieved: waiters re-raise it their own way
             await asyncio.shield(self._end(kernel))
         else:
-            self._forgiven.discard(kernel.name)
-            if self._failures.pop(kernel.name, 0):
+            if self.backoff.succeeded(kernel.name):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
-            self._last_error.pop(kernel.name, None)
             kernel.ready_since = self.sizing.clock()
             kernel.ready.set_result(None)
             self.observer.warmup_succeeded(kernel.name, kernel.ready_since - kernel.launched)
             self.log.debug("hotpot_km: pooled %r kernel ready", kernel.name)
         finally:
-            self._warming.discard(kernel)
-            idle = self._idle.get(kernel.name, [])
-            if not kernel.is_ready and kernel in idle:
-                idle.remove(kernel)
+            self.kernels.warmed(kernel)
             self._wake_filler()
 
     async def _may_lower(self, kernel: PooledKernel, settings: PoolSettings) -> bool:
@@ -127,7 +123,7 @@ class Warmup(PoolState):
         if not kernel.ready.done():
             # still warming: threads it started since launch inherited SCHED_IDLE
             restore = asyncio.to_thread(priority.restore_process, prio.pid)
-            kernel.restoring = self._spawn(restore, "hotpot_km restore priority")
+            kernel.restoring = self._spawn(restore, "restore priority")
 
     async def _at_normal_priority(self, kernel: PooledKernel) -> None:
         """:meth:`_normal_priority`, and wait until every thread of the kernel is back."""
@@ -172,30 +168,25 @@ class Warmup(PoolState):
             cause = "the kernel process exited"
         else:
             cause = f"{type(error).__name__}: {error}"
-        failures = self._failures.get(kernel.name, 0) + 1
-        self._failures[kernel.name] = failures
-        delay = min(0.5 * 2 ** (failures - 1), max(settings.max_retry_delay, 0.5))
-        self._not_before[kernel.name] = asyncio.get_running_loop().time() + delay
         message = f"warm-up of a pooled {kernel.name!r} kernel failed in {source}: {cause}"
-        # A kernel of a name that starts fine dying at start is most likely a port another
-        # process took between jupyter_client choosing it and the kernel binding it
-        # (jupyter_client picks ports in the process that starts the kernel): only a
-        # second death in a row is an error.
+        # a death at start of a name that started fine: most likely a port taken meanwhile
         died_at_start = (
             isinstance(error, KernelDiedError)
             and source == "kernel start"
             and bool(self._start_seconds.get(kernel.name))
         )
-        if failures == 1 and died_at_start:
-            self._forgiven.add(kernel.name)  # neither wait_full() nor a request gives up on it
+        now = asyncio.get_running_loop().time()
+        delay, severity = self.backoff.failed(
+            kernel.name, message, now, settings.max_retry_delay, died_at_start=died_at_start
+        )
+        if severity is Severity.FORGIVEN:  # neither wait_full() nor a request gives up on it
             self.log.warning(
                 "hotpot_km: %s (its kernels started before; a port taken meanwhile by another "
                 "process does this). Retrying in %.1f s.",
                 message,
                 delay,
             )
-        elif self._last_error.get(kernel.name) != message or (failures == 2 and died_at_start):
-            self._forgiven.discard(kernel.name)
+        elif severity is Severity.NEW:
             self.log.error(
                 "hotpot_km: %s. The kernel was shut down and is never handed out; "
                 "retrying with back-off (next in %.1f s).",
@@ -203,9 +194,8 @@ class Warmup(PoolState):
                 delay,
             )
         else:
-            self._forgiven.discard(kernel.name)
-            self.log.debug("hotpot_km: %s (again, attempt %d)", message, failures)
-        self._last_error[kernel.name] = message
+            attempt = self.backoff.failures(kernel.name)
+            self.log.debug("hotpot_km: %s (again, attempt %d)", message, attempt)
         self.observer.warmup_failed(kernel.name, warmup_step(source), message)
 
 

@@ -26,6 +26,7 @@ from jupyter_client.provisioning import KernelProvisionerBase
 
 from ..budget import Slot
 from ..pool import HandedOut, remove_files
+from ..tasks import OwnedTasks
 from .procs import exited
 
 
@@ -63,7 +64,7 @@ class Leases:
         self.grace = grace
         self._leases: dict[str, Lease] = {}
         self._owners: dict[int, int] = {}  # owner pid -> pidfd
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks()
         self._reaper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -236,9 +237,7 @@ class Leases:
                         self.log.debug("hotpot_km: error polling a leased kernel", exc_info=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, "lease end")
 
     async def close(self) -> None:
         """The service stops: every leased kernel dies with it (SIGTERM, then SIGKILL)."""
@@ -255,8 +254,7 @@ class Leases:
             *(self._end(lease, grace=2.0) for lease in list(self._leases.values())),
             return_exceptions=True,
         )
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.join()
         for pid in list(self._owners):
             self._unwatch(pid)
 
