@@ -28,7 +28,7 @@ HANDOUT = [
      "  KernelManager pre-start: provisioner.pre_launch"),
     ("hotpot_km.provisioner:final_env", "    final_env(): the request's env as a cold start's"),
     ("hotpot_km.pool.claiming:Claiming.hand_out", "    KernelPool.hand_out"),
-    ("hotpot_km.pool.local:check_cwd", "      the request's cwd checked (off the loop)"),
+    ("hotpot_km.adapters.local:check_cwd", "      the request's cwd checked (off the loop)"),
     ("hotpot_km.pool.claiming:Claiming._detach", "      _detach: the process changes owner"),
     ("jupyter_client.manager:KernelManager._async_launch_kernel",
      "  KernelManager launch: connection info and file"),

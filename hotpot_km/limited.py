@@ -18,10 +18,11 @@ from jupyter_core.utils import ensure_dir_exists
 from traitlets import Integer
 
 from . import metrics
+from .adapters import LocalKernelAdapter, PoolProcessManager
 from .budget import MaximumKernelsException
 from .compat.jupyter_client import forget_failed_starts, set_kernel_spec
 from .handout import handout_start_class
-from .pool import KernelPool, LocalKernelAdapter, PoolProcessManager, PoolSettings
+from .pool import KernelPool, PoolSettings
 from .provisioner import PooledProvisioner
 
 __all__ = ["LimitedKernelManager", "MaximumKernelsException"]

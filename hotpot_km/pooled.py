@@ -27,9 +27,10 @@ from traitlets import (
     validate,
 )
 
+from .adapters import PoolProcessManager
 from .fork import ForkProvisioner, TemplateKernelManager, Templates
 from .limited import LimitedKernelManager
-from .pool import LaunchKwargs, PoolProcessManager, PoolSettings, WarmupError
+from .pool import LaunchKwargs, PoolSettings, WarmupError
 from .pool.claiming import WARMUP_WAIT_CAP
 
 __all__ = ["PooledKernelManager"]

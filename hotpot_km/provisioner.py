@@ -18,10 +18,11 @@ from jupyter_client.provisioning import KernelProvisionerBase, LocalProvisioner
 from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
 from . import keeper
+from .adapters import process_group, remove_files, see_out
 from .budget import Slot
 from .compat.jupyter_client import encryption_policy, set_kernel_spec
 from .handout import ReadyClients
-from .pool import PooledKernel, process_group, remove_files, see_out
+from .pool import PooledKernel
 from .request import ColdReason, LaunchRequest, absolute_cwd, final_env, fixed_options
 
 if TYPE_CHECKING:

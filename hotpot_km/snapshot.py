@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .events import WarmupFailure
 
 if TYPE_CHECKING:
-    from .pool import PoolSettings
+    from .pool.model import PoolSettings
 
 #: States of a kernel the pool owns: launched and warming up, ready, or taken by a request
 #: that has not got it yet (it may still be warming: the request waits for it).

@@ -1,7 +1,7 @@
 """The pool engine's logic against fake kernels on a fake clock: filling within
 ``max_warming``, back-off, ``max_kernels``, shrink, deaths, the refill courtesy rules and
 refills that keep up with a stream of requests. No process is started; a test's minutes of
-pool life pass in milliseconds (hotpot_km.pool.fake). The end-to-end tests with real kernels
+pool life pass in milliseconds (hotpot_km.adapters.fake). The end-to-end tests with real kernels
 are in the other files."""
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from hotpot_km import KernelLimitReached, MaximumKernelsException
-from hotpot_km.pool import KernelPool
-from hotpot_km.pool.fake import (
+from hotpot_km.adapters.fake import (
     FakeClockLoop,
     FakeHost,
     FakeKernelAdapter,
@@ -23,6 +22,7 @@ from hotpot_km.pool.fake import (
     FakeStart,
     start_kernel,
 )
+from hotpot_km.pool import KernelPool
 from hotpot_km.pool.model import WarmupError
 from hotpot_km.pool.sizing import BURST_WINDOW
 

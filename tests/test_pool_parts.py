@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from hotpot_km.adapters.fake import FakeClockLoop, FakeHost, FakeKernelSpec, start_kernel
 from hotpot_km.pool import KernelPool
 from hotpot_km.pool.backoff import BackOff, Severity
-from hotpot_km.pool.fake import FakeClockLoop, FakeHost, FakeKernelSpec, start_kernel
 from hotpot_km.pool.kernels import InvalidTransition, PoolKernels
 from hotpot_km.pool.model import Place, PooledKernel
 

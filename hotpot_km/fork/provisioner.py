@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import LocalProvisioner
 
+from ..adapters import PoolProcessManager
 from ..compat.jupyter_client import reconcile_connection_info
-from ..pool import PoolProcessManager
 from ..request import absolute_cwd, final_env, launch_env, launch_program, utf8_clean
 from .host import ForkedProcess
 

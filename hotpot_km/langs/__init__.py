@@ -1,6 +1,7 @@
-"""The languages hotpot_km prepares besides ipykernel's Python, one small module each.
+"""Every language hotpot_km prepares, one module each: what a preparation is (:mod:`.base`),
+ipykernel's Python (:mod:`.python`), and the languages besides it.
 
-Each is a :class:`~hotpot_km.languages.Preparation` whose handout goes through a file
+Each of the latter is a :class:`~hotpot_km.languages.Preparation` whose handout goes through a file
 (see :mod:`hotpot_km.langs.handout`); they are registered in the ``hotpot_km.languages``
 entry point group like any third party's language (docs/languages.md).
 """

@@ -4,7 +4,7 @@ removed again; the pool's commands are kept out of the shell's history."""
 
 from __future__ import annotations
 
-from ..languages import Preparation
+from .base import Preparation
 from .common import PROCESS_START
 
 # The warm-up's first command turns history off and deletes its own line, so neither the

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..languages import Preparation
+from .base import Preparation
 from .common import NUMERIC_THREADS, PROCESS_START
 
 # The handout's function is defined by the warm-up (octave_kernel sends a cell line by

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..languages import Preparation
+from .base import Preparation
 from .common import NUMERIC_THREADS, PROCESS_START
 
 _BOOTSTRAP = """\

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..languages import PYTHON, Preparation
+from .base import Preparation
 from .common import PROCESS_START
+from .python import PYTHON
 
 _BOOTSTRAP = """\
 def __hotpot_km_bootstrap():

@@ -14,18 +14,12 @@ starts (see :mod:`hotpot_km.pool.engine`). Its modules, one per concern:
 - :mod:`~hotpot_km.pool.settling`: after a handout, until the refill may start
 - :mod:`~hotpot_km.pool.ownership`: ending kernels and freeing their slots
 - :mod:`~hotpot_km.pool.pausing`: warm-ups stand still while a handed-out kernel settles
-- :mod:`~hotpot_km.pool.local`: kernels as processes on this machine
-- :mod:`~hotpot_km.pool.fake`: fake kernels on a fake clock, to test the engine without processes
+
+The engine reaches kernels through adapters it does not import (:mod:`hotpot_km.adapters`:
+local processes, remote gateways, and fake kernels for its tests).
 """
 
 from .engine import KernelPool
-from .local import (
-    LocalKernelAdapter,
-    PoolProcessManager,
-    process_group,
-    remove_files,
-    see_out,
-)
 from .model import (
     HandedOut,
     HandoutError,
@@ -46,18 +40,13 @@ __all__ = [
     "KernelAdapter",
     "KernelPool",
     "LaunchKwargs",
-    "LocalKernelAdapter",
     "PoolHost",
-    "PoolProcessManager",
     "PoolSettings",
     "PooledKernel",
     "Reservation",
     "Sizing",
     "WarmupError",
     "handout_reply",
-    "process_group",
     "reapply",
-    "remove_files",
-    "see_out",
     "send_handout",
 ]

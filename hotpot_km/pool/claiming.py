@@ -16,11 +16,11 @@ from .model import (
     HandoutError,
     Place,
     PooledKernel,
-    PoolState,
     Reservation,
     WarmupError,
 )
 from .settling import apply_by_file, apply_by_stdin, send_handout
+from .state import PoolState
 
 #: Seconds a start waits at most for a warming kernel before the pool measured how long
 #: a kernel start takes (see :meth:`Claiming.warmup_wait`).

@@ -39,7 +39,7 @@ from ..snapshot import KernelView, PoolSnapshot, PoolView
 from ..tasks import OwnedTasks
 from .backoff import BackOff
 from .claiming import Claiming
-from .filling import Filling, Wakeup
+from .filling import Filling
 from .kernels import PoolKernels
 from .leftovers import Leftovers
 from .model import PooledKernel, PoolHost
@@ -47,6 +47,7 @@ from .ownership import _CLOSE_WAIT, Ownership
 from .pausing import Pausing
 from .settling import Settling
 from .sizing import Sizing
+from .state import Wakeup
 from .warmup import Warmup
 
 

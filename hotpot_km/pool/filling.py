@@ -9,46 +9,12 @@ import asyncio
 import uuid
 
 from ..budget import Slot
-from .model import PooledKernel, PoolState, WarmupError
+from .model import PooledKernel, WarmupError
+from .state import PoolState
 
 #: Seconds between checks of pools that follow demand or wait for memory (their targets
 #: change with time, not only with events).
 RECHECK = 1.0
-
-
-class Wakeup:
-    """The filler's sleep and what ends it: anything that may change what the pools need
-    (a launch, a warm-up's end, a claim, a release) wakes it, and tells ``wait_full()``."""
-
-    def __init__(self) -> None:
-        self.changed = asyncio.Event()  # for wait_full()
-        self._sleep: asyncio.Future[None] | None = None
-        self._woken = False
-
-    def wake(self) -> None:
-        self.changed.set()
-        self._woken = True
-        if self._sleep is not None and not self._sleep.done():
-            self._sleep.set_result(None)
-
-    def begin_round(self) -> None:
-        """The filler looks at the pools now: a wake from here on makes it look again."""
-        self._woken = False
-
-    async def sleep(self, delay: float | None) -> None:
-        """Sleep until ``delay`` passes or :meth:`wake` is called (at once if it was since
-        :meth:`begin_round`)."""
-        if self._woken:
-            return
-        loop = asyncio.get_running_loop()
-        self._sleep = sleep = loop.create_future()
-        timer = loop.call_later(delay, _resolve, sleep) if delay is not None else None
-        try:
-            await sleep
-        finally:
-            self._sleep = None
-            if timer is not None:
-                timer.cancel()
 
 
 class Filling(PoolState):
@@ -188,8 +154,3 @@ class Filling(PoolState):
         self.kernels.launched(kernel)
         kernel.task = self._spawn(self._warm(kernel), f"warm-up {name}")
         self._wake_filler()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

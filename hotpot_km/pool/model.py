@@ -10,27 +10,18 @@ import asyncio
 import enum
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import zmq.asyncio
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.provisioning import KernelProvisionerBase
 
-from ..budget import KernelBudget, Slot
-from ..events import Observers, PoolStats
+from ..budget import Slot
 from ..kernel_io import ShellClient
 from ..priority import ProcessPriority
 from ..request import ColdReason, LaunchRequest
-
-if TYPE_CHECKING:
-    from ..tasks import OwnedTasks
-    from .backoff import BackOff
-    from .filling import Wakeup
-    from .kernels import PoolKernels
-    from .sizing import Sizing
 
 
 class LaunchKwargs(Mapping[str, Mapping[str, Any]]):
@@ -86,8 +77,8 @@ class PoolSettings:
 
 class KernelAdapter(Protocol):
     """One pooled kernel as the engine drives it: launched, talked to, checked, handed
-    over and stopped. :class:`~hotpot_km.pool.local.LocalKernelAdapter` runs a process on
-    this machine; :mod:`hotpot_km.gateway` runs one on a remote gateway. Everything else
+    over and stopped. :class:`~hotpot_km.adapters.local.LocalKernelAdapter` runs a process on
+    this machine; :mod:`hotpot_km.adapters.gateway` runs one on a remote gateway. Everything else
     (filling, warm-up steps, claiming, back-off, ``max_kernels``) is the engine's, for both."""
 
     async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
@@ -255,61 +246,3 @@ class Reservation:
     kernel: PooledKernel | None = None
     slot: Slot | None = None
     victim: PooledKernel | None = None
-
-
-class PoolState:
-    """What every concern of :class:`~hotpot_km.pool.KernelPool` uses, as its ``__init__``
-    sets it up: the parts that own the pool's state (``kernels``, ``backoff``, ``sizing``,
-    ``budget``) and a few fields of its own; and the methods one concern calls on another
-    (each defined by its own concern; declared here for type checkers only)."""
-
-    _host: PoolHost
-    budget: KernelBudget
-    sizing: Sizing
-    kernels: PoolKernels  # where each kernel is (the only code that moves one)
-    _settlers: OwnedTasks  # the watches of handed-out kernels (see settling.py)
-    _waiters: int  # callers of wait_full(): warm-ups they wait for get normal priority
-    _tasks: OwnedTasks  # every other task but the filler
-    _filler: asyncio.Task[None] | None
-    _wakeup: Wakeup  # the filler's sleep, and what wait_full() watches
-    backoff: BackOff  # when each pool's next warm-up may start; its failures
-    _start_seconds: dict[str, deque[float]]  # recent kernel starts (launch to first reply)
-    _specs: dict[str, KernelSpec]
-    _context: zmq.asyncio.Context | None
-    _retiring: int  # replaced processes still being seen out (see retire)
-    _templates: dict[str, tuple[LaunchRequest, str | None]]  # last launch per name
-    closed: bool
-    stats: PoolStats
-    observer: Observers
-
-    if TYPE_CHECKING:
-        # engine.KernelPool
-        @property
-        def log(self) -> logging.Logger | logging.LoggerAdapter[Any]: ...
-        def start(self) -> None: ...
-        def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
-
-        # filling.Filling
-        def resize(self) -> None: ...
-        def _wake_filler(self) -> None: ...
-        def _held(self, name: str) -> int: ...
-        def _pressed(self, name: str) -> bool: ...
-
-        # warmup.Warmup
-        async def _warm(self, kernel: PooledKernel) -> None: ...
-        def _normal_priority(self, kernel: PooledKernel) -> None: ...
-        async def _at_normal_priority(self, kernel: PooledKernel) -> None: ...
-
-        # settling.Settling
-        async def _settle(self, kernel: PooledKernel, handout: str | None) -> None: ...
-
-        # pausing.Pausing
-        def _pause_warmups(self) -> None: ...
-        def _resume_warmups(self) -> None: ...
-        def _pause(self, kernel: PooledKernel, limit: float) -> None: ...
-        def _resume(self, kernel: PooledKernel) -> None: ...
-
-        # ownership.Ownership
-        async def discard(self, kernel: PooledKernel) -> Slot | None: ...
-        def _drop(self, kernel: PooledKernel) -> None: ...
-        def _end(self, kernel: PooledKernel) -> asyncio.Task[None]: ...

@@ -8,7 +8,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ..budget import Slot
-from .model import PooledKernel, PoolState
+from .model import PooledKernel
+from .state import PoolState
 
 #: How long a start waits for an evicted pooled kernel's process to be gone.
 _GONE_WAIT = 10.0
@@ -76,7 +77,7 @@ class Ownership(PoolState):
     def retire(self, gone: Coroutine[Any, Any, None], slot: Slot | None) -> None:
         """See a process the host no longer uses out, in the background: a replaced kernel
         (instant restarts), or one whose shutdown gave up waiting for it. ``gone`` (the
-        adapter's, e.g. :func:`~hotpot_km.pool.local.see_out`) returns once the process is
+        adapter's, e.g. :func:`~hotpot_km.adapters.local.see_out`) returns once the process is
         gone; only then is ``slot`` freed. The pool owns the task: ``aclose`` awaits it."""
         self._retiring += 1
         self._spawn(self._retire(gone, slot), "retire")

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 
-from .model import PooledKernel, PoolState
+from .model import PooledKernel
+from .state import PoolState
 
 
 class Pausing(PoolState):

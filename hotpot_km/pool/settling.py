@@ -28,7 +28,8 @@ from ..kernel_io import (
 from ..langs import handout as handout_file
 from ..languages import HANDOUT_REPLY, HANDOUT_REQUEST, Preparation, preparation_for
 from ..request import ColdReason, LaunchRequest
-from .model import HandoutError, PooledKernel, PoolState
+from .model import HandoutError, PooledKernel
+from .state import PoolState
 
 #: Seconds a handed-out kernel must stay idle after its new owner's first execution
 #: before its replacement starts (cells of a page follow each other much faster).

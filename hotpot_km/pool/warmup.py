@@ -18,8 +18,9 @@ from ..kernel_io import KernelCodeError, KernelDiedError, request_reply, run_cod
 from ..langs import handout as handout_file
 from ..languages import Preparation, init_file_extension, preparation_for
 from .backoff import Severity
-from .model import PooledKernel, PoolSettings, PoolState, WarmupError
+from .model import PooledKernel, PoolSettings, WarmupError
 from .settling import bootstrap_data, dump_env_by_stdin
+from .state import PoolState
 
 #: The source name of the bootstrap step (in warm-up errors).
 BOOTSTRAP = "hotpot_km bootstrap"

@@ -24,8 +24,9 @@ from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
 
+from ..adapters import remove_files
 from ..budget import Slot
-from ..pool import HandedOut, remove_files
+from ..pool import HandedOut
 from ..tasks import OwnedTasks
 from .procs import exited
 

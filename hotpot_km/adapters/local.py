@@ -24,6 +24,7 @@ from ..compat.jupyter_client import encryption_policy, let_go, set_kernel_spec
 from ..kernel_io import close_client
 from ..langs import handout as handout_file
 from ..languages import kernel_language, preparation_for
+from ..pool.model import HandedOut
 from ..priority import ProcessPriority
 from ..request import (
     LaunchRequest,
@@ -33,10 +34,9 @@ from ..request import (
     launch_env,
     launch_program,
 )
-from .model import HandedOut
 
 if TYPE_CHECKING:
-    from .engine import KernelPool
+    from ..pool.engine import KernelPool
 
 
 class PoolProcessManager(AsyncKernelManager):  # type: ignore[misc]

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.session import Session
 
 from ..budget import Slot
+from ..pool.model import PoolSettings
 from ..request import LaunchRequest, fixed_options
-from .model import PoolSettings
 
 if TYPE_CHECKING:
-    from .engine import KernelPool
+    from ..pool.engine import KernelPool
 
 __all__ = [
     "FakeClockLoop",
