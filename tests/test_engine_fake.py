@@ -208,7 +208,7 @@ def test_a_lone_visitors_refill_waits_until_its_page_ran() -> None:
         refill = host.launched[1]
         assert refill.started_at is not None
         assert refill.started_at - handed_at == pytest.approx(5.25, abs=0.2)  # idle + quiet
-        assert not pool._pressed("a")
+        assert not pool.kernels.overlapping("a")
         await visit.end()
 
     run(host, main)
@@ -266,7 +266,7 @@ def test_with_the_default_max_warming_overlapping_visits_refill_faster(
         for visit in visits:
             assert visit.handout is not None
             visit.handout.adapter.run_cell(5.0)
-        assert pool._pressed("a")
+        assert pool.kernels.overlapping("a")
         await asyncio.sleep(10)
         assert most_warming(host.launched, since=began) == (3 if overlap_warming else 1)
         assert pool.snapshot().pools[0].count("ready") == 5
@@ -293,16 +293,16 @@ def test_overlapping_visits_turn_the_courtesy_off_until_they_no_longer_overlap()
         assert first.handout is not None
         first.handout.adapter.run_cell(3.0)
         await asyncio.sleep(0.5)
-        assert not pool._pressed("a") and len(host.launched) == 2  # its refill waits
+        assert not pool.kernels.overlapping("a") and len(host.launched) == 2  # its refill waits
         second = await start_kernel(pool, "a")  # while the first page still runs
         assert second.handout is not None
         second.handout.adapter.run_cell(3.0)
-        assert pool._pressed("a")
+        assert pool.kernels.overlapping("a")
         await asyncio.sleep(0.1)
         assert len(host.launched) == 4  # both taken kernels replaced at once
         assert all(k.priority.stops == 0 for k in host.launched[2:])
         await asyncio.sleep(10)
-        assert not pool._pressed("a")  # both settled
+        assert not pool.kernels.overlapping("a")  # both settled
         assert pool.snapshot().pools[0].count("ready") == 2
         await first.end()
         await second.end()

@@ -14,6 +14,8 @@ starts (see :mod:`hotpot_km.pool.engine`). Its modules, one per concern:
 - :mod:`~hotpot_km.pool.settling`: after a handout, until the refill may start
 - :mod:`~hotpot_km.pool.ownership`: ending kernels and freeing their slots
 - :mod:`~hotpot_km.pool.pausing`: warm-ups stand still while a handed-out kernel settles
+- :mod:`~hotpot_km.pool.state`: what the concerns share (the parts above, the filler's wake-up)
+- :mod:`~hotpot_km.pool.leftovers`: what a manager dropped without shutdown leaves behind
 
 The engine reaches kernels through adapters it does not import (:mod:`hotpot_km.adapters`:
 local processes, remote gateways, and fake kernels for its tests).

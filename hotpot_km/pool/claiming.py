@@ -113,7 +113,7 @@ class Claiming(PoolState):
 
     def _arrived(self, name: str) -> None:
         """A request for ``name`` came: it counts toward the pool's demand (see Sizing), and
-        the refill waits ``fill_delay`` (unless visits overlap: see Filling._pressed)."""
+        the refill waits ``fill_delay`` (unless visits overlap: see PoolKernels.overlapping)."""
         self.sizing.arrived(name)
         fill_delay = self._host.pool_settings().fill_delay
         self.backoff.arrived(name, asyncio.get_running_loop().time(), fill_delay)
@@ -302,7 +302,7 @@ class Claiming(PoolState):
         if self.closed:  # handed out while the pool closes: no refill to hold back for it
             kernel.close_client()
             return handed
-        self._pause_warmups()
+        self.pauses.settling_began()
         self._settlers.spawn(self._settle(kernel, handout), "settle")
         self._wake_filler()
         return handed

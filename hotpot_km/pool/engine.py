@@ -17,7 +17,8 @@ Handed-out processes leave the pool entirely: from then on they belong to the
 host's own ``KernelManager`` through :class:`hotpot_km.provisioner.PooledProvisioner`.
 
 :class:`KernelPool` is composed of one class per concern (filling, warm-up, claiming,
-settling, pausing, ownership; see :mod:`hotpot_km.pool`); this module ties them together.
+settling, ownership; see :mod:`hotpot_km.pool`) and of the parts above; this module ties
+them together.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ from .kernels import PoolKernels
 from .leftovers import Leftovers
 from .model import PooledKernel, PoolHost
 from .ownership import _CLOSE_WAIT, Ownership
-from .pausing import Pausing
+from .pausing import Pauses
 from .settling import Settling
 from .sizing import Sizing
 from .state import Wakeup
 from .warmup import Warmup
 
 
-class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
+class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
     """Keeps warm kernels per kernel name and hands them out; see the module docstring."""
 
     def __init__(
@@ -64,18 +65,25 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Pausing, Ownership):
     ) -> None:
         self._host = host
         self.budget = KernelBudget(budget_limit, on_release=self._wake_filler)
+        #: where each pooled kernel is: the only code that moves one (see .kernels)
+        self.kernels = PoolKernels()
         #: how many kernels each pool keeps (``clock``: the loop's; ``memory``: available
         #: bytes, read from the machine if not given)
         self.sizing = Sizing(
             host.pool_settings,
             max_kernels=budget_limit,
-            held=self._held,
+            held=self.kernels.counted,
             log=lambda: self.log,
             clock=clock,
             memory=memory,
         )
-        #: where each pooled kernel is: the only code that moves one (see .kernels)
-        self.kernels = PoolKernels()
+        #: warm-ups that stand still while a handed-out kernel settles (see .pausing)
+        self.pauses = Pauses(
+            self.kernels,
+            refill_pause=lambda: host.pool_settings().refill_pause,
+            awaited=lambda: self._waiters > 0,
+            normal_priority=self._normal_priority,
+        )
         #: every task the pool starts (the filler aside); settlers apart, as aclose ends them
         self._tasks = OwnedTasks()
         self._settlers = OwnedTasks()

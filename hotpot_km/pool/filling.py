@@ -109,38 +109,23 @@ class Filling(PoolState):
             size = self.sizing.target_size(name)
             if self.sizing.follows_demand(name) or self.sizing.reason(name) == "memory_floor":
                 wait = RECHECK if wait is None else min(wait, RECHECK)
-            if self._held(name) >= size:
+            if self.kernels.counted(name) >= size:
                 continue
             due = self.backoff.not_before(name)
-            if self._pressed(name) and not self.backoff.failures(name):
+            if self.kernels.overlapping(name) and not self.backoff.failures(name):
                 due = 0.0  # visits overlap: no fill_delay (the back-off after failures stays)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
             limit = max(settings.max_warming, 1)
-            if self._pressed(name):  # the refills are what the next visitors wait for
+            if self.kernels.overlapping(name):  # the refills are what the next visitors wait for
                 limit = max(limit, settings.overlap_warming)
-            while self._held(name) < size and self.kernels.warming_count() < limit:
+            while self.kernels.counted(name) < size and self.kernels.warming_count() < limit:
                 slot = self.budget.try_take()
                 if slot is None:
                     return wait
                 self._launch(name, slot)
         return wait
-
-    def _held(self, name: str) -> int:
-        """Kernels that count toward a pool's size: idle ones, claimed ones (until handed
-        out or discarded) and handed-out ones whose refill waits for them (see _settle),
-        unless visits overlap (see :meth:`_pressed`): then each taken kernel is replaced
-        at once, as fast as ``max_warming`` (or ``overlap_warming``) allows."""
-        return self.kernels.held(name, settling=not self._pressed(name))
-
-    def _pressed(self, name: str) -> bool:
-        """Whether visits to pool ``name`` overlap: two or more of its handed-out kernels
-        settle at once. The courtesy rules (``fill_delay``, the wait for a handed-out kernel
-        to settle, ``refill_pause``, idle priority) are for a lone visitor; under a stream
-        they would hold back a refill per visit in flight and starve the pool, so while
-        visits overlap they step aside for that pool."""
-        return self.kernels.settling_count(name) >= 2
 
     def _launch(self, name: str, slot: Slot) -> None:
         adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))

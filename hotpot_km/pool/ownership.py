@@ -63,7 +63,7 @@ class Ownership(PoolState):
         """Kill the process and wait until it is reaped. Only then is its slot free again:
         released here, or, if a request claimed the kernel, handed to it by :meth:`discard`."""
         kernel.close_client()
-        self._resume(kernel)  # a stopped process would not see a SIGTERM
+        self.pauses.resume(kernel)  # a stopped process would not see a SIGTERM
         try:
             await kernel.adapter.shutdown()
         except Exception:

@@ -10,43 +10,59 @@ under steady load; its warm-up timeouts don't count the time it stood still. A k
 a request claimed or that someone waits for (``wait_for_pool``) goes on at once and is not
 stopped again; one being shut down goes on first, so that it can handle a SIGTERM. Nor
 does a warm-up stand still, or run at idle priority, while visits to its pool overlap (see
-``Filling._pressed``): then the refill is what the next request needs; it may stand still
+``PoolKernels.overlapping``): then the refill is what the next request needs; it may stand still
 again once they no longer overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
+from .kernels import PoolKernels
 from .model import PooledKernel
-from .state import PoolState
 
 
-class Pausing(PoolState):
-    """Stops warm-ups while handed-out kernels settle, within each one's pause budget."""
+class Pauses:
+    """Stops warm-ups while handed-out kernels settle, within each one's pause budget. Its
+    state is on each kernel (``pause``, ``paused_at``, ``paused_for``); it reads where the
+    kernels are from :class:`~hotpot_km.pool.kernels.PoolKernels`."""
 
-    def _pause_warmups(self) -> None:
+    def __init__(
+        self,
+        kernels: PoolKernels,
+        *,
+        refill_pause: Callable[[], float],
+        awaited: Callable[[], bool],
+        normal_priority: Callable[[PooledKernel], None],
+    ) -> None:
+        self._places = kernels
+        self._refill_pause = refill_pause  # the setting, read when it applies
+        self._awaited = awaited  # someone waits for the pools to be full (wait_full)
+        self._normal_priority = normal_priority  # the warm-up's: a kernel someone needs now
+
+    def settling_began(self) -> None:
         """A handed-out kernel began to settle: stop the warm-ups under way (but let those of
         a pool whose visits overlap go on, at normal priority)."""
-        if not self.kernels.warming_count():
+        if not self._places.warming_count():
             return  # the common case, on the handout's path: read no settings
-        limit = self._host.pool_settings().refill_pause
-        for kernel in self.kernels.warming():
-            if self._pressed(kernel.name):
+        limit = self._refill_pause()
+        for kernel in self._places.warming():
+            if self._places.overlapping(kernel.name):
                 self._normal_priority(kernel)
             else:
-                self._pause(kernel, limit)
+                self.pause(kernel, limit)
 
-    def _resume_warmups(self) -> None:
+    def settling_ended(self) -> None:
         """A handed-out kernel settled: the warm-ups go on unless another one settles (and
         the visits to their pool no longer overlap)."""
-        if self.kernels.settling_count():
-            self._pause_warmups()
+        if self._places.settling_count():
+            self.settling_began()
             return
-        for kernel in self.kernels.warming():
-            self._resume(kernel)
+        for kernel in self._places.warming():
+            self.resume(kernel)
 
-    def _pause(self, kernel: PooledKernel, limit: float) -> None:
+    def pause(self, kernel: PooledKernel, limit: float) -> None:
         """Stop ``kernel``'s process if a handed-out kernel settles and nothing needs it now
         (``limit``: the ``refill_pause`` setting)."""
         prio = kernel.adapter.priority
@@ -55,20 +71,20 @@ class Pausing(PoolState):
             budget <= 0
             or prio is None
             or kernel.pause is not None
-            or not self.kernels.settling_count()
+            or not self._places.settling_count()
             or kernel.claimed
-            or self._waiters
+            or self._awaited()
             or kernel.ready.done()
             or kernel.ending is not None
-            or self._pressed(kernel.name)
+            or self._places.overlapping(kernel.name)
             or not prio.stop()
         ):
             return
         loop = asyncio.get_running_loop()
         kernel.paused_at = loop.time()
-        kernel.pause = loop.call_later(budget, self._resume, kernel)  # its budget is spent
+        kernel.pause = loop.call_later(budget, self.resume, kernel)  # its budget is spent
 
-    def _resume(self, kernel: PooledKernel) -> None:
+    def resume(self, kernel: PooledKernel) -> None:
         """Let ``kernel``'s process go on if it stands still (idempotent)."""
         timer, kernel.pause = kernel.pause, None
         if timer is None:

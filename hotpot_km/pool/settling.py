@@ -76,7 +76,7 @@ class Settling(PoolState):
         finally:
             kernel.close_client()
             self.kernels.settled(kernel)
-            self._resume_warmups()
+            self.pauses.settling_ended()
             self._wake_filler()
 
 

@@ -19,6 +19,7 @@ from ..tasks import OwnedTasks
 from .backoff import BackOff
 from .kernels import PoolKernels
 from .model import PooledKernel, PoolHost
+from .pausing import Pauses
 from .sizing import Sizing
 
 
@@ -67,6 +68,7 @@ class PoolState:
     budget: KernelBudget
     sizing: Sizing
     kernels: PoolKernels  # where each kernel is (the only code that moves one)
+    pauses: Pauses  # warm-ups standing still while a handed-out kernel settles
     _settlers: OwnedTasks  # the watches of handed-out kernels (see settling.py)
     _waiters: int  # callers of wait_full(): warm-ups they wait for get normal priority
     _tasks: OwnedTasks  # every other task but the filler
@@ -92,8 +94,6 @@ class PoolState:
         # filling.Filling
         def resize(self) -> None: ...
         def _wake_filler(self) -> None: ...
-        def _held(self, name: str) -> int: ...
-        def _pressed(self, name: str) -> bool: ...
 
         # warmup.Warmup
         async def _warm(self, kernel: PooledKernel) -> None: ...
@@ -102,12 +102,6 @@ class PoolState:
 
         # settling.Settling
         async def _settle(self, kernel: PooledKernel, handout: str | None) -> None: ...
-
-        # pausing.Pausing
-        def _pause_warmups(self) -> None: ...
-        def _resume_warmups(self) -> None: ...
-        def _pause(self, kernel: PooledKernel, limit: float) -> None: ...
-        def _resume(self, kernel: PooledKernel) -> None: ...
 
         # ownership.Ownership
         async def discard(self, kernel: PooledKernel) -> Slot | None: ...

@@ -43,7 +43,7 @@ class Warmup(PoolState):
             prio = kernel.adapter.priority
             if prio is not None and not kernel.claimed and await self._may_lower(kernel, settings):
                 prio.lower()  # threads it starts from now on inherit it
-            self._pause(kernel, settings.refill_pause)  # if a handed-out kernel settles now
+            self.pauses.pause(kernel, settings.refill_pause)  # if a handed-out kernel settles now
             kernel.statuses = kernel.adapter.watch_statuses()
             alive = kernel.adapter.is_alive
             reply = await request_reply(
@@ -110,14 +110,14 @@ class Warmup(PoolState):
 
     async def _may_lower(self, kernel: PooledKernel, settings: PoolSettings) -> bool:
         """Whether a new warm-up may run at idle CPU priority: nobody waits for it, requests
-        don't overlap (see Filling._pressed), and it can be brought back before handout."""
-        if not settings.idle_priority or self._waiters or self._pressed(kernel.name):
+        don't overlap (see PoolKernels.overlapping), and it can be brought back before handout."""
+        if not settings.idle_priority or self._waiters or self.kernels.overlapping(kernel.name):
             return False
         return await asyncio.to_thread(priority.can_restore)
 
     def _normal_priority(self, kernel: PooledKernel) -> None:
         """Back to normal CPU priority: someone waits for this kernel, or it is handed out."""
-        self._resume(kernel)
+        self.pauses.resume(kernel)
         prio = kernel.adapter.priority
         if prio is None or not prio.restore():
             return
