@@ -215,7 +215,7 @@ async def see_out(
 ) -> None:
     """Give a process ``grace`` seconds to exit, then end it (:func:`until_gone`), clean its
     provisioner up and remove its ``files``: what the pool awaits before freeing the slot of
-    a process it retires (:meth:`~hotpot_km.pool.ownership.Ownership.retire`)."""
+    a process it retires (:meth:`~hotpot_km.pool.ownership.Endings.retire`)."""
     try:
         if grace > 0:
             try:

@@ -139,7 +139,7 @@ class Claiming(PoolState):
     def unclaim(self, kernel: PooledKernel) -> None:
         """Put a claimed, untouched kernel back at the front of its pool."""
         if self.closed or (kernel.ready.done() and not kernel.is_ready):
-            self._drop(kernel)
+            self.endings.drop(kernel)
             return
         self.kernels.unclaim(kernel)
         self.resize()  # a replacement may have started meanwhile
@@ -281,7 +281,7 @@ class Claiming(PoolState):
                 failure = error.reason
                 if error.reason is ColdReason.DEAD_KERNEL:
                     self.observer.pooled_kernel_died(request.kernel_name)
-                slot = await self.discard(kernel)
+                slot = await self.endings.discard(kernel)
                 if spare is None:
                     spare = slot
                 elif slot is not None:
@@ -290,7 +290,7 @@ class Claiming(PoolState):
         return None, spare, failure
 
     async def _discard_unowned(self, kernel: PooledKernel) -> None:
-        slot = await self.discard(kernel)
+        slot = await self.endings.discard(kernel)
         if slot is not None:
             slot.release()
 
@@ -313,7 +313,7 @@ class Claiming(PoolState):
         if slot is None:
             victim = self._claim_victim(prefer_not=name)
             if victim is not None:
-                slot = await self.discard(victim) or self.budget.try_take()
+                slot = await self.endings.discard(victim) or self.budget.try_take()
         if slot is None:
             self.observer.start_refused(name)
             raise KernelLimitReached(

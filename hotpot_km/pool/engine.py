@@ -9,16 +9,18 @@ leaves no kernel process behind. A pooled kernel goes through::
         \\                         \\
          `--(error, timeout, death, shrink)--> discarded (process shut down)
 
-:class:`~hotpot_km.pool.kernels.PoolKernels` holds where each kernel is and is the only
-code that moves one; :class:`~hotpot_km.pool.backoff.BackOff` owns when the next warm-up of
-each pool may start; :class:`~hotpot_km.pool.sizing.Sizing` how many kernels each keeps.
+Its parts own its state: :class:`~hotpot_km.pool.kernels.PoolKernels` holds where each
+kernel is and is the only code that moves one; :class:`~hotpot_km.pool.backoff.BackOff`
+owns when the next warm-up of each pool may start; :class:`~hotpot_km.pool.sizing.Sizing`
+how many kernels each keeps; :class:`~hotpot_km.pool.pausing.Pauses` which warm-ups stand
+still; :class:`~hotpot_km.pool.ownership.Endings` the shutdowns; the budget the slots.
 
 Handed-out processes leave the pool entirely: from then on they belong to the
 host's own ``KernelManager`` through :class:`hotpot_km.provisioner.PooledProvisioner`.
 
-:class:`KernelPool` is composed of one class per concern (filling, warm-up, claiming,
-settling, ownership; see :mod:`hotpot_km.pool`) and of the parts above; this module ties
-them together.
+:class:`KernelPool` holds those parts and inherits the logic of one class per remaining
+concern (filling, warm-up, claiming, settling; see :mod:`hotpot_km.pool`); this module
+ties them together.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec
 
-from ..budget import KernelBudget
+from ..budget import KernelBudget, Slot
 from ..events import Observers, PoolLog, PoolObserver, PoolStats
 from ..request import ColdReason, LaunchRequest, mismatch
 from ..snapshot import KernelView, PoolSnapshot, PoolView
@@ -44,7 +46,7 @@ from .filling import Filling
 from .kernels import PoolKernels
 from .leftovers import Leftovers
 from .model import PooledKernel, PoolHost
-from .ownership import _CLOSE_WAIT, Ownership
+from .ownership import _CLOSE_WAIT, Endings
 from .pausing import Pauses
 from .settling import Settling
 from .sizing import Sizing
@@ -52,7 +54,7 @@ from .state import Wakeup
 from .warmup import Warmup
 
 
-class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
+class KernelPool(Filling, Warmup, Claiming, Settling):
     """Keeps warm kernels per kernel name and hands them out; see the module docstring."""
 
     def __init__(
@@ -87,6 +89,14 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
         #: every task the pool starts (the filler aside); settlers apart, as aclose ends them
         self._tasks = OwnedTasks()
         self._settlers = OwnedTasks()
+        #: the shutdowns of pooled kernels and of processes the host retires (see .ownership)
+        self.endings = Endings(
+            self.kernels,
+            self._tasks,
+            log=lambda: self.log,
+            resume=self.pauses.resume,
+            changed=self._wake_filler,
+        )
         self._waiters = 0  # callers of wait_full(): warm-ups they wait for get normal priority
         self._filler: asyncio.Task[None] | None = None
         self._wakeup = Wakeup()  # the filler's sleep, and what wait_full() watches
@@ -97,7 +107,6 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
         self._context: zmq.asyncio.Context | None = None
         #: closed by the host's finalizer if it is dropped without aclose()
         self.leftovers = Leftovers()
-        self._retiring = 0  # replaced processes still being seen out (see retire)
         self._templates: dict[str, tuple[LaunchRequest, str | None]] = {}  # last launch per name
         self.closed = False
         #: what the pool reports (see hotpot_km.events); hosts add their own observers
@@ -136,7 +145,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
         self._settlers.cancel()
         await self._settlers.join()
         for kernel in self.kernels.all_unclaimed():
-            self._drop(kernel)
+            self.endings.drop(kernel)
         stuck = await self._tasks.join(_CLOSE_WAIT)
         if stuck:  # a process that survives SIGKILL: stop waiting for it
             self.log.error(
@@ -154,6 +163,16 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
     def warm_restarts(self) -> bool:
         """Whether a restart may take a ready pooled kernel (the host's ``warm_restarts``)."""
         return self._host.pool_settings().warm_restarts
+
+    async def discard(self, kernel: PooledKernel) -> Slot | None:
+        """Shut a claimed kernel down (a victim, or one a host gives up); its slot comes back
+        once the process is gone (see :meth:`Endings.discard`)."""
+        return await self.endings.discard(kernel)
+
+    def retire(self, gone: Coroutine[Any, Any, None], slot: Slot | None) -> None:
+        """See out a process the host no longer uses; ``slot`` is freed once ``gone``
+        returned (see :meth:`Endings.retire`)."""
+        self.endings.retire(gone, slot)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro, name)
@@ -245,7 +264,7 @@ class KernelPool(Filling, Warmup, Claiming, Settling, Ownership):
             pools=tuple(pools),
             processes=self.budget.used,
             max_kernels=self.budget.limit,
-            retiring=self._retiring,
+            retiring=self.endings.retiring,
             settings=settings,
             stats={n: self.stats.for_name(n) for n in sorted(set(names) | self.stats.names())},
             recent_errors=tuple(self.stats.recent_errors),

@@ -31,7 +31,7 @@ class Filling(PoolState):
             surplus = len(kernels) - max(self.sizing.target_size(name), 0)
             victims = sorted(kernels, key=lambda k: k.is_ready)[: max(surplus, 0)]
             for kernel in victims:
-                self._drop(kernel)
+                self.endings.drop(kernel)
 
     async def wait_full(self) -> None:
         """Wait until every pool holds its size in ready kernels, or can't grow (``max_kernels``).
@@ -97,7 +97,7 @@ class Filling(PoolState):
                     kernel.name,
                 )
                 self.observer.pooled_kernel_died(kernel.name)
-                self._drop(kernel)
+                self.endings.drop(kernel)
 
     def _start_missing(self, now: float) -> float | None:
         """Launch warm-ups where pools are short; return seconds until the next is due."""

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec
 
-from ..budget import KernelBudget, Slot
+from ..budget import KernelBudget
 from ..events import Observers, PoolStats
 from ..request import LaunchRequest
 from ..tasks import OwnedTasks
 from .backoff import BackOff
 from .kernels import PoolKernels
 from .model import PooledKernel, PoolHost
+from .ownership import Endings
 from .pausing import Pauses
 from .sizing import Sizing
 
@@ -69,6 +70,7 @@ class PoolState:
     sizing: Sizing
     kernels: PoolKernels  # where each kernel is (the only code that moves one)
     pauses: Pauses  # warm-ups standing still while a handed-out kernel settles
+    endings: Endings  # shutdowns, and processes retired by the host
     _settlers: OwnedTasks  # the watches of handed-out kernels (see settling.py)
     _waiters: int  # callers of wait_full(): warm-ups they wait for get normal priority
     _tasks: OwnedTasks  # every other task but the filler
@@ -78,7 +80,6 @@ class PoolState:
     _start_seconds: dict[str, deque[float]]  # recent kernel starts (launch to first reply)
     _specs: dict[str, KernelSpec]
     _context: zmq.asyncio.Context | None
-    _retiring: int  # replaced processes still being seen out (see retire)
     _templates: dict[str, tuple[LaunchRequest, str | None]]  # last launch per name
     closed: bool
     stats: PoolStats
@@ -102,11 +103,6 @@ class PoolState:
 
         # settling.Settling
         async def _settle(self, kernel: PooledKernel, handout: str | None) -> None: ...
-
-        # ownership.Ownership
-        async def discard(self, kernel: PooledKernel) -> Slot | None: ...
-        def _drop(self, kernel: PooledKernel) -> None: ...
-        def _end(self, kernel: PooledKernel) -> asyncio.Task[None]: ...
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -90,13 +90,13 @@ class Warmup(PoolState):
                 await prio.lower_all()
         except asyncio.CancelledError:
             kernel.ready.cancel()
-            await asyncio.shield(self._end(kernel))
+            await asyncio.shield(self.endings.end(kernel))
             raise
         except Exception as error:
             self._warmup_failed(kernel, source, error, settings)
             kernel.ready.set_exception(WarmupError(self.backoff.last_error(kernel.name) or ""))
             kernel.ready.exception()  # retrieved: waiters re-raise it their own way
-            await asyncio.shield(self._end(kernel))
+            await asyncio.shield(self.endings.end(kernel))
         else:
             if self.backoff.succeeded(kernel.name):
                 self.log.info("hotpot_km: %r kernels warm up again", kernel.name)
