@@ -296,14 +296,13 @@ class Claiming(PoolState):
 
     def _detach(self, kernel: PooledKernel, handout: str | None) -> Any:
         """Release the pool's hold on a kernel so the host's own code can own it; watch it
-        settle in the background (see :meth:`~hotpot_km.pool.settling.Settling._settle`)."""
+        settle in the background (see :class:`~hotpot_km.pool.settling.Settlers`)."""
         self.kernels.hand_out(kernel, settle=not self.closed)
         handed = kernel.adapter.detach(kernel.slot)
         if self.closed:  # handed out while the pool closes: no refill to hold back for it
             kernel.close_client()
             return handed
-        self.pauses.settling_began()
-        self._settlers.spawn(self._settle(kernel, handout), "settle")
+        self.settlers.watch(kernel, handout)
         self._wake_filler()
         return handed
 

@@ -13,14 +13,15 @@ Its parts own its state: :class:`~hotpot_km.pool.kernels.PoolKernels` holds wher
 kernel is and is the only code that moves one; :class:`~hotpot_km.pool.backoff.BackOff`
 owns when the next warm-up of each pool may start; :class:`~hotpot_km.pool.sizing.Sizing`
 how many kernels each keeps; :class:`~hotpot_km.pool.pausing.Pauses` which warm-ups stand
-still; :class:`~hotpot_km.pool.ownership.Endings` the shutdowns; the budget the slots.
+still; :class:`~hotpot_km.pool.settling.Settlers` the watches of handed-out kernels;
+:class:`~hotpot_km.pool.ownership.Endings` the shutdowns; the budget the slots.
 
 Handed-out processes leave the pool entirely: from then on they belong to the
 host's own ``KernelManager`` through :class:`hotpot_km.provisioner.PooledProvisioner`.
 
 :class:`KernelPool` holds those parts and inherits the logic of one class per remaining
-concern (filling, warm-up, claiming, settling; see :mod:`hotpot_km.pool`); this module
-ties them together.
+concern (filling, warm-up, claiming; see :mod:`hotpot_km.pool`); this module ties them
+together.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ from .leftovers import Leftovers
 from .model import PooledKernel, PoolHost
 from .ownership import _CLOSE_WAIT, Endings
 from .pausing import Pauses
-from .settling import Settling
+from .settling import Settlers
 from .sizing import Sizing
 from .state import Wakeup
 from .warmup import Warmup
 
 
-class KernelPool(Filling, Warmup, Claiming, Settling):
+class KernelPool(Filling, Warmup, Claiming):
     """Keeps warm kernels per kernel name and hands them out; see the module docstring."""
 
     def __init__(
@@ -86,9 +87,16 @@ class KernelPool(Filling, Warmup, Claiming, Settling):
             awaited=lambda: self._waiters > 0,
             normal_priority=self._normal_priority,
         )
-        #: every task the pool starts (the filler aside); settlers apart, as aclose ends them
+        #: every task the pool starts but the filler and the watches of handed-out kernels
         self._tasks = OwnedTasks()
-        self._settlers = OwnedTasks()
+        #: the watches of handed-out kernels until their refill may start (see .settling)
+        self.settlers = Settlers(
+            self.kernels,
+            self.pauses,
+            settings=host.pool_settings,
+            log=lambda: self.log,
+            changed=self._wake_filler,
+        )
         #: the shutdowns of pooled kernels and of processes the host retires (see .ownership)
         self.endings = Endings(
             self.kernels,
@@ -142,8 +150,8 @@ class KernelPool(Filling, Warmup, Claiming, Settling):
             filler.cancel()
             if filler.get_loop() is asyncio.get_running_loop():
                 await asyncio.gather(filler, return_exceptions=True)
-        self._settlers.cancel()
-        await self._settlers.join()
+        self.settlers.tasks.cancel()
+        await self.settlers.tasks.join()
         for kernel in self.kernels.all_unclaimed():
             self.endings.drop(kernel)
         stuck = await self._tasks.join(_CLOSE_WAIT)

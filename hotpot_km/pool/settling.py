@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from queue import Empty
@@ -28,16 +29,41 @@ from ..kernel_io import (
 from ..langs import handout as handout_file
 from ..languages import HANDOUT_REPLY, HANDOUT_REQUEST, Preparation, preparation_for
 from ..request import ColdReason, LaunchRequest
-from .model import HandoutError, PooledKernel
-from .state import PoolState
+from ..tasks import OwnedTasks
+from .kernels import PoolKernels
+from .model import HandoutError, PooledKernel, PoolSettings
+from .pausing import Pauses
 
 #: Seconds a handed-out kernel must stay idle after its new owner's first execution
 #: before its replacement starts (cells of a page follow each other much faster).
 SETTLE_QUIET = 0.25
 
 
-class Settling(PoolState):
-    """Watches handed-out kernels until their refill may start."""
+class Settlers:
+    """Watches handed-out kernels until their refill may start: one task each, owned here
+    (the pool cancels them when it closes)."""
+
+    def __init__(
+        self,
+        kernels: PoolKernels,
+        pauses: Pauses,
+        *,
+        settings: Callable[[], PoolSettings],
+        log: Callable[[], logging.Logger | logging.LoggerAdapter[Any]],
+        changed: Callable[[], None],
+    ) -> None:
+        self._places = kernels
+        self._pauses = pauses
+        self._settings = settings
+        self._log = log
+        self._changed = changed  # the filler looks again
+        self.tasks = OwnedTasks()
+
+    def watch(self, kernel: PooledKernel, handout: str | None) -> None:
+        """A kernel was handed out (its place is ``settling``): watch it in the background
+        until it settled, and stop the warm-ups under way meanwhile."""
+        self._pauses.settling_began()
+        self.tasks.spawn(self._settle(kernel, handout), "settle")
 
     async def _settle(self, kernel: PooledKernel, handout: str | None) -> None:
         """After a handout: check its reply, then hold the refill until the kernel went idle.
@@ -47,7 +73,8 @@ class Settling(PoolState):
         been idle for :data:`SETTLE_QUIET` seconds, so the replacement's warm-up does not
         compete with the page or notebook being served. ``fill_delay`` 0 refills at once.
         """
-        settings = self._host.pool_settings()
+        settings = self._settings()
+        log = self._log()
         loop = asyncio.get_running_loop()
         client = kernel.client
         alive = kernel.adapter.is_alive
@@ -56,14 +83,14 @@ class Settling(PoolState):
                 try:
                     await handout_reply(client, handout, settings.startup_timeout, alive)
                 except KernelDiedError:
-                    self.log.warning(
+                    log.warning(
                         "hotpot_km: a handed-out %r kernel exited while applying the request's "
                         "cwd/env (its output says why); its manager restarts it",
                         kernel.name,
                     )
                     return
                 except TimeoutError:
-                    self.log.warning(
+                    log.warning(
                         "hotpot_km: a handed-out %r kernel did not confirm its cwd/env within %g s",
                         kernel.name,
                         settings.startup_timeout,
@@ -72,12 +99,12 @@ class Settling(PoolState):
             if kernel.statuses is not None and client is not None and wait > 0:
                 await _until_idle(kernel.statuses, client.session, loop.time() + wait, alive)
         except Exception:
-            self.log.debug("hotpot_km: watching a handed-out kernel failed", exc_info=True)
+            log.debug("hotpot_km: watching a handed-out kernel failed", exc_info=True)
         finally:
             kernel.close_client()
-            self.kernels.settled(kernel)
-            self.pauses.settling_ended()
-            self._wake_filler()
+            self._places.settled(kernel)
+            self._pauses.settling_ended()
+            self._changed()
 
 
 def send_handout(client: ShellClient, launch: LaunchRequest, request: LaunchRequest) -> str:

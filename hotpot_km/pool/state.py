@@ -21,6 +21,7 @@ from .kernels import PoolKernels
 from .model import PooledKernel, PoolHost
 from .ownership import Endings
 from .pausing import Pauses
+from .settling import Settlers
 from .sizing import Sizing
 
 
@@ -71,7 +72,7 @@ class PoolState:
     kernels: PoolKernels  # where each kernel is (the only code that moves one)
     pauses: Pauses  # warm-ups standing still while a handed-out kernel settles
     endings: Endings  # shutdowns, and processes retired by the host
-    _settlers: OwnedTasks  # the watches of handed-out kernels (see settling.py)
+    settlers: Settlers  # the watches of handed-out kernels until their refill may start
     _waiters: int  # callers of wait_full(): warm-ups they wait for get normal priority
     _tasks: OwnedTasks  # every other task but the filler
     _filler: asyncio.Task[None] | None
@@ -100,9 +101,6 @@ class PoolState:
         async def _warm(self, kernel: PooledKernel) -> None: ...
         def _normal_priority(self, kernel: PooledKernel) -> None: ...
         async def _at_normal_priority(self, kernel: PooledKernel) -> None: ...
-
-        # settling.Settling
-        async def _settle(self, kernel: PooledKernel, handout: str | None) -> None: ...
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
