@@ -36,6 +36,7 @@ DOCUMENTED_PATHS = [
     "hotpot_km.websocket.NoDelayWebsocketConnection",
     "hotpot_km.metrics.start_metrics_server",
     "hotpot_km.service.provisioner.ServiceProvisioner",
+    "hotpot_km.languages.Preparation",  # docs/languages.md: a language of one's own
 ]
 
 #: Traits users set in the ``PooledKernelManager`` section (the seed's voila.json among them).
