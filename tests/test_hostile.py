@@ -241,15 +241,23 @@ arbitrary_names = st.one_of(from_bytes, any_text).map(lambda s: s.replace("/", "
 
 
 async def start_and_look(manager: AsyncMultiKernelManager, kwargs: dict[str, Any]) -> Any:
-    """What a kernel started with ``kwargs`` sees, or the start's error."""
-    try:
-        kid = await manager.start_kernel(**kwargs)
-    except Exception as error:
-        return error
-    try:
-        return await probe(manager, kid)
-    finally:
-        await manager.shutdown_kernel(kid, now=True)
+    """What a kernel started with ``kwargs`` sees, or the start's error. Started once more,
+    by either manager alike, if the kernel died before its first reply: jupyter_client picks
+    a cold kernel's ports in this process, and another process (the other test worker) can
+    take one before the kernel binds it ("Address already in use")."""
+    for attempt in range(2):
+        try:
+            kid = await manager.start_kernel(**kwargs)
+        except Exception as error:
+            return error
+        try:
+            return await probe(manager, kid)
+        except RuntimeError as error:
+            if attempt or "died before replying" not in str(error):
+                raise
+        finally:
+            await manager.shutdown_kernel(kid, now=True)
+    raise AssertionError("unreachable")
 
 
 async def as_cold(pool: Pool, env: dict[str, str], name: str) -> None:
