@@ -177,10 +177,12 @@ def _class_name(obj: object) -> str:
 
 def manager_status(manager: Any, **extra: Any) -> dict[str, Any]:
     """The status document of any kernel manager: a hotpot_km one's pools, or why there are none."""
-    from .limited import LimitedKernelManager
+    from .pool import KernelPool
 
     name = _class_name(manager)
-    if not isinstance(manager, LimitedKernelManager):
+    # any host that holds the engine, whatever its class
+    pool = getattr(manager, "kernel_pool", None)
+    if not isinstance(pool, KernelPool):
         return {
             "schema": SCHEMA,
             "hotpot_km": __version__,
@@ -192,15 +194,17 @@ def manager_status(manager: Any, **extra: Any) -> dict[str, Any]:
             "pools": {},
         }
     settings: dict[str, Any] = {}
+    has_trait = getattr(manager, "has_trait", lambda trait: False)
     for trait in ("strict_pool_names", "strict_pool_kwargs", "wait_at_startup"):
-        if manager.has_trait(trait):
+        if has_trait(trait):
             settings[trait] = getattr(manager, trait)
-    if manager.has_trait("_wait_at_startup"):
+    if has_trait("_wait_at_startup"):
         settings["wait_at_startup"] = bool(manager._wait_at_startup or manager.wait_at_startup)
+    kernel_ids = getattr(manager, "list_kernel_ids", list)
     return status_document(
-        manager.kernel_pool.snapshot(),
+        pool.snapshot(),
         manager=name,
-        kernels_in_use=len(manager.list_kernel_ids()),
+        kernels_in_use=len(kernel_ids()),
         settings=settings,
         **extra,
     )

@@ -14,6 +14,7 @@ from hotpot_km.pool import KernelPool
 from hotpot_km.pool.backoff import BackOff, Severity
 from hotpot_km.pool.kernels import InvalidTransition, PoolKernels
 from hotpot_km.pool.model import Place, PooledKernel
+from hotpot_km.status import manager_status
 
 
 def kernel(loop: asyncio.AbstractEventLoop, name: str = "a") -> PooledKernel:
@@ -170,3 +171,35 @@ def test_back_off_doubles_forgives_one_death_at_start_and_logs_each_cause_once()
     assert (backoff.failures("a"), backoff.last_error("a"), backoff.failing("a")) == (0, None, False)
     assert backoff.failed("a", "boom", now=0.0, max_retry_delay=4.0, died_at_start=False) == (
         0.5, Severity.NEW)  # the first step again, and logged again
+
+
+def test_the_status_finds_the_pools_of_any_host_that_holds_the_engine() -> None:
+    """A host of one's own (not a hotpot_km manager class) that holds a pool engine as
+    ``kernel_pool`` gets its pools in the status document; one without gets none."""
+    host = FakeHost(specs={"a": FakeKernelSpec(warmup=1.0)})
+    host.configure(sizes={"a": 2})
+    loop = FakeClockLoop()
+
+    class OwnHost:
+        def __init__(self) -> None:
+            self.kernel_pool = KernelPool(host, lambda: 0, clock=loop.time, memory=lambda: None)
+
+        def list_kernel_ids(self) -> list[str]:
+            return ["one"]
+
+    async def main() -> dict[str, Any]:
+        own = OwnHost()
+        own.kernel_pool.start()
+        try:
+            await own.kernel_pool.wait_full()
+            return manager_status(own)
+        finally:
+            await own.kernel_pool.aclose()
+
+    try:
+        doc = loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.close()
+    assert doc["enabled"] and doc["processes"]["in_use"] == 1
+    assert doc["pools"]["a"]["ready"] == 2, doc["pools"]["a"]
+    assert not manager_status(object())["enabled"]
