@@ -208,7 +208,7 @@ def test_a_lone_visitors_refill_waits_until_its_page_ran() -> None:
         refill = host.launched[1]
         assert refill.started_at is not None
         assert refill.started_at - handed_at == pytest.approx(5.25, abs=0.2)  # idle + quiet
-        assert not pool.kernels.overlapping("a")
+        assert not pool._pressed("a")
         await visit.end()
 
     run(host, main)
@@ -266,7 +266,7 @@ def test_with_the_default_max_warming_overlapping_visits_refill_faster(
         for visit in visits:
             assert visit.handout is not None
             visit.handout.adapter.run_cell(5.0)
-        assert pool.kernels.overlapping("a")
+        assert pool._pressed("a")
         await asyncio.sleep(10)
         assert most_warming(host.launched, since=began) == (3 if overlap_warming else 1)
         assert pool.snapshot().pools[0].count("ready") == 5
@@ -293,16 +293,16 @@ def test_overlapping_visits_turn_the_courtesy_off_until_they_no_longer_overlap()
         assert first.handout is not None
         first.handout.adapter.run_cell(3.0)
         await asyncio.sleep(0.5)
-        assert not pool.kernels.overlapping("a") and len(host.launched) == 2  # its refill waits
+        assert not pool._pressed("a") and len(host.launched) == 2  # its refill waits
         second = await start_kernel(pool, "a")  # while the first page still runs
         assert second.handout is not None
         second.handout.adapter.run_cell(3.0)
-        assert pool.kernels.overlapping("a")
+        assert pool._pressed("a")
         await asyncio.sleep(0.1)
         assert len(host.launched) == 4  # both taken kernels replaced at once
         assert all(k.priority.stops == 0 for k in host.launched[2:])
         await asyncio.sleep(10)
-        assert not pool.kernels.overlapping("a")  # both settled
+        assert not pool._pressed("a")  # both settled
         assert pool.snapshot().pools[0].count("ready") == 2
         await first.end()
         await second.end()
@@ -456,3 +456,28 @@ def test_below_the_memory_floor_a_start_that_needs_a_process_is_refused() -> Non
         assert later.warm or later.slot is not None
 
     run(host, main, memory=lambda: memory["free"])
+
+
+def test_back_to_back_visits_faster_than_fill_delay_are_all_served_warm() -> None:
+    """One visitor after another, each page ending before the next starts (so visits never
+    overlap) and coming faster than ``fill_delay``: each refill starts ``fill_delay`` after
+    the handout it replaces, not after the last one, so the pool keeps up and nobody is
+    served cold."""
+    host = host_of({"a": 3}, warmup=0.3, fill_delay=1.0, fill_idle_timeout=10.0)
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await pool.wait_full()
+        visits: list[FakeStart] = []
+        for _ in range(40):  # a page every 0.5 s for 20 s
+            start = await start_kernel(pool, "a")
+            visits.append(start)
+            if start.handout is not None:
+                start.handout.adapter.run_cell(0.2)
+            await asyncio.sleep(0.4)
+            await start.end()  # the page is closed before the next visitor comes
+            await asyncio.sleep(0.1)
+        assert all(v.warm for v in visits), f"{sum(not v.warm for v in visits)} went cold"
+        await asyncio.sleep(5)
+        assert pool.snapshot().pools[0].count("ready") == 3
+
+    run(host, main)

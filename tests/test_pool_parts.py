@@ -146,9 +146,16 @@ def test_a_workload_leaves_no_kernel_behind_in_any_place() -> None:
 
 def test_back_off_doubles_forgives_one_death_at_start_and_logs_each_cause_once() -> None:
     backoff = BackOff()
-    backoff.arrived("a", now=10.0, fill_delay=1.0)
-    backoff.arrived("a", now=9.0, fill_delay=1.0)  # never earlier than it was
-    assert backoff.not_before("a") == 11.0
+    backoff.arrived("a", now=10.0, fill_delay=1.0, settling=False)  # a lone visitor
+    assert backoff.not_before("a") == 11.0 and not backoff.streaming("a", now=10.0)
+    # another request while that refill waits: a stream, and the wait is not pushed out
+    backoff.arrived("a", now=10.5, fill_delay=1.0, settling=False)
+    assert backoff.not_before("a") == 11.0 and backoff.streaming("a", now=11.4)
+    assert not backoff.streaming("a", now=11.6)  # fill_delay after the last one of it
+    backoff.arrived("a", now=12.0, fill_delay=1.0, settling=True)  # its kernel still settles
+    assert backoff.streaming("a", now=12.5)
+    backoff.arrived("a", now=20.0, fill_delay=1.0, settling=False)  # a lone visitor again
+    assert backoff.not_before("a") == 21.0 and not backoff.streaming("a", now=20.0)
     backoff.missed("a")  # a request found the pool empty: its refill waits for nothing
     assert backoff.not_before("a") == 0.0
 

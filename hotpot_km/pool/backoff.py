@@ -32,12 +32,20 @@ class BackOff:
         self._failures: dict[str, int] = {}
         self._forgiven: set[str] = set()
         self._last_error: dict[str, str] = {}
+        self._stream_until: dict[str, float] = {}
 
     # -- what happened -----------------------------------------------------------------------
 
-    def arrived(self, name: str, now: float, fill_delay: float) -> None:
-        """A request took a kernel of ``name``: its refill waits ``fill_delay``."""
-        self._not_before[name] = max(self._not_before.get(name, 0.0), now + fill_delay)
+    def arrived(self, name: str, now: float, fill_delay: float, *, settling: bool) -> None:
+        """A request took a kernel of ``name``: its refill waits ``fill_delay``. If an
+        earlier request's refill is still held back (a wait under way here, or its kernel
+        still ``settling``), the requests come as a stream, not from a lone visitor, for
+        ``fill_delay`` from now (:meth:`streaming`): one courtesy wait per request would
+        hold every refill back until the pool ran dry."""
+        if settling or self._not_before.get(name, 0.0) > now:
+            self._stream_until[name] = now + fill_delay
+        else:
+            self._not_before[name] = now + fill_delay
 
     def missed(self, name: str) -> None:
         """A request found pool ``name`` empty: its refill waits for nothing (but the
@@ -77,6 +85,10 @@ class BackOff:
     def not_before(self, name: str) -> float:
         """Loop time before which no warm-up of ``name`` starts (0: none is held back)."""
         return self._not_before.get(name, 0.0)
+
+    def streaming(self, name: str, now: float) -> bool:
+        """Whether requests for ``name`` came as a stream lately (see :meth:`arrived`)."""
+        return self._stream_until.get(name, 0.0) > now
 
     def failures(self, name: str) -> int:
         """Consecutive failed warm-ups of ``name``."""

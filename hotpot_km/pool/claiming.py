@@ -113,10 +113,12 @@ class Claiming(PoolState):
 
     def _arrived(self, name: str) -> None:
         """A request for ``name`` came: it counts toward the pool's demand (see Sizing), and
-        the refill waits ``fill_delay`` (unless visits overlap: see PoolKernels.overlapping)."""
+        the refill waits ``fill_delay`` (unless requests come as a stream: see Filling._pressed)."""
         self.sizing.arrived(name)
         fill_delay = self._host.pool_settings().fill_delay
-        self.backoff.arrived(name, asyncio.get_running_loop().time(), fill_delay)
+        now = asyncio.get_running_loop().time()
+        settling = self.kernels.settling_count(name) > 0
+        self.backoff.arrived(name, now, fill_delay, settling=settling)
 
     def _missed(self, name: str) -> None:
         """A request found no kernel of pool ``name``: that is demand too, and the pool is

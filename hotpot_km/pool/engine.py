@@ -75,7 +75,7 @@ class KernelPool(Filling, Warmup, Claiming):
         self.sizing = Sizing(
             host.pool_settings,
             max_kernels=budget_limit,
-            held=self.kernels.counted,
+            held=lambda name: self._held(name),
             log=lambda: self.log,
             clock=clock,
             memory=memory,
@@ -85,6 +85,7 @@ class KernelPool(Filling, Warmup, Claiming):
             self.kernels,
             refill_pause=lambda: host.pool_settings().refill_pause,
             awaited=lambda: self._waiters > 0,
+            pressed=lambda name: self._pressed(name),
             normal_priority=self._normal_priority,
         )
         #: every task the pool starts but the filler and the watches of handed-out kernels

@@ -109,23 +109,40 @@ class Filling(PoolState):
             size = self.sizing.target_size(name)
             if self.sizing.follows_demand(name) or self.sizing.reason(name) == "memory_floor":
                 wait = RECHECK if wait is None else min(wait, RECHECK)
-            if self.kernels.counted(name) >= size:
+            if self._held(name) >= size:
                 continue
             due = self.backoff.not_before(name)
-            if self.kernels.overlapping(name) and not self.backoff.failures(name):
+            if self._pressed(name) and not self.backoff.failures(name):
                 due = 0.0  # visits overlap: no fill_delay (the back-off after failures stays)
             if due > now:
                 wait = due - now if wait is None else min(wait, due - now)
                 continue
             limit = max(settings.max_warming, 1)
-            if self.kernels.overlapping(name):  # the refills are what the next visitors wait for
+            if self._pressed(name):  # the refills are what the next visitors wait for
                 limit = max(limit, settings.overlap_warming)
-            while self.kernels.counted(name) < size and self.kernels.warming_count() < limit:
+            while self._held(name) < size and self.kernels.warming_count() < limit:
                 slot = self.budget.try_take()
                 if slot is None:
                     return wait
                 self._launch(name, slot)
         return wait
+
+    def _pressed(self, name: str) -> bool:
+        """Whether requests for pool ``name`` come as a stream, not from a lone visitor: two
+        or more of its handed-out kernels settle at once (visits overlap), or a request came
+        while an earlier one's refill was still held back (back to back, faster than
+        ``fill_delay``: ``BackOff.streaming``). The courtesy rules (``fill_delay``, the wait
+        for a handed-out kernel to settle, ``refill_pause``, idle priority) are for a lone
+        visitor; under a stream they would hold back a refill per request and starve the
+        pool, so they step aside for that pool meanwhile."""
+        return self.kernels.overlapping(name) or self.backoff.streaming(name, self.sizing.clock())
+
+    def _held(self, name: str) -> int:
+        """Kernels that count toward pool ``name``'s size now: unclaimed ones, claimed ones
+        (until handed out or discarded) and handed-out ones whose refill waits for them,
+        unless requests come as a stream (:meth:`_pressed`): then each taken kernel is
+        replaced at once, as fast as ``max_warming`` (or ``overlap_warming``) allows."""
+        return self.kernels.held(name, settling=not self._pressed(name))
 
     def _launch(self, name: str, slot: Slot) -> None:
         adapter = self._host.new_pool_kernel(name, str(uuid.uuid4()))

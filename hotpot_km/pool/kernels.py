@@ -157,18 +157,8 @@ class PoolKernels:
 
     def overlapping(self, name: str) -> bool:
         """Whether visits to pool ``name`` overlap: two or more of its handed-out kernels
-        settle at once. The courtesy rules (``fill_delay``, the wait for a handed-out kernel
-        to settle, ``refill_pause``, idle priority) are for a lone visitor; under a stream
-        they would hold back a refill per visit in flight and starve the pool, so while
-        visits overlap they step aside for that pool."""
+        settle at once (see ``Filling._pressed``)."""
         return self.settling_count(name) >= 2
-
-    def counted(self, name: str) -> int:
-        """Kernels that count toward pool ``name``'s size now: unclaimed ones, claimed ones
-        (until handed out or discarded) and handed-out ones whose refill waits for them,
-        unless visits overlap (:meth:`overlapping`): then each taken kernel is replaced at
-        once, as fast as ``max_warming`` (or ``overlap_warming``) allows."""
-        return self.held(name, settling=not self.overlapping(name))
 
     def views(self) -> Iterator[tuple[PooledKernel, str]]:
         """Each kernel a status shows, with its state: warming, ready or claimed."""

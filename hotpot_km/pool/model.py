@@ -62,7 +62,7 @@ class PoolSettings:
     startup_timeout: float = 60.0
     init_timeout: float = 120.0
     max_warming: int = 1
-    #: while visits to a pool overlap (see ``PoolKernels.overlapping``), up to this many warm-ups
+    #: while visits to a pool overlap (see ``Filling._pressed``), up to this many warm-ups
     #: at once, past ``max_warming`` (0: ``max_warming`` holds then too)
     overlap_warming: int = 0
     max_retry_delay: float = 60.0

@@ -10,7 +10,7 @@ under steady load; its warm-up timeouts don't count the time it stood still. A k
 a request claimed or that someone waits for (``wait_for_pool``) goes on at once and is not
 stopped again; one being shut down goes on first, so that it can handle a SIGTERM. Nor
 does a warm-up stand still, or run at idle priority, while visits to its pool overlap (see
-``PoolKernels.overlapping``): then the refill is what the next request needs; it may stand still
+``Filling._pressed``): then the refill is what the next request needs; it may stand still
 again once they no longer overlap.
 """
 
@@ -34,11 +34,13 @@ class Pauses:
         *,
         refill_pause: Callable[[], float],
         awaited: Callable[[], bool],
+        pressed: Callable[[str], bool],
         normal_priority: Callable[[PooledKernel], None],
     ) -> None:
         self._places = kernels
         self._refill_pause = refill_pause  # the setting, read when it applies
         self._awaited = awaited  # someone waits for the pools to be full (wait_full)
+        self._pressed = pressed  # requests for a pool come as a stream (Filling._pressed)
         self._normal_priority = normal_priority  # the warm-up's: a kernel someone needs now
 
     def settling_began(self) -> None:
@@ -48,7 +50,7 @@ class Pauses:
             return  # the common case, on the handout's path: read no settings
         limit = self._refill_pause()
         for kernel in self._places.warming():
-            if self._places.overlapping(kernel.name):
+            if self._pressed(kernel.name):
                 self._normal_priority(kernel)
             else:
                 self.pause(kernel, limit)
@@ -76,7 +78,7 @@ class Pauses:
             or self._awaited()
             or kernel.ready.done()
             or kernel.ending is not None
-            or self._places.overlapping(kernel.name)
+            or self._pressed(kernel.name)
             or not prio.stop()
         ):
             return

@@ -72,7 +72,7 @@ class Sizing:
     ) -> None:
         self._settings = settings
         self._max_kernels = max_kernels
-        self._held = held  # kernels a pool holds now (see PoolKernels.counted)
+        self._held = held  # kernels a pool holds now (see Filling._held)
         self._log = log
         self.clock = clock
         self._memory = memory if memory is not None else AvailableMemory(clock).read

@@ -110,8 +110,8 @@ class Warmup(PoolState):
 
     async def _may_lower(self, kernel: PooledKernel, settings: PoolSettings) -> bool:
         """Whether a new warm-up may run at idle CPU priority: nobody waits for it, requests
-        don't overlap (see PoolKernels.overlapping), and it can be brought back before handout."""
-        if not settings.idle_priority or self._waiters or self.kernels.overlapping(kernel.name):
+        don't come as a stream (see Filling._pressed), and it can be brought back before handout."""
+        if not settings.idle_priority or self._waiters or self._pressed(kernel.name):
             return False
         return await asyncio.to_thread(priority.can_restore)
 
