@@ -101,6 +101,11 @@ def test_a_workload_leaves_no_kernel_behind_in_any_place() -> None:
     pool = KernelPool(host, lambda: 8, clock=loop.time, memory=lambda: None)
     taken: list[Any] = []
 
+    async def checked_start(name: str) -> Any:
+        start = await start_kernel(pool, name)
+        consistent(pool)  # right after each hand-out, not only between rounds
+        return start
+
     async def main() -> None:
         pool.start()
         await pool.wait_full()
@@ -108,7 +113,7 @@ def test_a_workload_leaves_no_kernel_behind_in_any_place() -> None:
         for round_ in range(6):
             # "c" has no pool: its cold start evicts a pooled kernel for its slot
             names = ("a", "a", "b", "c")
-            starts = await asyncio.gather(*(start_kernel(pool, n) for n in names))
+            starts = await asyncio.gather(*(checked_start(n) for n in names))
             taken.extend(starts)
             consistent(pool)
             if round_ == 1:
