@@ -63,8 +63,9 @@ class Wakeup:
 class PoolState:
     """What every concern of :class:`~hotpot_km.pool.KernelPool` uses, as its ``__init__``
     sets it up: the parts that own the pool's state (``kernels``, ``backoff``, ``sizing``,
-    ``budget``) and a few fields of its own; and the methods one concern calls on another
-    (each defined by its own concern; declared here for type checkers only)."""
+    ``budget``, ``pauses``, ``settlers``, ``endings``) and a few fields of its own; and the
+    methods one concern calls on another (each defined by its own concern; declared here
+    for type checkers only)."""
 
     _host: PoolHost
     budget: KernelBudget
