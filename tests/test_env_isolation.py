@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import kernel_children, pooled_manager, winning_kernels_dir
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
-from kernel_helpers import run, shut_down
+from kernel_helpers import ColdReference, run, shut_down
 
 from hotpot_km import PooledKernelManager
 
@@ -61,20 +61,13 @@ async def look(km: AsyncMultiKernelManager, kernel_id: str) -> dict[str, Any]:
 
 
 async def cold_look(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The same request started cold by jupyter_client alone; once more if that kernel died
-    at start (jupyter_client picks its ports in this process: a kernel the other test worker
-    started meanwhile can take one, "Address already in use")."""
-    for attempt in range(2):
-        cold = AsyncMultiKernelManager()
-        kid = await cold.start_kernel(**kwargs)
-        try:
-            return await look(cold, kid)
-        except RuntimeError as error:
-            if attempt or "died before replying" not in str(error):
-                raise
-        finally:
-            await cold.shutdown_all(now=True)
-    raise AssertionError("unreachable")
+    """The same request started cold by jupyter_client alone (:class:`ColdReference`)."""
+    cold = ColdReference()
+    kid = await cold.start_kernel(**kwargs)
+    try:
+        return await look(cold, kid)
+    finally:
+        await cold.shutdown_all(now=True)
 
 
 async def pooled_look(km: PooledKernelManager, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from conftest import (
     templates,
 )
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
-from kernel_helpers import probe, run, shut_down, wait_until, write_kernelspec
+from kernel_helpers import ColdReference, probe, run, shut_down, wait_until, write_kernelspec
 from servers import (
     TOKEN,
     api,
@@ -152,7 +152,7 @@ async def test_a_forked_kernel_is_in_the_state_of_a_cold_start(jupyter_dirs, log
     random generators are seeded per kernel."""
     imports = ["numpy.random", "matplotlib.pyplot"]
     km = new_manager(log, kernel_pools={"python3": 1}, python_imports=imports)
-    cold = AsyncMultiKernelManager()
+    cold = ColdReference()
     cwd = jupyter_dirs["data"]
     env = dict(os.environ, REQUEST="r1", JPY_SESSION_NAME="dir/nb.ipynb")
     try:
@@ -734,7 +734,7 @@ async def test_a_forked_kernel_supports_what_users_do(jupyter_dirs, log):
     different random numbers from each other, and answer the JupyterLab debugger's first
     requests as a launched kernel does."""
     km = default_manager(log, kernel_pools={"python3": 2}, python_imports=["numpy"])
-    cold = AsyncMultiKernelManager()
+    cold = ColdReference()
     try:
         await km.wait_for_pool()
         template = template_pid()

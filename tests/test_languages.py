@@ -17,8 +17,7 @@ import psutil
 import pytest
 import requests
 from conftest import MARKER, describe, pooled_manager
-from jupyter_client.multikernelmanager import AsyncMultiKernelManager
-from kernel_helpers import run, write_kernelspec
+from kernel_helpers import ColdReference, run, write_kernelspec
 from servers import (
     TOKEN,
     KernelSocket,
@@ -162,7 +161,7 @@ async def test_handout_equals_a_cold_start(name, jupyter_dirs, tmp_path, monkeyp
     monkeypatch.setenv("HISTFILE", str(tmp_path / "bash_history"))
     km = pooled_manager(kernel_pools={name: 1}, fill_delay=0)
     km.log = log
-    cold = AsyncMultiKernelManager()
+    cold = ColdReference()
     try:
         await km.wait_for_pool()
         pooled = children()

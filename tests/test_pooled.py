@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import LAUNCH, kernel_children, pooled_manager
-from jupyter_client.multikernelmanager import AsyncMultiKernelManager
-from kernel_helpers import exited, probe, run
+from kernel_helpers import ColdReference, exited, probe, run
 
 from hotpot_km import PooledKernelManager, WarmupError
 
@@ -61,7 +60,7 @@ async def new_manager(log: logging.Logger, **traits) -> PooledKernelManager:
 async def test_handout_looks_like_a_cold_start(jupyter_dirs, log, monkeypatch):
     monkeypatch.setenv("HOTPOT_KM_TEST_HOST_ONLY", "1")  # the host's, not the request's
     km = await new_manager(log, kernel_pools={"python3": 1})
-    cold = AsyncMultiKernelManager()
+    cold = ColdReference()
     try:
         await km.wait_for_pool()
         pooled = pool_pids()
