@@ -82,8 +82,9 @@ async def request_reply(
     metadata: dict[str, Any] | None = None,
     resend_every: float | None = None,
     stood_still: Callable[[], float] | None = None,
+    channel: str = "shell",
 ) -> dict[str, Any]:
-    """Send one shell request and return its reply message.
+    """Send one request on the shell channel (or ``"control"``) and return its reply message.
 
     Replies to other requests (stale resends) are skipped. Fails fast with
     :class:`KernelDiedError` when the process exits, instead of waiting out the
@@ -97,9 +98,11 @@ async def request_reply(
     start_deadline = loop.time() + timeout
     sent: set[str] = set()
 
+    chan = client.control_channel if channel == "control" else client.shell_channel
+
     def send() -> float:
         msg = client.session.msg(msg_type, content, metadata=metadata)
-        client.shell_channel.send(msg)
+        chan.send(msg)
         sent.add(msg["header"]["msg_id"])
         return loop.time() + resend_every if resend_every else math.inf  # once, if not
 
@@ -112,7 +115,7 @@ async def request_reply(
         if now >= next_send:
             next_send = send()
         try:
-            reply = await client.shell_channel.get_msg(
+            reply = await chan.get_msg(
                 timeout=min(0.25, deadline - now, max(next_send - now, 0.001))
             )
         except Empty:

@@ -90,6 +90,15 @@ class Preparation:
     #: prompt of the input request :attr:`apply` makes as its last step, once everything is
     #: applied; a handout that never asks it failed. Empty: the reply's status tells.
     stdin_done: str = ""
+    #: For kernels that make their interpreter on the first ``kernel_info_request`` of any
+    #: of their threads (octave_kernel 1.1: ipykernel 7 answers control in a thread of its
+    #: own), so that two at once, on shell and control (jupyter_server's websocket asks so
+    #: when it connects), make two, and the next cell may run in the one not set up (where
+    #: octave_kernel's ``input()`` hangs for good). Before the pool runs code in such a
+    #: kernel that a gateway restarted, it waits for an answer on both channels: each
+    #: thread has then made its own, and no other comes. Off for kernels that ignore
+    #: ``kernel_info`` on control (IRkernel).
+    info_on_control: bool = False
     #: The ``language`` of the preparation that serves this language's kernels on a remote
     #: gateway, where the handout file can't reach them (one with :attr:`stdin`); ``None``:
     #: such kernels serve only requests with the pool's own cwd/env there.

@@ -69,6 +69,7 @@ OCTAVE = Preparation(
     # `system` runs /bin/sh, which exports the working directory as PWD
     per_process_env=frozenset({"PWD"}),
     remote="octave (gateway)",
+    info_on_control=True,
     startup_env=PROCESS_START
     | NUMERIC_THREADS
     | frozenset(

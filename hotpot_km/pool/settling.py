@@ -290,9 +290,19 @@ async def reapply(
     prep = preparation_for(language)
     if prep is None:
         return
-    await request_reply(
-        client, "kernel_info_request", {}, timeout=timeout, is_alive=is_alive, resend_every=1.0
-    )
+    # The gateway's websocket asks the new kernel for its info as it connects, on shell and
+    # on control at once: some kernels need both answered before any code (see
+    # Preparation.info_on_control).
+    for channel in ("shell", "control") if prep.info_on_control else ("shell",):
+        await request_reply(
+            client,
+            "kernel_info_request",
+            {},
+            timeout=timeout,
+            is_alive=is_alive,
+            resend_every=1.0,
+            channel=channel,
+        )
     if prep.stdin:
         started = await dump_env_by_stdin(client, prep, timeout=timeout, is_alive=is_alive)
         await apply_by_stdin(
