@@ -21,6 +21,13 @@ from hotpot_km import PooledKernelManager
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# A test that failed while a kernel lost a port to another process runs once more.
+from port_race import (  # noqa: F401
+    pytest_runtest_logreport,
+    pytest_runtest_protocol,
+    pytest_terminal_summary,
+)
+
 # A shell without job control starts background commands with SIGINT ignored, and an
 # ignored signal stays ignored in every child: the servers these tests stop with SIGINT
 # would never see it. Run them as a terminal or a service manager would.
