@@ -22,14 +22,9 @@ base::local({
 }, envir = base::new.env(parent = base::baseenv()))
 """
 
-_APPLY = """\
-base::local({
-  path <- Sys.getenv("HOTPOT_KM_HANDOUT")
-  data <- readBin(path, "raw", file.info(path)$size)
-  ends <- which(data == as.raw(0L))
-  starts <- c(1L, ends[-length(ends)] + 1L)
-  fields <- lapply(seq_along(ends), function(i) data[seq_len(ends[i] - starts[i]) + starts[i] - 1L])
-  setwd(rawToChar(fields[[1L]]))
+# Both handouts' last part: the environment becomes the handout's fields (raw vectors
+# "KEY=value", after the cwd's).
+_SET_ENV = """\
   if (!all(Sys.unsetenv(names(Sys.getenv())))) stop("could not clear the environment")
   for (field in fields[-1L]) {
     eq <- match(as.raw(61L), field)
@@ -37,10 +32,25 @@ base::local({
     names(value) <- rawToChar(field[seq_len(eq - 1L)])
     if (!do.call(Sys.setenv, value)) stop("could not set ", names(value))
   }
+"""
+
+_APPLY = (
+    """\
+base::local({
+  path <- Sys.getenv("HOTPOT_KM_HANDOUT")
+  data <- readBin(path, "raw", file.info(path)$size)
+  ends <- which(data == as.raw(0L))
+  starts <- c(1L, ends[-length(ends)] + 1L)
+  fields <- lapply(seq_along(ends), function(i) data[seq_len(ends[i] - starts[i]) + starts[i] - 1L])
+  setwd(rawToChar(fields[[1L]]))
+"""
+    + _SET_ENV
+    + """\
   if (!file.remove(path)) stop("could not remove the handout")
   invisible(NULL)
 }, envir = base::new.env(parent = base::baseenv()))
 """
+)
 
 R = Preparation(
     language="r",
@@ -102,20 +112,18 @@ base::local({
 }, envir = base::new.env(parent = base::baseenv()))
 """
 
-_STDIN_APPLY = """\
+_STDIN_APPLY = (
+    """\
 base::local({
   fields <- lapply(jsonlite::fromJSON(base::readline()), jsonlite::base64_dec)
   if (length(fields[[1L]])) setwd(rawToChar(fields[[1L]]))
-  if (!all(Sys.unsetenv(names(Sys.getenv())))) stop("could not clear the environment")
-  for (field in fields[-1L]) {
-    eq <- match(as.raw(61L), field)
-    value <- list(rawToChar(field[-seq_len(eq)]))
-    names(value) <- rawToChar(field[seq_len(eq - 1L)])
-    if (!do.call(Sys.setenv, value)) stop("could not set ", names(value))
-  }
+"""
+    + _SET_ENV
+    + """\
   invisible(NULL)
 }, envir = base::new.env(parent = base::baseenv()))
 """
+)
 
 #: R kernels on a remote gateway: the handout's data through the stdin channel.
 R_GATEWAY = dataclasses.replace(

@@ -22,7 +22,18 @@ __hotpot_km_bootstrap()
 del __hotpot_km_bootstrap
 """
 
-_APPLY = """\
+# Both handouts' last part: the environment becomes the handout's fields (b"KEY=value",
+# after the cwd's), and the time zone follows TZ.
+_SET_ENV = """\
+    env = dict(field.split(b"=", 1) for field in fields[1:])
+    os.environb.clear()
+    os.environb.update(env)
+    if hasattr(time, "tzset"):
+        time.tzset()
+"""
+
+_APPLY = (
+    """\
 def __hotpot_km_apply():
     import os, time
 
@@ -30,17 +41,16 @@ def __hotpot_km_apply():
     with open(path, "rb") as f:
         fields = f.read().split(b"\\0")[:-1]
     os.chdir(fields[0])
-    env = dict(field.split(b"=", 1) for field in fields[1:])
-    os.environb.clear()
-    os.environb.update(env)
-    if hasattr(time, "tzset"):
-        time.tzset()
+"""
+    + _SET_ENV
+    + """\
     os.remove(path)
 
 
 __hotpot_km_apply()
 del __hotpot_km_apply
 """
+)
 
 # python_imports: the module names arrive as JSON in the step's data file (xeus-python
 # can't read a request's metadata); imported into sys.modules, nothing bound in globals.
@@ -89,23 +99,23 @@ __hotpot_km_bootstrap()
 del __hotpot_km_bootstrap
 """
 
-_STDIN_APPLY = """\
+_STDIN_APPLY = (
+    """\
 def __hotpot_km_apply():
     import base64, builtins, json, os, time
 
     fields = [base64.b64decode(field) for field in json.loads(builtins.input())]
     if fields[0]:
         os.chdir(fields[0])
-    env = dict(field.split(b"=", 1) for field in fields[1:])
-    os.environb.clear()
-    os.environb.update(env)
-    if hasattr(time, "tzset"):
-        time.tzset()
+"""
+    + _SET_ENV
+    + """\
 
 
 __hotpot_km_apply()
 del __hotpot_km_apply
 """
+)
 
 #: xeus-python kernels on a remote gateway: the handout's data through the stdin channel.
 #: ``python_imports`` don't reach them (their module names travel in a file): use an init
