@@ -39,7 +39,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         first = next(r for r in reports if r.failed)
         crash = getattr(first.longrepr, "reprcrash", None)
         why = (crash.message if crash else first.longreprtext).strip().splitlines()[:1]
-        item._initrequest()  # type: ignore[attr-defined]  # fresh fixtures, as pytest's own reruns
+        item._initrequest()  # type: ignore[attr-defined]  # fresh fixtures for the second run
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
         for report in reports:
             report.user_properties.append(("port_race_rerun", why[0] if why else first.when))
