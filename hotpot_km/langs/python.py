@@ -4,6 +4,7 @@ every pooled kernel, and the variables Python reads only while its process start
 from __future__ import annotations
 
 from .base import Preparation
+from .common import LOADER_AND_LOCALE, NUMERIC_THREADS
 
 _PYTHON_BOOTSTRAP = """\
 def __hotpot_km_bootstrap():
@@ -128,7 +129,11 @@ PYTHON = Preparation(
     file_extension=".py",
     bootstrap=_PYTHON_BOOTSTRAP,
     import_modules='__import__("_hotpot_km").import_modules()',
-    startup_env=frozenset(
+    # the loader's and the C library's (not PATH: it is read again for each command) and
+    # the numeric libraries' thread counts, and Python's own
+    startup_env=LOADER_AND_LOCALE
+    | NUMERIC_THREADS
+    | frozenset(
         {
             # read by the interpreter at startup
             "PYTHONPATH",
@@ -169,20 +174,9 @@ PYTHON = Preparation(
             "JUPYTER_NO_CONFIG",
             "XDG_CONFIG_HOME",
             "XDG_DATA_HOME",
-            # read by the dynamic loader and the C library at startup
-            "LD_PRELOAD",
-            "LD_LIBRARY_PATH",
-            "LANG",
-            "LANGUAGE",
-            "LC_ALL",
-            "LC_CTYPE",
             # read once when the warm-up imports numeric libraries and matplotlib
-            "OMP_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-            "MKL_NUM_THREADS",
             "NUMEXPR_NUM_THREADS",
             "VECLIB_MAXIMUM_THREADS",
-            "OPENBLAS_CORETYPE",
             "OPENBLAS_L2_SIZE",
             "MPLBACKEND",
             "MPLCONFIGDIR",
