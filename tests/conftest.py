@@ -182,6 +182,50 @@ def describe(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
+#: Directories of module-scoped fixtures (see :func:`isolate_jupyter`): the processes they
+#: start outlive a test, and each such fixture checks its own when it ends.
+SHARED: set[Path] = set()
+
+
+def _left_behind(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs and belongs to no module-scoped fixture."""
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        places = [*proc.cmdline(), proc.cwd()]
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+    return not any(
+        (place + os.sep).startswith(str(base) + os.sep) for base in SHARED for place in places
+    )
+
+
+@pytest.fixture(autouse=True)
+def children_end_with_their_test() -> Iterator[None]:
+    """Every test: the processes it started itself (kernels, templates, servers, CLIs) have
+    ended when it ends (within 10 s), or the test fails and they are killed. Without this, a
+    process left behind is found by a later test of the same worker, which then fails for
+    something it did not do."""
+    me = psutil.Process()
+    before = {proc.pid for proc in me.children()}
+    yield
+    start = time.monotonic()
+    while True:
+        left = [p for p in me.children() if p.pid not in before and _left_behind(p)]
+        if not left or time.monotonic() - start > 10:
+            break
+        time.sleep(0.1)
+    shown = describe(left)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"processes this test started are still running: {shown}"
+
+
 @pytest.fixture
 def no_leftover_kernels(jupyter_dirs: dict[str, Path]) -> Iterator[None]:
     """Fail the test if any kernel it started is still alive after it ended."""

@@ -15,8 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from conftest import MARKER, isolate_jupyter, kernel_children, marked_kernels, pooled_manager
+from conftest import (
+    MARKER,
+    SHARED,
+    TEMPLATE_MARK,
+    describe,
+    isolate_jupyter,
+    kernel_children,
+    marked_kernels,
+    marked_processes,
+    pooled_manager,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
@@ -82,6 +93,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     monkeypatch = pytest.MonkeyPatch()
     base = tmp_path_factory.mktemp("hostile")
     isolate_jupyter(base, monkeypatch)
+    SHARED.add(base)  # its pool's kernels and template outlive each test: checked here
     marker = os.environ[MARKER]
     loop = asyncio.new_event_loop()
     km = cold = None
@@ -107,13 +119,19 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
             loop.run_until_complete(cold.shutdown_all(now=True))
         loop.close()
         monkeypatch.undo()
+        SHARED.discard(base)
         deadline = time.monotonic() + 10
-        while marked_kernels(marker) and time.monotonic() < deadline:
+        while ours(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = marked_kernels(marker)
+        left = ours(marker)
         for proc in left:
             proc.kill()
-        assert not left, f"kernel processes left behind: {[p.pid for p in left]}"
+        assert not left, f"processes left behind: {describe(left)}"
+
+
+def ours(marker: str) -> list[psutil.Process]:
+    """The module's kernels and fork templates that still run."""
+    return marked_kernels(marker) + marked_processes(TEMPLATE_MARK, marker)
 
 
 def pwned(base: Path) -> list[Path]:
