@@ -145,10 +145,13 @@ class LimitedKernelManager(AsyncMultiKernelManager):  # type: ignore[misc]
         Hosts that keep connections of their own (jupyter_server) move them in an override."""
 
     async def _async_shutdown_all(self, now: bool = False) -> None:
-        """Stop the pool (no process of it survives), then every kernel, as the parent does."""
-        await self._pool.aclose()
-        forget_failed_starts(self)  # e.g. an unknown kernel name: they'd abort the exit
-        await super()._async_shutdown_all(now=now)
+        """Stop the pool (no process of it survives), then every kernel, as the parent does,
+        the kernels even if stopping the pool failed."""
+        try:
+            await self._pool.aclose()
+        finally:
+            forget_failed_starts(self)  # e.g. an unknown kernel name: they'd abort the exit
+            await super()._async_shutdown_all(now=now)
 
     shutdown_all = _async_shutdown_all
 

@@ -369,9 +369,12 @@ class PooledKernelManager(LimitedKernelManager):  # type: ignore[misc]
         )
 
     async def _async_shutdown_all(self, now: bool = False) -> None:
-        """Stop the pool and every kernel, then the templates (they report the kernels' exits)."""
-        await super()._async_shutdown_all(now=now)
-        await self._templates.aclose()
+        """Stop the pool and every kernel, then the templates (they report the kernels' exits),
+        the templates even if a kernel's shutdown failed."""
+        try:
+            await super()._async_shutdown_all(now=now)
+        finally:
+            await self._templates.aclose()
 
     shutdown_all = _async_shutdown_all
 

@@ -184,6 +184,29 @@ async def test_a_forked_kernel_is_in_the_state_of_a_cold_start(jupyter_dirs, log
         await cold.shutdown_all(now=True)
 
 
+class FailingShutdown(PooledKernelManager):
+    """A manager one of whose kernels fails to shut down (e.g. its connection file can't be
+    removed): ``shutdown_all`` raises that error."""
+
+    async def _async_shutdown_kernel(self, kernel_id: str, *args, **kwargs) -> None:
+        await super()._async_shutdown_kernel(kernel_id, *args, **kwargs)
+        raise OSError(f"hotpot test: kernel {kernel_id} did not shut down cleanly")
+
+    shutdown_kernel = _async_shutdown_kernel
+
+
+async def test_a_failing_kernel_shutdown_still_stops_the_templates(jupyter_dirs, log):
+    """``shutdown_all`` raises the kernel's error, and no template outlives the manager."""
+    km = FailingShutdown(kernel_pools={"python3": 1}, fill_delay=0, fork_from_template=FORK)
+    km.log = log
+    await km.wait_for_pool()
+    template_pid()
+    await km.start_kernel()
+    with pytest.raises(OSError, match="did not shut down cleanly"):
+        await km.shutdown_all()
+    await wait_until(lambda: not templates(), what="the template exited")
+
+
 async def test_starts_without_a_pooled_kernel_are_forked_too(jupyter_dirs, log):
     km = new_manager(log, kernel_pools={"python3": 1})
     try:
