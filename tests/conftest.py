@@ -182,8 +182,8 @@ def describe(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
-#: Directories of module-scoped fixtures (see :func:`isolate_jupyter`): the processes they
-#: start outlive a test, and each such fixture checks its own when it ends.
+#: Jupyter directories of module-scoped fixtures (see :func:`isolate_jupyter`): the processes
+#: they start outlive a test, and each such fixture checks its own when it ends.
 SHARED: set[Path] = set()
 
 
