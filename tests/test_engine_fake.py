@@ -434,6 +434,29 @@ def test_a_cancelled_start_gives_its_warming_kernel_back() -> None:
     run(host, main)
 
 
+def test_a_start_the_pool_cannot_serve_does_not_wait_for_a_warming_kernel() -> None:
+    """A start with other start arguments than the pool's claims the kernel that is still
+    warming (what it is launched for is not known yet) and goes cold as soon as that is
+    known, early in the warm-up, not once the warm-up ended; the kernel stays the pool's."""
+    host = FakeHost(specs={"a": FakeKernelSpec(warmup=30.0, prepare=0.5)})
+    host.configure(sizes={"a": 1})
+
+    async def main(pool: KernelPool, loop: FakeClockLoop) -> None:
+        await asyncio.sleep(0.1)
+        assert pool.snapshot().pools[0].count("warming") == 1
+        began = loop.time()
+        start = await start_kernel(pool, "a", {"extra_arguments": ["--other"]})
+        assert start.waited and not start.warm  # it claimed the warming kernel, then went cold
+        assert loop.time() - began < 1  # the fake clock: ~0.4 s of prepare, not 30 s
+        start.slot.release()
+        await pool.wait_full()
+        same = await start_kernel(pool, "a")
+        assert same.warm and same.handout.adapter is host.launched[0]
+        await same.end()
+
+    run(host, main)
+
+
 def test_below_the_memory_floor_a_start_that_needs_a_process_is_refused() -> None:
     """No pooled kernel and too little memory for a new process: the start is refused with
     the limit named (hosts answer it as an overload, HTTP 503); a pooled kernel is still

@@ -24,6 +24,7 @@ import itertools
 import logging
 import selectors
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from queue import Empty
 from typing import TYPE_CHECKING, Any
@@ -105,6 +106,7 @@ class FakeKernelSpec:
     fail: str | None = None  # a warm-up that fails (its start raises this message)
     die_at_start: int = 0  # how many of the next kernels exit before answering kernel_info
     language: str = "fake"
+    prepare: float = 0.0  # seconds until what a kernel is launched for is known (spec lookup)
 
 
 class _Status:
@@ -235,6 +237,8 @@ class FakeKernelAdapter:
     # -- KernelAdapter ---------------------------------------------------------------------
 
     async def prepare(self, kwargs: dict[str, Any]) -> tuple[LaunchRequest, str | None]:
+        if self.spec.prepare:
+            await asyncio.sleep(self.spec.prepare)
         env = kwargs.pop("env", None) or {}
         cwd = kwargs.pop("cwd", None)
         return LaunchRequest(self.name, cwd, dict(env), fixed_options(kwargs)), self.spec.language
@@ -370,18 +374,22 @@ class FakeStart:
             self.slot.release()
 
 
-async def start_kernel(pool: KernelPool, name: str) -> FakeStart:
-    """What a host does for a start: reserve room, take a pooled kernel, else start cold in
-    the reserved (or a freed) slot (see :class:`~hotpot_km.limited.LimitedKernelManager`).
-    Raises ``MaximumKernelsException`` as the host would."""
-    reservation = pool.reserve(name, {})
+async def start_kernel(
+    pool: KernelPool, name: str, kwargs: Mapping[str, Any] | None = None
+) -> FakeStart:
+    """What a host does for a start with ``kwargs`` (start arguments other than cwd/env):
+    reserve room, take a pooled kernel, else start cold in the reserved (or a freed) slot
+    (see :class:`~hotpot_km.limited.LimitedKernelManager`). Raises
+    ``MaximumKernelsException`` as the host would."""
+    kwargs = kwargs or {}
+    reservation = pool.reserve(name, kwargs)
     slot = reservation.slot
     if reservation.victim is not None:
         slot = await pool.discard(reservation.victim)
     claimed = reservation.kernel
     waited = claimed is not None and not claimed.is_ready
     handed, spare, _failure = await pool.take(
-        LaunchRequest(name, None, {}), ready_only=False, kernel=claimed
+        LaunchRequest(name, None, {}, fixed_options(kwargs)), ready_only=False, kernel=claimed
     )
     if handed is not None:
         for unused in (slot, spare):

@@ -158,10 +158,13 @@ class Claiming(PoolState):
         """
         waiting = None if kernel.ready.done() else time.monotonic()
         try:
-            if not await self._ready_in_time(kernel):
+            if not await self._ready_in_time(kernel, request):
                 kernel.overdue = True
                 self.unclaim(kernel)  # it goes on warming, and serves a later start
                 raise _Overdue
+            if kernel.launch is not None and mismatch(kernel.launch, kernel.language, request):
+                self.unclaim(kernel)  # it can't serve this start: no wait for its warm-up
+                return None
             await asyncio.shield(kernel.ready)
         except asyncio.CancelledError:
             if not kernel.ready.done():  # our caller was cancelled, not the warm-up
@@ -231,16 +234,30 @@ class Claiming(PoolState):
         warmup = self.sizing.measured_warmup(name)
         return max(max(measured), WARMUP_WAIT_SLACK * warmup if warmup is not None else 0.0)
 
-    async def _ready_in_time(self, kernel: PooledKernel) -> bool:
-        """Wait until the kernel's warm-up ended (either way); ``False`` if that takes longer
-        than :meth:`warmup_wait` (checked again as measurements come in)."""
+    async def _ready_in_time(self, kernel: PooledKernel, request: LaunchRequest) -> bool:
+        """Wait until the kernel's warm-up ended (either way), or until it is known that it
+        can't serve ``request`` (what it is launched for is known early in its warm-up);
+        ``False`` if that takes longer than :meth:`warmup_wait` (checked again as
+        measurements come in)."""
         loop = asyncio.get_running_loop()
         began = loop.time()
         while not kernel.ready.done():
+            if kernel.launch is not None and mismatch(kernel.launch, kernel.language, request):
+                return True
             left = began + self.warmup_wait(kernel.name) - loop.time()
             if left <= 0:
                 return False
-            await asyncio.wait([kernel.ready], timeout=min(left, 0.5))
+            prepared = (
+                None if kernel.prepared.is_set() else loop.create_task(kernel.prepared.wait())
+            )
+            try:
+                waits = [kernel.ready] if prepared is None else [kernel.ready, prepared]
+                await asyncio.wait(
+                    waits, timeout=min(left, 0.5), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                if prepared is not None:
+                    prepared.cancel()
         return True
 
     async def take(

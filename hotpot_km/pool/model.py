@@ -178,6 +178,9 @@ class PooledKernel:
     ready: asyncio.Future[None]
     launch: LaunchRequest | None = None
     language: str | None = None
+    #: set once ``launch`` and ``language`` are known (early in its warm-up): a start that
+    #: claimed it while warming learns then whether it can serve that start at all
+    prepared: asyncio.Event = field(default_factory=asyncio.Event)
     client: ShellClient | None = None
     #: the environment a stdin-handout kernel reported after start-up (its bootstrap)
     started_env: dict[str, str] | None = None

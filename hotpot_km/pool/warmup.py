@@ -36,6 +36,7 @@ class Warmup(PoolState):
         try:
             kwargs = dict(settings.launch_kwargs.get(kernel.name, {}))
             kernel.launch, kernel.language = await kernel.adapter.prepare(kwargs)
+            kernel.prepared.set()
             self._templates[kernel.name] = (kernel.launch, kernel.language)
             began, still = loop.time(), kernel.stood_still()
             client = await kernel.adapter.start(settings.startup_timeout, kernel.slot)
