@@ -39,14 +39,27 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         first = next(r for r in reports if r.failed)
         crash = getattr(first.longrepr, "reprcrash", None)
         why = (crash.message if crash else first.longreprtext).strip().splitlines()[:1]
+        what = (why[0] if why else first.when) + _where(first)
         item._initrequest()  # type: ignore[attr-defined]  # fresh fixtures for the second run
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
         for report in reports:
-            report.user_properties.append(("port_race_rerun", why[0] if why else first.when))
+            report.user_properties.append(("port_race_rerun", what))
     for report in reports:
         item.ihook.pytest_runtest_logreport(report=report)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def _where(report: pytest.TestReport) -> str:
+    """`` at <file>:<line>``: the innermost line of the test's own files in the failure's
+    traceback (where a timeout found it waiting), or nothing."""
+    entries = getattr(getattr(report.longrepr, "reprtraceback", None), "reprentries", [])
+    places = [
+        f"{loc.path}:{loc.lineno}"
+        for loc in (getattr(entry, "reprfileloc", None) for entry in entries)
+        if loc is not None and "tests" in loc.path.replace("\\", "/").split("/")
+    ]
+    return f" at {places[-1]}" if places else ""
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -41,7 +41,8 @@ def test_passes():
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_only_a_port_race_failure_runs_again_and_is_listed(tmp_path: Path, workers: str) -> None:
-    (tmp_path / "test_sample.py").write_text(TESTS)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_sample.py").write_text(TESTS)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "port_race", "-p", "no:cacheprovider",
@@ -59,4 +60,7 @@ def test_only_a_port_race_failure_runs_again_and_is_listed(tmp_path: Path, worke
     assert [line.split("::")[1].split(":")[0] for line in reruns] == [
         "test_raced_every_time", "test_raced_once"
     ], out
-    assert "passed on rerun; first run: AssertionError: the kernel did not answer" in out, out
+    # where the first run failed: the innermost line of the test's own file
+    line = TESTS.splitlines().index('        raise AssertionError("the kernel did not answer")') + 1
+    first = "passed on rerun; first run: AssertionError: the kernel did not answer at "
+    assert f"{first}tests/test_sample.py:{line}" in out, out
