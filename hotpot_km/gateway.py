@@ -37,7 +37,17 @@ from .pool import reapply
 from .pooled import PooledKernelManager
 from .request import LaunchRequest
 
-__all__ = ["POOL_MARKER", "GatewayKernelAdapter", "PooledGatewayMappingKernelManager"]
+__all__ = [
+    "POOL_MARKER",
+    "GatewayKernelAdapter",
+    "PooledGatewayMappingKernelManager",
+    "RestartError",
+]
+
+
+class RestartError(RuntimeError):
+    """A pooled kernel a gateway restarted could not get its session's env and cwd again;
+    the new process was shut down."""
 
 
 class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKernelManager):  # type: ignore[misc]
@@ -165,11 +175,34 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
 
     async def restart_kernel(self, kernel_id: str, now: bool = False, **kwargs: Any) -> None:
         """The gateway restarts a kernel with the arguments it was started with, i.e. the
-        pool's: a pooled kernel then gets its request's env and cwd again."""
+        pool's: a pooled kernel then gets its request's env and cwd again.
+
+        If it can't (the new process died, hung, or is not the kernel it was), the new
+        process is shut down, since it would run the user's code with the pool's env and
+        cwd, and the restart fails with :class:`RestartError` (jupyter_server answers 500)."""
         await super().restart_kernel(kernel_id, now=now, **kwargs)
         handed = self._handed.get(kernel_id)
-        if handed is not None:
+        if handed is None:
+            return
+        try:
             await self._reapply(*handed)
+        except Exception as error:
+            self.log.error(
+                "hotpot_km: the restarted kernel %s could not get its session's env and cwd "
+                "again (%s); it is shut down: start a new kernel",
+                kernel_id,
+                error,
+            )
+            try:
+                await self.shutdown_kernel(kernel_id, now=True)
+            except Exception:
+                self.log.warning(
+                    "hotpot_km: shutting down kernel %s failed", kernel_id, exc_info=True
+                )
+            raise RestartError(
+                f"Kernel {kernel_id} was restarted but could not get its session's env and "
+                f"cwd again ({error}); it was shut down: start a new kernel"
+            ) from error
 
     async def _reapply(self, handed: RemoteHandout, request: LaunchRequest) -> None:
         timeout = self.pool_settings().startup_timeout
@@ -181,12 +214,6 @@ class PooledGatewayMappingKernelManager(PooledKernelManager, GatewayMappingKerne
                 return not channels.lost
 
             await reapply(channels, handed.language, handed.launch, request, timeout, alive)
-        except Exception:
-            self.log.warning(
-                "hotpot_km: restarted kernel %s could not get its env and cwd again",
-                handed.kernel_id,
-                exc_info=True,
-            )
         finally:
             channels.close()
 

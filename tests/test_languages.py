@@ -649,6 +649,50 @@ def test_kernels_pooled_on_a_remote_gateway_get_the_session_env_through_stdin(
         assert gw.kernel_ids() == set(), gw.server.log()[-3000:]
 
 
+@pytest.mark.slow
+def test_a_gateway_restart_whose_kernel_cannot_get_its_env_again_fails_clearly(
+    jupyter_dirs, tmp_path
+):
+    """A pooled R kernel on a Kernel Gateway whose restart brings up a process that can't
+    take the session's env and cwd (here: the kernelspec's wrapper starts bash_kernel the
+    second time, which never asks for input): the restart answers 500, the new process is
+    shut down on the gateway rather than left running the user's code with the pool's env,
+    and the server's log says why. The server stays up and stops cleanly."""
+    from gateways import gateway, local_server
+
+    base = tmp_path / "gateway"
+    spec = base / "data" / "kernels" / "ir"
+    spec.mkdir(parents=True)
+    # the connection file stays the same across a restart: the wrapper marks it
+    wrapper = ('if [ -e "$0.started" ]; then exec "$1" -m bash_kernel -f "$0"; fi; '
+               ': > "$0.started"; exec R --slave -e "IRkernel::main()" --args "$0"')
+    spec.joinpath("kernel.json").write_text(json.dumps({
+        "argv": ["sh", "-c", wrapper, "{connection_file}", sys.executable],
+        "display_name": "R", "language": "R",
+    }))
+    root = tmp_path / "root"
+    root.mkdir()
+    config = ('c.PooledKernelManager.kernel_pools = {"ir": 1}\n'
+              "c.PooledKernelManager.startup_timeout = 20.0\n")
+    with gateway("kernel_gateway", base) as gw:
+        with local_server(gw, tmp_path / "pooled", root, pooled=True, extra=config) as server:
+            pooled = gw.kernel_ids()
+            kernel_id = new_session(server, "dashboard.ipynb", {"name": "ir"})
+            assert kernel_id in pooled
+            seen = remote_self(server, kernel_id, "ir")  # the session's, given at handout
+            assert seen["env"]["JPY_SESSION_NAME"] == str(root / "dashboard.ipynb")
+
+            response = api(server, "POST", f"/api/kernels/{kernel_id}/restart")
+            assert response.status_code == 500, response.text
+            assert kernel_id not in gw.kernel_ids(), gw.server.log()[-3000:]
+            assert api(server, "GET", f"/api/kernels/{kernel_id}").status_code == 404
+            assert (f"the restarted kernel {kernel_id} could not get its session's env and cwd "
+                    "again") in server.log()
+            assert api(server, "GET", "/api/status").status_code == 200
+            assert server.stop() == 0
+        assert gw.kernel_ids() == set(), gw.server.log()[-3000:]
+
+
 class StdinClient:
     """A local kernel's jupyter_client client as the pool's gateway websocket is to a remote
     one: a ``ShellClient`` that answers the kernel's input requests with ``answer_input``."""

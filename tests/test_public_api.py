@@ -33,6 +33,7 @@ DOCUMENTED_PATHS = [
     "hotpot_km.pooled.PooledKernelManager",
     "hotpot_km.mapping.PooledMappingKernelManager",
     "hotpot_km.gateway.PooledGatewayMappingKernelManager",
+    "hotpot_km.gateway.RestartError",  # docs/reliability.md: a failed gateway restart
     "hotpot_km.websocket.NoDelayWebsocketConnection",
     "hotpot_km.metrics.start_metrics_server",
     "hotpot_km.service.provisioner.ServiceProvisioner",
