@@ -162,10 +162,14 @@ class Claiming(PoolState):
                 kernel.overdue = True
                 self.unclaim(kernel)  # it goes on warming, and serves a later start
                 raise _Overdue
-            if kernel.launch is not None and mismatch(kernel.launch, kernel.language, request):
+            if (
+                not kernel.ready.done()
+                and kernel.launch is not None
+                and mismatch(kernel.launch, kernel.language, request)
+            ):
                 self.unclaim(kernel)  # it can't serve this start: no wait for its warm-up
                 return None
-            await asyncio.shield(kernel.ready)
+            await asyncio.shield(kernel.ready)  # a failed warm-up: discarded (HandoutError)
         except asyncio.CancelledError:
             if not kernel.ready.done():  # our caller was cancelled, not the warm-up
                 self.unclaim(kernel)
